@@ -1,0 +1,111 @@
+"""The backend contract, and discovery through the `normspec.backends` entry-point group.
+
+A backend owns its native array type. The harness hands it float64 NumPy arrays and asks for a
+dtype and a memory layout (`native`), runs kernels on native arrays (`forward`, `gradients`) and
+reads results back as float64 NumPy (`to_numpy`). Kernels are registered per norm name.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised by a backend's constructor when it cannot run here (e.g. no CUDA device)."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One norm on one backend.
+
+    forward(inputs, params) -> {"y": ..., plus any updated state such as "running_mean"}.
+    backward(inputs, params, dy) -> {role: gradient} for the differentiable roles present;
+    None when the backend differentiates `forward` itself (autograd).
+    unsupported(params) -> a reason string when these parameters are outside what this
+    backend implements (a convention it does not offer), else None.
+    """
+
+    forward: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+    backward: Callable[[Mapping[str, Any], Mapping[str, Any], Any], dict[str, Any]] | None = None
+    unsupported: Callable[[Mapping[str, Any]], str | None] = lambda params: None
+
+
+class Backend(abc.ABC):
+    """Base class for backends. Subclasses set `name`, `dtypes`, `layouts`, `kernels`."""
+
+    name: str = "?"
+    dtypes: tuple[str, ...] = ("float64",)
+    layouts: tuple[str, ...] = ("contiguous",)
+    kernels: Mapping[str, Kernel] = {}
+
+    def implements(self, norm: str) -> bool:
+        return norm in self.kernels
+
+    def unsupported(self, norm: str, params: Mapping[str, Any], dtype: str = "float64", layout: str = "contiguous") -> str | None:
+        """Why this backend cannot run `norm` with these parameters, dtype and layout, or None."""
+        if norm not in self.kernels:
+            return f"{self.name} has no implementation of {norm}"
+        if dtype not in self.dtypes:
+            return f"{self.name} does not support {dtype}"
+        if layout not in self.layouts:
+            return f"{self.name} does not support the {layout} layout"
+        return self.kernels[norm].unsupported(params)
+
+    @abc.abstractmethod
+    def native(self, array: np.ndarray, dtype: str, layout: str = "contiguous") -> Any:
+        """A new native array holding `array` rounded to `dtype`, laid out as `layout`."""
+
+    @abc.abstractmethod
+    def to_numpy(self, value: Any) -> np.ndarray:
+        """A float64 NumPy copy of a native array (exact for every supported dtype)."""
+
+    def forward(self, norm: str, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        return self.kernels[norm].forward(inputs, params)
+
+    @abc.abstractmethod
+    def gradients(self, norm: str, inputs: Mapping[str, Any], params: Mapping[str, Any], dy: Any,
+                  wrt: tuple[str, ...]) -> dict[str, Any]:
+        """Gradients of <y, dy> with respect to the roles in `wrt` present in `inputs`."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (benchmarks call this); a no-op for host backends."""
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"
+
+
+def available_backends(names: list[str] | None = None) -> tuple[dict[str, Backend], dict[str, str]]:
+    """Instantiate the backends registered under `normspec.backends`.
+
+    Returns (usable backends by name, reasons by name for those that could not start here).
+    Unknown requested names raise KeyError listing the registered ones.
+    """
+    registered = {ep.name: ep for ep in entry_points(group="normspec.backends")}
+    if names:
+        unknown = [n for n in names if n not in registered]
+        if unknown:
+            raise KeyError(
+                f"unknown backend(s) {', '.join(unknown)}; registered backends: {', '.join(sorted(registered))}"
+            )
+        registered = {n: registered[n] for n in names}
+    usable: dict[str, Backend] = {}
+    absent: dict[str, str] = {}
+    for name, ep in registered.items():
+        try:
+            backend = ep.load()()
+        except BackendUnavailable as exc:
+            absent[name] = str(exc)
+            continue
+        except Exception as exc:  # a broken third-party backend must not take the run down
+            absent[name] = f"failed to load: {type(exc).__name__}: {exc}"
+            continue
+        backend.name = name
+        usable[name] = backend
+    return usable, absent

@@ -1,0 +1,1 @@
+"""NumPy kernels, one module per family; each registers itself with `numpy_kernel`."""

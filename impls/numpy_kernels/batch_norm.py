@@ -1,0 +1,93 @@
+"""BatchNorm forward/backward in NumPy (Ioffe & Szegedy 2015), with the spec's conventions."""
+from __future__ import annotations
+
+import numpy as np
+
+from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
+from normspec.impls.numpy_kernels.moments import normalize, normalize_backward
+
+
+def _geometry(x):
+    return (0,) + tuple(range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _uses_batch_stats(inputs, params):
+    has_running = inputs.get("running_mean") is not None and inputs.get("running_var") is not None
+    return params.get("training", True) or not has_running
+
+
+def _check(x, params, batch):
+    if params.get("training", True) and batch and x.size // x.shape[1] <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
+
+
+def _normalized(inputs, params):
+    x = inputs["x"]
+    axes, shape = _geometry(x)
+    eps = params.get("eps", 1e-5)
+    batch = _uses_batch_stats(inputs, params)
+    _check(x, params, batch)
+    if batch:
+        return (*normalize(x, axes, eps), batch)
+    acc = accumulation_dtype(x.dtype)
+    mean = inputs["running_mean"].astype(acc).reshape(shape)
+    var = inputs["running_var"].astype(acc).reshape(shape)
+    inv_std = 1.0 / np.sqrt(var + acc.type(eps))
+    return (x.astype(acc) - mean) * inv_std, mean, var, inv_std, batch
+
+
+def _affine(xhat, inputs, shape):
+    y = xhat
+    if inputs.get("weight") is not None:
+        y = y * inputs["weight"].astype(xhat.dtype).reshape(shape)
+    if inputs.get("bias") is not None:
+        y = y + inputs["bias"].astype(xhat.dtype).reshape(shape)
+    return y
+
+
+def _running_update(inputs, params, mean, var, count):
+    rm, rv = inputs["running_mean"], inputs["running_var"]
+    momentum = params.get("momentum", 0.1)
+    tracked = params.get("num_batches_tracked", 0) + 1
+    if momentum is None:
+        factor = 1.0 / tracked
+    elif params.get("momentum_style", "new") == "decay":
+        factor = 1.0 - momentum
+    else:
+        factor = momentum
+    var = var.reshape(-1)
+    if params.get("running_var_style", "unbiased") == "unbiased":
+        var = var * (count / (count - 1))
+    acc = mean.dtype
+    new_rm = (1 - factor) * rm.astype(acc) + factor * mean.reshape(-1)
+    new_rv = (1 - factor) * rv.astype(acc) + factor * var
+    return new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
+
+
+def forward(inputs, params):
+    x = inputs["x"]
+    _, shape = _geometry(x)
+    xhat, mean, var, _, batch = _normalized(inputs, params)
+    out = {"y": _affine(xhat, inputs, shape).astype(x.dtype)}
+    if params.get("training", True) and inputs.get("running_mean") is not None:
+        count = x.size // x.shape[1]
+        out["running_mean"], out["running_var"] = _running_update(inputs, params, mean, var, count)
+    return out
+
+
+def backward(inputs, params, dy):
+    x = inputs["x"]
+    axes, shape = _geometry(x)
+    xhat, _, _, inv_std, batch = _normalized(inputs, params)
+    dy = dy.astype(xhat.dtype)
+    g_hat = dy if inputs.get("weight") is None else dy * inputs["weight"].astype(xhat.dtype).reshape(shape)
+    dx = normalize_backward(g_hat, xhat, inv_std, axes) if batch else g_hat * inv_std
+    grads = {"x": dx.astype(x.dtype)}
+    if inputs.get("weight") is not None:
+        grads["weight"] = (dy * xhat).sum(axis=axes).astype(inputs["weight"].dtype)
+    if inputs.get("bias") is not None:
+        grads["bias"] = dy.sum(axis=axes).astype(inputs["bias"].dtype)
+    return grads
+
+
+numpy_kernel("batch_norm", backward=backward)(forward)

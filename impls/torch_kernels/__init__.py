@@ -1,0 +1,1 @@
+"""PyTorch kernels, one module per family; each registers itself with `torch_kernel`."""

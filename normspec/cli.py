@@ -1,0 +1,53 @@
+"""The `normspec` command line: one module per subcommand under `normspec.commands`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors exit 2 with usage, as ours do
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"normspec: error: {message}\n")
+
+
+def split_names(values):
+    """Names given as repeated and/or comma-separated options."""
+    return [v for item in values or [] for v in item.split(",") if v]
+
+
+# Subcommands: each module defines `register(subparsers)`; listed here in the order of --help.
+COMMANDS = (
+    "normspec.commands.check",
+    "normspec.commands.validate",
+    "normspec.commands.bench",
+    "normspec.commands.list",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="normspec", description="Executable specification and property-based "
+                    "verification of normalization layers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for module in COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

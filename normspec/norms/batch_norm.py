@@ -1,0 +1,107 @@
+"""Record: Batch Normalization (Ioffe & Szegedy 2015) over (N, C, *S), 0-3 spatial dims."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.case import Case
+from normspec.registry import Conditioning, NormRecord, register
+from normspec.spec import batch_norm, batch_norm_backward, moments
+from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
+
+momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
+
+
+@st.composite
+def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
+                     conventions=True, allow_constant=True, min_per_channel=2):
+    """BatchNorm calls: shapes (N, C, *S), train or eval, with or without running stats/affine.
+
+    Running statistics and affine parameters are random, not their initial values. Cases that
+    use batch statistics have at least `min_per_channel` values per channel.
+    """
+    nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
+    c = draw(st.integers(1, 5), label="C")
+    sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
+    n = draw(st.integers(1, 6), label="N")
+    training = draw(st.booleans(), label="training") if training is None else training
+    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+    if (training or not running) and n * math.prod(sides) < min_per_channel:
+        n = -(-min_per_channel // math.prod(sides))
+    shape = (n, c) + sides
+    x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
+    affine = draw(st.booleans(), label="affine") if affine is None else affine
+    arrays = {"x": x}
+    if affine:
+        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
+        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    params = {"training": training, "eps": draw(eps_values, label="eps")}
+    if running:
+        rng = np.random.default_rng(draw(seeds, label="running_seed"))
+        axes = (0,) + tuple(range(2, x.ndim))
+        spread = x.std(axis=axes) + 1e-3
+        arrays["running_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c)
+        arrays["running_var"] = (spread**2) * rng.uniform(0.3, 3.0, c)
+        params["momentum"] = draw(momenta, label="momentum")
+        params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
+        if conventions:
+            params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
+            params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]), label="running_var_style")
+    return Case("batch_norm", arrays, params)
+
+
+def _spec_kwargs(case: Case) -> dict:
+    keys = ("training", "momentum", "eps", "momentum_style", "running_var_style", "num_batches_tracked")
+    return {k: case.params[k] for k in keys if k in case.params}
+
+
+def reference(case: Case) -> dict[str, np.ndarray]:
+    r = batch_norm(case.x, case.get("weight"), case.get("bias"), case.get("running_mean"), case.get("running_var"),
+                   **_spec_kwargs(case))
+    out = {"y": r.y}
+    if case.params.get("training", True) and r.running_mean is not None:
+        out["running_mean"], out["running_var"] = r.running_mean, r.running_var
+    return out
+
+
+def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
+    grads = batch_norm_backward(dy, case.x, case.get("weight"), case.get("running_mean"), case.get("running_var"),
+                                training=case.params.get("training", True), eps=case.params.get("eps", 1e-5))
+    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+
+
+def conditioning(case: Case) -> Conditioning:
+    x = case.x
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    eps = case.params.get("eps", 1e-5)
+    has_running = case.get("running_mean") is not None
+    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight").reshape(shape)
+    beta = np.zeros(shape) if case.get("bias") is None else case.get("bias").reshape(shape)
+    count = x.size // x.shape[1]
+    if case.params.get("training", True) or not has_running:
+        m = moments(x, axes, eps)
+        unbiased = case.params.get("running_var_style", "unbiased") == "unbiased" and count > 1
+        return Conditioning(m.xhat, m.mean, m.std, m.count, gamma, beta, axes, axes, True,
+                            count / (count - 1) if unbiased else 1.0)
+    mean = case.get("running_mean").reshape(shape)
+    std = np.sqrt(case.get("running_var").reshape(shape) + eps)
+    return Conditioning((x - mean) / std, mean, std, 1, gamma, beta, axes, axes, False)
+
+
+register(NormRecord(
+    name="batch_norm",
+    family="batch",
+    paper="Ioffe & Szegedy 2015, Batch Normalization, Algorithms 1-2",
+    reference=reference,
+    reference_grad=reference_grad,
+    cases=batch_norm_cases,
+    conditioning=conditioning,
+    traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
+                      "shift_invariant", "channel_axis_1"}),
+    torch_modules=("torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d", "torch.nn.BatchNorm3d"),
+    torch_functional="torch.nn.functional.batch_norm",
+    outputs=("y", "running_mean", "running_var"),
+))

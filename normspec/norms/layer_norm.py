@@ -1,0 +1,61 @@
+"""Record: Layer Normalization (Ba, Kiros & Hinton 2016) over the trailing normalized_shape."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.case import Case
+from normspec.registry import Conditioning, NormRecord, register
+from normspec.spec import layer_norm, layer_norm_backward, moments
+from normspec.properties.strategies import affine_vector, eps_values, grouped_values
+
+
+@st.composite
+def layer_norm_cases(draw, *, elementwise_affine=None, bias=None, allow_constant=True, min_batch=1):
+    """LayerNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims."""
+    batch = tuple(draw(st.integers(min_batch, 4), label="batch") for _ in range(draw(st.integers(1, 2), label="batch_dims")))
+    normalized = tuple(draw(st.integers(1, 8), label="feature") for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
+    shape = batch + normalized
+    x = draw(grouped_values(shape, tuple(range(len(batch))), allow_constant=allow_constant), label="x")
+    arrays = {"x": x}
+    affine = draw(st.booleans(), label="elementwise_affine") if elementwise_affine is None else elementwise_affine
+    if affine:
+        arrays["weight"] = draw(affine_vector(normalized, kind="weight"))
+        if (draw(st.booleans(), label="bias") if bias is None else bias):
+            arrays["bias"] = draw(affine_vector(normalized, kind="bias"))
+    return Case("layer_norm", arrays, {"normalized_shape": normalized, "eps": draw(eps_values, label="eps")})
+
+
+def reference(case: Case) -> dict[str, np.ndarray]:
+    return {"y": layer_norm(case.x, case.params["normalized_shape"], case.get("weight"), case.get("bias"),
+                            eps=case.params.get("eps", 1e-5))}
+
+
+def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
+    grads = layer_norm_backward(dy, case.x, case.params["normalized_shape"], case.get("weight"),
+                                eps=case.params.get("eps", 1e-5))
+    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+
+
+def conditioning(case: Case) -> Conditioning:
+    x = case.x
+    k = len(case.params["normalized_shape"])
+    axes = tuple(range(x.ndim - k, x.ndim))
+    m = moments(x, axes, case.params.get("eps", 1e-5))
+    gamma = np.ones(x.shape[x.ndim - k:]) if case.get("weight") is None else case.get("weight")
+    beta = np.zeros(x.shape[x.ndim - k:]) if case.get("bias") is None else case.get("bias")
+    return Conditioning(m.xhat, m.mean, m.std, m.count, gamma, beta, axes, tuple(range(x.ndim - k)), True)
+
+
+register(NormRecord(
+    name="layer_norm",
+    family="layer",
+    paper="Ba, Kiros & Hinton 2016, Layer Normalization, eq. 4",
+    reference=reference,
+    reference_grad=reference_grad,
+    cases=layer_norm_cases,
+    conditioning=conditioning,
+    traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant"}),
+    torch_modules=("torch.nn.LayerNorm",),
+    torch_functional="torch.nn.functional.layer_norm",
+))

@@ -1,0 +1,115 @@
+"""Norm records: one declarative entry per normalization, in the manner of PyTorch's OpInfo.
+
+A record ties together the spec (reference outputs and gradients), the Hypothesis strategy that
+produces cases, the traits that decide which properties apply, the conditioning used by the
+tolerance model, and the torch.nn equivalents for validating drop-ins. Adding a normalization is a
+spec function plus one module under `normspec/norms/` that calls `register(NormRecord(...))`.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.case import Case
+
+# Traits the properties key on. Keep this list the single vocabulary.
+TRAITS = {
+    "moment_normalizer": "output = gamma * (x - mean_R x)/sqrt(var_R x + eps) + beta over reduction sets R",
+    "running_stats": "keeps running mean/variance buffers updated in training, used in eval",
+    "batch_dependent": "statistics are taken across the batch dimension",
+    "batch_independent": "each sample is normalized by its own statistics only",
+    "scale_invariant": "f_eps(a x) = f_{eps/a^2}(x) for a > 0 (eps inside the square root)",
+    "shift_invariant": "adding a constant to each reduction set leaves the output unchanged",
+    "channel_axis_1": "the channel dimension is axis 1, so channels_last layouts apply",
+}
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the tolerance model needs about one case (see `normspec.properties.tolerance`).
+
+    All arrays broadcast against the input x. `count` is the length of the statistics'
+    reduction (1 when the statistics are given, e.g. eval-mode running stats);
+    `param_axes` are the axes summed to form the weight/bias gradients.
+    """
+
+    xhat: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    count: int
+    gamma: np.ndarray
+    beta: np.ndarray
+    stats_axes: tuple[int, ...]
+    param_axes: tuple[int, ...]
+    batch_stats: bool
+    running_var_scale: float = 1.0  # n/(n-1) when the running variance is fed the unbiased estimate
+
+
+@dataclass(frozen=True)
+class NormRecord:
+    name: str
+    family: str
+    paper: str
+    reference: Callable[[Case], dict[str, np.ndarray]]
+    reference_grad: Callable[[Case, np.ndarray], dict[str, np.ndarray]] | None
+    cases: Callable[..., st.SearchStrategy[Case]]
+    traits: frozenset[str]
+    # Tolerance: mean/variance normalizers give `conditioning` and get the shared moment model;
+    # others give `error_model(case, dtype, ref, dy, ref_grads) -> tolerance.Bounds`, written in
+    # `normspec.properties.tolerance` from the same terms (unit roundoff x condition).
+    conditioning: Callable[[Case], Conditioning] | None = None
+    error_model: Callable[..., object] | None = None
+    differentiable: tuple[str, ...] = ("x", "weight", "bias")
+    torch_modules: tuple[str, ...] = ()
+    torch_functional: str | None = None
+    outputs: tuple[str, ...] = ("y",)
+
+    def __post_init__(self):
+        if (self.conditioning is None) == (self.error_model is None):
+            raise ValueError(f"record {self.name!r} needs exactly one of conditioning= or error_model=")
+        unknown = set(self.traits) - set(TRAITS)
+        if unknown:
+            raise ValueError(f"record {self.name!r} has unknown traits {sorted(unknown)}; known: {sorted(TRAITS)}")
+
+    def has(self, *traits: str) -> bool:
+        return all(t in self.traits for t in traits)
+
+
+_REGISTRY: dict[str, NormRecord] = {}
+_LOADED = False
+
+
+def register(record: NormRecord) -> NormRecord:
+    if record.name in _REGISTRY:
+        raise ValueError(f"norm {record.name!r} registered twice")
+    _REGISTRY[record.name] = record
+    return record
+
+
+def _load() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import normspec.norms as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def norms() -> dict[str, NormRecord]:
+    """All registered norms by name, in registration order."""
+    _load()
+    return dict(_REGISTRY)
+
+
+def get_norm(name: str) -> NormRecord:
+    known = norms()
+    if name not in known:
+        raise KeyError(f"unknown norm {name!r}; known norms: {', '.join(known)}")
+    return known[name]

@@ -1,0 +1,298 @@
+"""The property engine: named properties, the context they run in, and their verdicts.
+
+A property is a function of a `Context`. It draws what it needs (a case, a dtype, a layout)
+through the context, runs the backend through it, compares against the spec or against an
+invariant, and raises `PropertyFailure` with a message in one template. The engine drives it
+with Hypothesis, records every draw of the execution that Hypothesis reports as minimal, and
+turns that into a counterexample and a standalone reproducer.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import FailedHealthCheck, Unsatisfiable
+
+from normspec.case import Case
+from normspec.impls.base import Backend
+from normspec.properties import tolerance
+from normspec.registry import NormRecord
+
+
+class PropertyFailure(AssertionError):
+    """A property does not hold for a backend; the message says what, where and by how much."""
+
+
+# ---------------------------------------------------------------- profiles
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # fast feedback while writing a kernel
+    "dev": dict(max_examples=8),
+    # deterministic, for CI: the same examples on every run
+    "ci": dict(max_examples=20, derandomize=True),
+    # before a release
+    "thorough": dict(max_examples=150),
+}
+
+
+def hypothesis_settings(profile: str) -> settings:
+    if profile not in PROFILES:
+        raise KeyError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
+    return settings(
+        deadline=None,
+        database=None,
+        print_blob=False,
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+        **PROFILES[profile],
+    )
+
+
+# ---------------------------------------------------------------- registry of properties
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    func: Callable[["Context"], None]
+    applies: Callable[[NormRecord], bool]
+    doc: str
+    group: str
+
+    def skip_reason(self, record: NormRecord, backend: Backend) -> str | None:
+        if not backend.implements(record.name):
+            return f"{backend.name} does not implement {record.name}"
+        if not self.applies(record):
+            return f"does not apply to {record.name}"
+        return None
+
+
+PROPERTIES: dict[str, Property] = {}
+
+
+def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True):
+    """Register a property under its function name; its docstring is what it claims and why."""
+
+    def deco(func):
+        if func.__name__ in PROPERTIES:
+            raise ValueError(f"property {func.__name__!r} defined twice")
+        if not (func.__doc__ or "").strip():
+            raise ValueError(f"property {func.__name__!r} needs a docstring saying what it claims")
+        PROPERTIES[func.__name__] = Property(func.__name__, func, applies, func.__doc__.strip(), group)
+        return func
+
+    return deco
+
+
+def traits(*names: str) -> Callable[[NormRecord], bool]:
+    return lambda record: record.has(*names)
+
+
+# ---------------------------------------------------------------- running a backend
+
+@dataclass
+class Run:
+    """One backend evaluation of a case, everything read back as float64."""
+
+    case: Case  # the case with its arrays rounded to `dtype` (what the backend actually saw)
+    dtype: str
+    layout: str
+    outputs: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray] = field(default_factory=dict)
+    dy: np.ndarray | None = None
+
+
+class Context:
+    """What a property sees: the norm's record, the backend, and a recorded way to draw."""
+
+    def __init__(self, record: NormRecord, backend: Backend, draw: Callable[[st.SearchStrategy, str], Any]):
+        self.record = record
+        self.backend = backend
+        self._draw = draw
+        self.draws: list[tuple[str, Any]] = []
+
+    # -- drawing
+    def draw(self, strategy: st.SearchStrategy, label: str) -> Any:
+        value = self._draw(strategy, label)
+        self.draws.append((label, value))
+        return value
+
+    def case(self, label: str = "case", **overrides) -> Case:
+        return self.draw(self.record.cases(**overrides), label)
+
+    def dtype(self, *allowed: str) -> str:
+        choices = [d for d in self.backend.dtypes if not allowed or d in allowed]
+        if not choices:
+            assume(False)
+        return self.draw(st.sampled_from(choices), "dtype")
+
+    def layout(self) -> str:
+        return self.draw(st.sampled_from(list(self.backend.layouts)), "layout")
+
+    def seed(self, label: str = "seed") -> int:
+        return self.draw(st.integers(0, 2**32 - 1), label)
+
+    # -- rounding and running
+    def supported(self, case: Case, dtype: str, layout: str = "contiguous") -> None:
+        """Discard this example (hypothesis.assume) if the backend cannot run it."""
+        assume(self.backend.unsupported(case.norm, case.params, dtype, layout) is None)
+
+    def rounded(self, case: Case, dtype: str) -> Case:
+        """The case with every array rounded to `dtype` exactly as the backend rounds it."""
+        b = self.backend
+        return case.with_arrays(**{r: b.to_numpy(b.native(a, dtype)) for r, a in case.arrays.items()})
+
+    def natives(self, case: Case, dtype: str, layout: str) -> dict[str, Any]:
+        b = self.backend
+        return {r: b.native(a, dtype, layout if r == "x" else "contiguous") for r, a in case.arrays.items()}
+
+    def run(self, case: Case, dtype: str, layout: str = "contiguous", *, grads: bool = False,
+            dy: np.ndarray | None = None) -> Run:
+        """Run the backend forward (and backward when `grads`) on `case` rounded to `dtype`."""
+        self.supported(case, dtype, layout)
+        case = self.rounded(case, dtype)
+        b = self.backend
+        where = f"[{b.name} {case.norm} {dtype} {layout}]"
+        try:
+            outputs = b.forward(case.norm, self.natives(case, dtype, layout), case.params)
+            result = Run(case, dtype, layout, {k: b.to_numpy(v) for k, v in outputs.items()})
+        except Exception as exc:
+            raise PropertyFailure(f"forward raised {type(exc).__name__}: {exc} {where}") from exc
+        if grads:
+            if dy is None:
+                dy = np.random.default_rng(self.seed("dy_seed")).standard_normal(result.outputs["y"].shape)
+            dy = b.to_numpy(b.native(dy, dtype))
+            wrt = tuple(r for r in self.record.differentiable if case.get(r) is not None)
+            try:
+                g = b.gradients(case.norm, self.natives(case, dtype, layout), case.params,
+                                b.native(dy, dtype, layout), wrt)
+            except Exception as exc:
+                raise PropertyFailure(f"backward raised {type(exc).__name__}: {exc} {where}") from exc
+            result.grads = {k: b.to_numpy(v) for k, v in g.items()}
+            result.dy = dy
+        return result
+
+    # -- the spec and the model
+    def reference(self, run: Run) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        ref = self.record.reference(run.case)
+        ref_grads = self.record.reference_grad(run.case, run.dy) if run.dy is not None else {}
+        return ref, ref_grads
+
+    def bounds(self, run: Run, ref: dict, ref_grads: dict) -> tolerance.Bounds:
+        """Elementwise error bounds for `run` from the tolerance model (see `tolerance`)."""
+        if self.record.error_model is not None:
+            return self.record.error_model(run.case, run.dtype, ref, run.dy, ref_grads)
+        return tolerance.moment_bounds(self.record.conditioning(run.case), run.dtype, ref, run.dy, ref_grads)
+
+
+# ---------------------------------------------------------------- assertions
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, bound: np.ndarray | float, what: str,
+                 where: str) -> None:
+    """Fail unless |actual - expected| <= bound elementwise (NaN only where expected is NaN).
+
+    Message template: `what[index]=actual, but should be expected ± bound [where]`.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        raise PropertyFailure(f"{what} has shape {actual.shape}, but should have shape {expected.shape} [{where}]")
+    bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), expected.shape)
+    nan_ok = np.isnan(expected) & np.isnan(actual)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(actual - expected)
+        bad = ~nan_ok & ~(err <= bound)
+    if bad.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            excess = np.where(bad, err / np.maximum(bound, 1e-300), 0.0)
+        flat = int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)))
+        idx = np.unravel_index(flat, expected.shape) if expected.ndim else ()
+        i = tuple(int(j) for j in idx)
+        raise PropertyFailure(
+            f"{what}{list(i) if i else ''}={actual[i]!r}, but should be {expected[i]!r} ± {bound[i]:.3g} "
+            f"({int(bad.sum())} of {expected.size} elements out of bounds, worst by {float(excess[i]):.3g}x) "
+            f"[{where}]"
+        )
+
+
+def assert_equal(actual: np.ndarray, expected: np.ndarray, what: str, where: str) -> None:
+    """Fail unless bitwise-equal values (an exact invariant: no tolerance at all)."""
+    assert_close(actual, expected, 0.0, what, where)
+
+
+# ---------------------------------------------------------------- verdicts
+
+@dataclass
+class Verdict:
+    property: str
+    norm: str
+    backend: str
+    status: str  # passed | failed | xfail | xpass | skipped | error
+    message: str = ""
+    reason: str = ""
+    link: str = ""
+    draws: list[tuple[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    reproducer: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("passed", "xfail", "xpass", "skipped")
+
+
+def run_property(p: Property, record: NormRecord, backend: Backend, profile: str = "ci") -> Verdict:
+    """Drive property `p` on (record, backend) with Hypothesis; return its verdict."""
+    start = time.perf_counter()
+    verdict = Verdict(p.name, record.name, backend.name, "passed")
+    reason = p.skip_reason(record, backend)
+    if reason:
+        verdict.status, verdict.reason = "skipped", reason
+        return verdict
+    last: dict[str, Context] = {}
+
+    @hypothesis_settings(profile)
+    @given(data=st.data())
+    def check(data):
+        ctx = Context(record, backend, lambda s, label: data.draw(s, label=label))
+        last["ctx"] = ctx
+        p.func(ctx)
+
+    try:
+        check()
+    except (Unsatisfiable, FailedHealthCheck) as exc:
+        verdict.status = "skipped"
+        verdict.reason = f"no example the backend supports ({type(exc).__name__})"
+    except PropertyFailure as exc:
+        verdict.status, verdict.message = "failed", str(exc)
+        verdict.draws = last["ctx"].draws if "ctx" in last else []
+    except Exception as exc:  # a crash inside the property itself or the backend's conversion
+        verdict.status, verdict.message = "failed", f"{type(exc).__name__}: {exc}"
+        verdict.draws = last["ctx"].draws if "ctx" in last else []
+    verdict.seconds = time.perf_counter() - start
+    return verdict
+
+
+class ReplayExhausted(RuntimeError):
+    pass
+
+
+def replay(property_name: str, record: NormRecord, backend: Backend, draws: list[tuple[str, Any]]) -> None:
+    """Re-run one property execution with recorded draws (what reproducer scripts call).
+
+    Raises the property's PropertyFailure if it still fails; returns None if it now holds.
+    """
+    queue = list(draws)
+
+    def draw(strategy, label):
+        if not queue:
+            raise ReplayExhausted(f"the property drew more values than were recorded (next: {label})")
+        recorded_label, value = queue.pop(0)
+        if recorded_label != label:
+            raise ReplayExhausted(f"replay expected a draw labelled {recorded_label!r}, the property asked for {label!r}")
+        return value
+
+    PROPERTIES[property_name].func(Context(record, backend, draw))

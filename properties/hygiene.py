@@ -1,0 +1,68 @@
+"""Hygiene: the caller's arrays are untouched, results are deterministic, bad input is refused."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.properties.agreement import where
+from normspec.properties.core import Context, PropertyFailure, assert_equal, prop, traits
+
+
+@prop("hygiene")
+def inputs_unmodified(ctx: Context) -> None:
+    """Forward and backward leave every array the caller passed (input, affine parameters,
+    running statistics, upstream gradient) bitwise unchanged; updated state is returned, not
+    written into the caller's buffers."""
+    case, dtype, layout = ctx.case(), ctx.dtype(), ctx.layout()
+    ctx.supported(case, dtype, layout)
+    b = ctx.backend
+    natives = ctx.natives(case, dtype, layout)
+    before = {r: b.to_numpy(v) for r, v in natives.items()}
+    dy = b.native(np.random.default_rng(ctx.seed("dy_seed")).standard_normal(case.x.shape), dtype, layout)
+    dy_before = b.to_numpy(dy)
+    at = f"{b.name} {dtype} {layout} {case.describe()}"
+    try:
+        b.forward(case.norm, natives, case.params)
+        wrt = tuple(r for r in ctx.record.differentiable if case.get(r) is not None)
+        b.gradients(case.norm, natives, case.params, dy, wrt)
+    except Exception as exc:
+        raise PropertyFailure(f"raised {type(exc).__name__}: {exc} [{at}]") from exc
+    for role, value in before.items():
+        assert_equal(b.to_numpy(natives[role]), value, f"{role} after the call", at)
+    assert_equal(b.to_numpy(dy), dy_before, "dy after the call", at)
+
+
+@prop("hygiene")
+def deterministic(ctx: Context) -> None:
+    """The same inputs give bitwise the same outputs and gradients on every call."""
+    case, dtype, layout = ctx.case(), ctx.dtype(), ctx.layout()
+    dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(case.x.shape)
+    first = ctx.run(case, dtype, layout, grads=True, dy=dy)
+    second = ctx.run(case, dtype, layout, grads=True, dy=dy)
+    for name, value in first.outputs.items():
+        assert_equal(second.outputs[name], value, f"{name} (second call)", where(ctx, second))
+    for role, value in first.grads.items():
+        assert_equal(second.grads[role], value, f"d{role} (second call)", where(ctx, second))
+
+
+@prop("hygiene", applies=traits("batch_dependent"))
+def single_value_per_channel_raises(ctx: Context) -> None:
+    """Training on a batch with one value per channel (N * prod(S) = 1) has no variance to
+    normalize by: the backend must raise an error, not return zeros, NaN or garbage."""
+    template = ctx.case(training=True)
+    c = template.x.shape[1]
+    nsp = ctx.draw(st.integers(0, 3), "spatial_dims")
+    x = np.random.default_rng(ctx.seed("x_seed")).standard_normal((1, c) + (1,) * nsp)
+    case = template.with_arrays(x=x).with_params(training=True)
+    dtype = ctx.dtype()
+    ctx.supported(case, dtype)
+    b = ctx.backend
+    try:
+        out = b.forward(case.norm, ctx.natives(case, dtype, "contiguous"), case.params)
+    except Exception as exc:
+        if not str(exc).strip():
+            raise PropertyFailure(f"raised {type(exc).__name__} with an empty message [{b.name} {case.describe()}]")
+        return
+    y = b.to_numpy(out["y"])
+    raise PropertyFailure(f"returned y={y.ravel()[:4].tolist()}..., but should raise an error "
+                          f"(one value per channel in training) [{b.name} {dtype} {case.describe()}]")

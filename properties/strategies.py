@@ -1,0 +1,69 @@
+"""Hypothesis strategies shared by the norm records and the properties.
+
+Shapes, parameters and the structure of the values (per-group location and spread, the
+distribution, constant groups) are drawn by Hypothesis, so they shrink; the bulk values come
+from a seeded NumPy generator, in the manner of PyTorch's `make_tensor`, so a case of a few
+thousand elements costs one draw instead of thousands.
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+DISTRIBUTIONS = ("normal", "uniform", "integers", "outliers")
+
+seeds = st.integers(0, 2**32 - 1)
+# The magnitude of each group's location relative to its spread: mostly well conditioned,
+# sometimes |mean| >> std (the ill_conditioned property pushes this to the dtype's limit).
+centre_ratios = st.one_of(st.just(0.0), st.floats(-3.0, 3.0), st.sampled_from([-100.0, 50.0, 1e3]))
+spreads = st.floats(-2.0, 2.0).map(lambda e: float(10.0**e))  # std of each group: 1e-2 .. 1e2
+eps_values = st.sampled_from([1e-5, 1e-3, 1e-1, 1e-8, 0.5])
+
+
+def standard_values(rng: np.random.Generator, shape: tuple[int, ...], distribution: str) -> np.ndarray:
+    """Zero-centred values of unit-order spread drawn from `distribution`."""
+    if distribution == "normal":
+        return rng.standard_normal(shape)
+    if distribution == "uniform":
+        return rng.uniform(-1.7, 1.7, shape)
+    if distribution == "integers":
+        return rng.integers(-4, 5, shape).astype(np.float64)
+    if distribution == "outliers":
+        z = rng.standard_normal(shape)
+        mask = rng.random(shape) < 0.05
+        return np.where(mask, 30.0 * z, z)
+    raise ValueError(f"unknown distribution {distribution!r}")
+
+
+@st.composite
+def grouped_values(draw, shape: tuple[int, ...], group_axes: tuple[int, ...], *, allow_constant: bool = False):
+    """float64 values of `shape` with an independent location and spread per index of
+    `group_axes` (the channel axis for BatchNorm, the batch axes for LayerNorm)."""
+    seed = draw(seeds, label="seed")
+    distribution = draw(st.sampled_from(DISTRIBUTIONS), label="distribution")
+    rng = np.random.default_rng(seed)
+    group_shape = tuple(shape[a] if a in group_axes else 1 for a in range(len(shape)))
+    spread = draw(spreads, label="spread")
+    ratio = draw(centre_ratios, label="centre_ratio")
+    scale = spread * rng.uniform(0.5, 2.0, group_shape)
+    loc = ratio * scale * rng.uniform(0.5, 1.5, group_shape)
+    values = loc + scale * standard_values(rng, shape, distribution)
+    if allow_constant and draw(st.booleans(), label="constant_group"):
+        index = tuple(rng.integers(0, shape[a]) if a in group_axes else slice(None) for a in range(len(shape)))
+        values[index] = values[index].flat[0]  # one whole group constant: its output must be exactly beta
+    return values
+
+
+@st.composite
+def affine_vector(draw, shape: tuple[int, ...], *, kind: str):
+    """Random affine parameters: weights of either sign away from 0, biases of any sign."""
+    rng = np.random.default_rng(draw(seeds, label=f"{kind}_seed"))
+    if kind == "weight":
+        magnitude = rng.uniform(0.25, 3.0, shape)
+        return magnitude * rng.choice([-1.0, 1.0], shape, p=[0.2, 0.8])
+    return rng.normal(0.0, 2.0, shape)
+
+
+def gradient_for(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """An upstream gradient dy of unit-order values."""
+    return np.random.default_rng(seed).standard_normal(shape)

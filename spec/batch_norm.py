@@ -1,0 +1,137 @@
+"""Batch Normalization (Ioffe & Szegedy, 2015, "Batch Normalization: Accelerating Deep Network
+Training by Reducing Internal Covariate Shift", Algorithm 1 and 2).
+
+Input (N, C, *S) with 0 to 3 spatial dims; statistics per channel over (N, *S).
+Running-statistics conventions default to PyTorch's `nn.BatchNorm*d`:
+- momentum_style="new": r <- (1 - momentum) r + momentum * stat   (PyTorch);
+  "decay": r <- momentum r + (1 - momentum) stat                 (Keras, Flax, ONNX);
+- momentum=None: cumulative average, factor 1/num_batches_tracked after the increment;
+- running_var_style="unbiased": the running variance is fed sigma^2 * n/(n-1) (PyTorch);
+  "biased": the population variance (ONNX, Keras).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from normspec.spec.moments import as_float64, moments, moments_backward
+
+MOMENTUM_STYLES = ("new", "decay")
+RUNNING_VAR_STYLES = ("unbiased", "biased")
+
+
+class BatchNormResult(NamedTuple):
+    y: np.ndarray
+    running_mean: np.ndarray | None
+    running_var: np.ndarray | None
+    num_batches_tracked: int
+
+
+def _channel_shape(x: np.ndarray) -> tuple[int, ...]:
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _reduction_axes(x: np.ndarray) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _check(x: np.ndarray, training: bool, uses_batch_stats: bool) -> None:
+    if x.ndim < 2 or x.ndim > 5:
+        raise ValueError(f"batch_norm expects input of shape (N, C, *S) with 0-3 spatial dims, got {x.shape}")
+    per_channel = x.size // max(x.shape[1], 1)
+    if training and uses_batch_stats and per_channel <= 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input of shape {x.shape}"
+        )
+
+
+def batch_norm(
+    x,
+    weight=None,
+    bias=None,
+    running_mean=None,
+    running_var=None,
+    *,
+    training: bool = True,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    momentum_style: str = "new",
+    running_var_style: str = "unbiased",
+    num_batches_tracked: int = 0,
+) -> BatchNormResult:
+    """y = gamma (x - mu) / sqrt(sigma^2 + eps) + beta, per channel (Algorithm 1).
+
+    In training, or when no running statistics are given, (mu, sigma^2) are the batch's
+    (biased variance); given running statistics are then updated and returned. In inference
+    (training=False with running statistics) the running statistics are used (Algorithm 2).
+    Mirrors `torch.nn.functional.batch_norm`, except that nothing is updated in place.
+    """
+    if momentum_style not in MOMENTUM_STYLES:
+        raise ValueError(f"momentum_style must be one of {MOMENTUM_STYLES}, got {momentum_style!r}")
+    if running_var_style not in RUNNING_VAR_STYLES:
+        raise ValueError(f"running_var_style must be one of {RUNNING_VAR_STYLES}, got {running_var_style!r}")
+    x = as_float64(x)
+    has_running = running_mean is not None and running_var is not None
+    use_batch_stats = training or not has_running
+    _check(x, training, use_batch_stats)
+    shape = _channel_shape(x)
+    axes = _reduction_axes(x)
+
+    new_mean = None if running_mean is None else as_float64(running_mean)
+    new_var = None if running_var is None else as_float64(running_var)
+    tracked = num_batches_tracked
+    if use_batch_stats:
+        m = moments(x, axes, eps)
+        xhat = m.xhat
+        if training and has_running:
+            tracked = num_batches_tracked + 1
+            factor = 1.0 / tracked if momentum is None else momentum
+            if momentum_style == "decay" and momentum is not None:
+                factor = 1.0 - momentum
+            batch_mean = m.mean.reshape(-1)
+            batch_var = m.var.reshape(-1)
+            if running_var_style == "unbiased":
+                batch_var = batch_var * m.count / (m.count - 1)
+            new_mean = (1.0 - factor) * new_mean + factor * batch_mean
+            new_var = (1.0 - factor) * new_var + factor * batch_var
+    else:
+        xhat = (x - new_mean.reshape(shape)) / np.sqrt(new_var.reshape(shape) + eps)
+
+    y = xhat
+    if weight is not None:
+        y = y * as_float64(weight).reshape(shape)
+    if bias is not None:
+        y = y + as_float64(bias).reshape(shape)
+    return BatchNormResult(y, new_mean, new_var, tracked)
+
+
+def batch_norm_backward(
+    dy,
+    x,
+    weight=None,
+    running_mean=None,
+    running_var=None,
+    *,
+    training: bool = True,
+    eps: float = 1e-5,
+) -> dict[str, np.ndarray]:
+    """Closed-form gradients {x, weight, bias} of `batch_norm` (Ioffe & Szegedy 2015, sec. 3).
+
+    With batch statistics, mu and sigma depend on x (the shared moments backward); with
+    running statistics they are constants and dx = dy * gamma / sqrt(rv + eps).
+    """
+    x, dy = as_float64(x), as_float64(dy)
+    shape = _channel_shape(x)
+    axes = _reduction_axes(x)
+    gamma = np.ones(shape) if weight is None else as_float64(weight).reshape(shape)
+    g_hat = dy * gamma
+    has_running = running_mean is not None and running_var is not None
+    if training or not has_running:
+        m = moments(x, axes, eps)
+        xhat, dx = m.xhat, moments_backward(g_hat, m, axes)
+    else:
+        s = np.sqrt(as_float64(running_var).reshape(shape) + eps)
+        xhat = (x - as_float64(running_mean).reshape(shape)) / s
+        dx = g_hat / s
+    return {"x": dx, "weight": (dy * xhat).sum(axis=axes), "bias": dy.sum(axis=axes)}
