@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from normspec.case import Case
 
-# Traits the properties key on. Keep this list the single vocabulary.
+# Traits the properties key on: the single vocabulary, name -> meaning. A norm family that
+# needs a new trait declares it with `register_trait` in its record module.
 TRAITS = {
     "moment_normalizer": "output = gamma * (x - mean_R x)/sqrt(var_R x + eps) + beta over reduction sets R",
     "running_stats": "keeps running mean/variance buffers updated in training, used in eval",
@@ -27,6 +28,13 @@ TRAITS = {
     "shift_invariant": "adding a constant to each reduction set leaves the output unchanged",
     "channel_axis_1": "the channel dimension is axis 1, so channels_last layouts apply",
 }
+
+
+def register_trait(name: str, meaning: str) -> str:
+    if TRAITS.get(name, meaning) != meaning:
+        raise ValueError(f"trait {name!r} already means {TRAITS[name]!r}")
+    TRAITS[name] = meaning
+    return name
 
 
 @dataclass(frozen=True)
