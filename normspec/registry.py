@@ -76,6 +76,9 @@ class NormRecord:
     torch_modules: tuple[str, ...] = ()
     torch_functional: str | None = None
     outputs: tuple[str, ...] = ("y",)
+    # A representative call on an activation of `shape` ((N, C, H, W) or (tokens, hidden)), for
+    # benchmarks: bench_case(shape, rng) -> Case, or None if the shape does not fit this norm.
+    bench_case: Callable[[tuple[int, ...], np.random.Generator], Case | None] | None = None
 
     def __post_init__(self):
         if (self.conditioning is None) == (self.error_model is None):

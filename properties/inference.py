@@ -1,4 +1,8 @@
-"""Inference equivalence for norms with running statistics (BatchNorm and its relatives)."""
+"""Inference equivalence for norms with running batch statistics (BatchNorm and its relatives).
+
+They apply to records with both `running_stats` and `batch_dependent` traits: per-channel
+statistics over (N, *S) in training, the running statistics in eval.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +28,7 @@ def folded_affine(case):
     return scale, beta - case.get("running_mean") * scale
 
 
-@prop("inference", applies=traits("running_stats"))
+@prop("inference", applies=traits("running_stats", "batch_dependent"))
 def eval_is_per_channel_affine(ctx: Context) -> None:
     """In eval mode with running statistics the layer is the per-channel affine map
     x * gamma/sqrt(rv + eps) + (beta - rm * gamma/sqrt(rv + eps)): no batch statistic is used.
@@ -46,7 +50,7 @@ def _conv2d(u: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("nkhwij,ckij->nchw", windows, w) + b.reshape(1, -1, 1, 1)
 
 
-@prop("inference", applies=traits("running_stats"))
+@prop("inference", applies=traits("running_stats", "batch_dependent"))
 def fold_into_preceding_layer(ctx: Context) -> None:
     """BatchNorm in eval after a Linear or Conv2d layer equals that layer with the folded weight
     W'_o = W_o gamma_o/sqrt(rv_o + eps) and bias b' = (b - rm) gamma/sqrt(rv + eps) + beta
@@ -86,7 +90,7 @@ def fold_into_preceding_layer(ctx: Context) -> None:
     assert_close(run.outputs["y"], folded, bound, f"y({kind}+bn)", where(ctx, run) + f" vs folded {kind}")
 
 
-@prop("inference", applies=traits("running_stats"))
+@prop("inference", applies=traits("running_stats", "batch_dependent"))
 def train_equals_eval_on_batch_stats(ctx: Context) -> None:
     """The training-mode output equals the eval-mode output when the running statistics are set
     to the batch's own mean and biased variance: training normalizes by exactly those."""
@@ -108,7 +112,7 @@ def train_equals_eval_on_batch_stats(ctx: Context) -> None:
     assert_close(eval_run.outputs["y"], train.outputs["y"], bound, "y_eval(batch stats)", where(ctx, eval_run) + " vs training output")
 
 
-@prop("inference", applies=traits("running_stats"))
+@prop("inference", applies=traits("running_stats", "batch_dependent"))
 def cumulative_moving_average(ctx: Context) -> None:
     """With momentum=None, after k training steps from fresh buffers (mean 0, var 1, count 0) the
     running mean is the plain average of the k batch means and the running variance the average
@@ -137,7 +141,7 @@ def cumulative_moving_average(ctx: Context) -> None:
     assert_close(state["running_var"], np.mean(variances, axis=0), bound_v, "running_var", at)
 
 
-@prop("inference", applies=traits("running_stats"))
+@prop("inference", applies=traits("running_stats", "batch_dependent"))
 def running_var_convention(ctx: Context) -> None:
     """A single step that replaces the running statistics (momentum 1 as a new-value weight, or
     0 as an old-value decay) leaves exactly the batch mean and the batch variance of the chosen

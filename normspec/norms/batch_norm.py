@@ -91,6 +91,14 @@ def conditioning(case: Case) -> Conditioning:
     return Conditioning((x - mean) / std, mean, std, 1, gamma, beta, axes, axes, False)
 
 
+def bench_case(shape, rng) -> Case | None:
+    """BatchNorm2d-style training call on a CNN activation (N, C, H, W); (tokens, hidden) as BatchNorm1d."""
+    c = shape[1]
+    arrays = {"x": rng.standard_normal(shape), "weight": rng.uniform(0.5, 2.0, c), "bias": rng.normal(size=c),
+              "running_mean": np.zeros(c), "running_var": np.ones(c)}
+    return Case("batch_norm", arrays, {"training": True, "momentum": 0.1, "eps": 1e-5})
+
+
 register(NormRecord(
     name="batch_norm",
     family="batch",
@@ -104,4 +112,5 @@ register(NormRecord(
     torch_modules=("torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d", "torch.nn.BatchNorm3d"),
     torch_functional="torch.nn.functional.batch_norm",
     outputs=("y", "running_mean", "running_var"),
+    bench_case=bench_case,
 ))

@@ -47,6 +47,14 @@ def conditioning(case: Case) -> Conditioning:
     return Conditioning(m.xhat, m.mean, m.std, m.count, gamma, beta, axes, tuple(range(x.ndim - k)), True)
 
 
+def bench_case(shape, rng) -> Case | None:
+    """LayerNorm over the last dim (transformer hidden) or over (C, H, W) for a CNN activation."""
+    normalized = tuple(shape[1:]) if len(shape) > 2 else (shape[-1],)
+    arrays = {"x": rng.standard_normal(shape), "weight": rng.uniform(0.5, 2.0, normalized),
+              "bias": rng.normal(size=normalized)}
+    return Case("layer_norm", arrays, {"normalized_shape": normalized, "eps": 1e-5})
+
+
 register(NormRecord(
     name="layer_norm",
     family="layer",
@@ -58,4 +66,5 @@ register(NormRecord(
     traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant"}),
     torch_modules=("torch.nn.LayerNorm",),
     torch_functional="torch.nn.functional.layer_norm",
+    bench_case=bench_case,
 ))
