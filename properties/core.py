@@ -109,10 +109,12 @@ class Run:
 class Context:
     """What a property sees: the norm's record, the backend, and a recorded way to draw."""
 
-    def __init__(self, record: NormRecord, backend: Backend, draw: Callable[[st.SearchStrategy, str], Any]):
+    def __init__(self, record: NormRecord, backend: Backend, draw: Callable[[st.SearchStrategy, str], Any],
+                 exclude_dtypes: tuple[str, ...] = ()):
         self.record = record
         self.backend = backend
         self._draw = draw
+        self.exclude_dtypes = exclude_dtypes
         self.draws: list[tuple[str, Any]] = []
 
     # -- drawing
@@ -125,7 +127,8 @@ class Context:
         return self.draw(self.record.cases(**overrides), label)
 
     def dtype(self, *allowed: str) -> str:
-        choices = [d for d in self.backend.dtypes if not allowed or d in allowed]
+        choices = [d for d in self.backend.dtypes
+                   if (not allowed or d in allowed) and d not in self.exclude_dtypes]
         if not choices:
             assume(False)
         return self.draw(st.sampled_from(choices), "dtype")
@@ -240,12 +243,22 @@ class Verdict:
     reproducer: str | None = None
 
     @property
+    def dtype(self) -> str | None:
+        """The dtype of the minimal counterexample, if the property drew one."""
+        return next((value for label, value in self.draws if label == "dtype"), None)
+
+    @property
     def ok(self) -> bool:
         return self.status in ("passed", "xfail", "xpass", "skipped")
 
 
-def run_property(p: Property, record: NormRecord, backend: Backend, profile: str = "ci") -> Verdict:
-    """Drive property `p` on (record, backend) with Hypothesis; return its verdict."""
+def run_property(p: Property, record: NormRecord, backend: Backend, profile: str = "ci",
+                 exclude_dtypes: tuple[str, ...] = ()) -> Verdict:
+    """Drive property `p` on (record, backend) with Hypothesis; return its verdict.
+
+    `exclude_dtypes` removes dtypes from every draw (used to confirm that a deviation known to
+    be confined to some dtypes does not also occur in the others).
+    """
     start = time.perf_counter()
     verdict = Verdict(p.name, record.name, backend.name, "passed")
     reason = p.skip_reason(record, backend)
@@ -257,7 +270,7 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
     @hypothesis_settings(profile)
     @given(data=st.data())
     def check(data):
-        ctx = Context(record, backend, lambda s, label: data.draw(s, label=label))
+        ctx = Context(record, backend, lambda s, label: data.draw(s, label=label), exclude_dtypes)
         last["ctx"] = ctx
         p.func(ctx)
 

@@ -31,11 +31,22 @@ def as_float64(a) -> np.ndarray:
 
 
 def moments(x: np.ndarray, axes: tuple[int, ...], eps: float) -> Moments:
-    """Two-pass mean and biased variance of x over `axes`, and the normalized xhat."""
+    """Mean and biased variance of x over `axes`, and the normalized xhat.
+
+    The reference must be more accurate than anything it judges, and exact where the
+    mathematics is exact: the values are shifted by each set's first value (so a constant set
+    centres to exactly 0), averaged, centred, and the centring corrected once more by the mean
+    of the centred values (the corrected two-pass algorithm; Chan, Golub & LeVeque 1983).
+    """
     x = as_float64(x)
     count = int(np.prod([x.shape[a] for a in axes])) if axes else 1
-    mean = x.mean(axis=axes, keepdims=True)
-    centered = x - mean
+    first = x[tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))]
+    shifted = x - first
+    shifted_mean = shifted.mean(axis=axes, keepdims=True)
+    centered = shifted - shifted_mean
+    correction = centered.mean(axis=axes, keepdims=True)
+    centered = centered - correction
+    mean = first + (shifted_mean + correction)
     var = (centered * centered).mean(axis=axes, keepdims=True)
     std = np.sqrt(var + eps)
     return Moments(mean=mean, var=var, std=std, xhat=centered / std, count=count)

@@ -1,0 +1,187 @@
+"""Record: SyncBatchNorm, BatchNorm whose statistics are combined across k ranks of a process group.
+
+A case holds the concatenated global batch `x` (N, C, *S) and the per-rank split in the param
+`rank_sizes` (k = 2..4 positive sizes summing to N; uneven sizes and sizes of 1 included); the
+affine parameters, running statistics and conventions are BatchNorm's. Backends simulate the
+ranks (numpy) or run them as k real processes (torch: gloo on this machine).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.case import Case
+from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.properties.tolerance import growth
+from normspec.registry import Conditioning, NormRecord, register, register_trait
+from normspec.spec.moments import moments
+from normspec.spec.sync_batch_norm import sync_batch_norm, sync_batch_norm_backward
+
+RANK_SYNCHRONIZED = register_trait(
+    "rank_synchronized",
+    "the batch is split over ranks (param rank_sizes) whose statistics are combined: equals the "
+    "unsplit norm over the concatenated batch",
+)
+MIN_RANKS, MAX_RANKS = 2, 4
+momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
+
+
+def rank_sizes_of(params, n: int) -> tuple[int, ...]:
+    """The validated per-rank batch sizes of a call on a global batch of n samples."""
+    if "rank_sizes" not in params:
+        raise ValueError("sync_batch_norm needs the param rank_sizes (the per-rank batch sizes)")
+    sizes = tuple(params["rank_sizes"])
+    if not sizes or any(int(s) != s or s < 1 for s in sizes):
+        raise ValueError(f"rank_sizes must be positive integers, one per rank, got {sizes!r}")
+    if sum(sizes) != n:
+        raise ValueError(f"rank_sizes {sizes!r} sum to {sum(sizes)}, but the global batch has {n} samples")
+    return tuple(int(s) for s in sizes)
+
+
+def split_batch(x, params) -> list:
+    """The per-rank shards x[start_r:start_r + n_r] of the global batch (views, any array type)."""
+    sizes = rank_sizes_of(params, x.shape[0])
+    bounds = np.cumsum((0,) + sizes)
+    return [x[int(a):int(b)] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def resplit(case: Case, n: int, rng: np.random.Generator) -> dict:
+    """Params for the same call on a global batch of n samples, split over random ranks (for
+    harness code that replaces a case's batch by one of another size)."""
+    k = int(min(len(case.params.get("rank_sizes", (1, 1))), max(n, 1)))
+    cuts = np.sort(rng.choice(np.arange(1, n), size=k - 1, replace=False)) if k > 1 else np.array([], int)
+    sizes = np.diff(np.concatenate([[0], cuts, [n]]))
+    return {**case.params, "rank_sizes": tuple(int(s) for s in sizes)}
+
+
+@st.composite
+def rank_sizes_strategy(draw, ranks=None):
+    """k = 2..4 positive per-rank sizes: mostly uneven, with sizes of 1 common."""
+    k = draw(st.integers(MIN_RANKS, MAX_RANKS), label="ranks") if ranks is None else ranks
+    size = st.one_of(st.just(1), st.integers(1, 4))
+    return tuple(draw(size, label=f"rank_size_{r}") for r in range(k))
+
+
+@st.composite
+def sync_batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
+                          conventions=True, allow_constant=True, ranks=None, rank_sizes=None):
+    """SyncBatchNorm calls: the global batch (N, C, *S) with N = sum(rank_sizes), train or eval,
+    with or without running stats/affine; random affine parameters and running statistics.
+    Accepts BatchNorm's overrides plus ranks= (k) and rank_sizes=."""
+    sizes = draw(rank_sizes_strategy(ranks), label="rank_sizes") if rank_sizes is None else tuple(rank_sizes)
+    nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
+    c = draw(st.integers(1, 4), label="C")
+    sides = tuple(draw(st.integers(1, 4 if nsp < 3 else 2), label="side") for _ in range(nsp))
+    training = draw(st.booleans(), label="training") if training is None else training
+    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+    shape = (sum(sizes), c) + sides
+    x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
+    affine = draw(st.booleans(), label="affine") if affine is None else affine
+    arrays = {"x": x}
+    if affine:
+        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
+        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    params = {"rank_sizes": sizes, "training": training, "eps": draw(eps_values, label="eps")}
+    if running:
+        rng = np.random.default_rng(draw(seeds, label="running_seed"))
+        axes = (0,) + tuple(range(2, x.ndim))
+        spread = x.std(axis=axes) + 1e-3
+        arrays["running_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c)
+        arrays["running_var"] = (spread**2) * rng.uniform(0.3, 3.0, c)
+        params["momentum"] = draw(momenta, label="momentum")
+        params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
+        if conventions:
+            params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
+            params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]),
+                                               label="running_var_style")
+    return Case("sync_batch_norm", arrays, params)
+
+
+SPEC_KEYS = ("training", "momentum", "eps", "momentum_style", "running_var_style", "num_batches_tracked")
+
+
+def spec_kwargs(params) -> dict:
+    return {k: params[k] for k in SPEC_KEYS if k in params}
+
+
+def reference(case: Case) -> dict[str, np.ndarray]:
+    r = sync_batch_norm(split_batch(case.x, case.params), case.get("weight"), case.get("bias"),
+                        case.get("running_mean"), case.get("running_var"), **spec_kwargs(case.params))
+    out = {"y": np.concatenate(r.ys)}
+    if case.params.get("training", True) and r.running_mean is not None:
+        out["running_mean"], out["running_var"] = r.running_mean, r.running_var
+    return out
+
+
+def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
+    grads = sync_batch_norm_backward(split_batch(dy, case.params), split_batch(case.x, case.params),
+                                     case.get("weight"), case.get("running_mean"), case.get("running_var"),
+                                     training=case.params.get("training", True), eps=case.params.get("eps", 1e-5))
+    out = {"x": np.concatenate(grads["x"])}
+    out.update({role: grads[role] for role in ("weight", "bias") if case.get(role) is not None})
+    return out
+
+
+def protocol_count(rank_counts) -> int:
+    """An effective reduction length for the tolerance model's growth factor g(m) = 2 + sqrt(m).
+
+    Each rank's mean mu_r errs by u g(n_r)(|mu_r| + s_r), and |mu_r - mu|, s_r <= sigma sqrt(n/n_r)
+    (n_r s_r^2 and n_r (mu_r - mu)^2 are parts of n sigma^2); the n_r/n-weighted sum over ranks of
+    those errors, in units of sigma, is at most u max_r g(n_r) (|mu|/sigma + 2 sqrt(k)), and combining
+    k terms adds u g(k). So the group's statistics err like one reduction whose growth is
+    sqrt(k) max_r g(n_r) + g(k); this returns the smallest m with g(m) at least that."""
+    k = len(rank_counts)
+    target = math.sqrt(k) * max(growth(n) for n in rank_counts) + growth(k)
+    return int(math.ceil((target - 2.0) ** 2))
+
+
+def conditioning(case: Case) -> Conditioning:
+    """BatchNorm's conditioning over the concatenated batch (the combined statistics are the global
+    batch's), with the growth of the rank-wise protocol (`protocol_count`) as the reduction length."""
+    x = case.x
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    eps = case.params.get("eps", 1e-5)
+    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight").reshape(shape)
+    beta = np.zeros(shape) if case.get("bias") is None else case.get("bias").reshape(shape)
+    per_sample = x.size // max(x.shape[0] * x.shape[1], 1)
+    counts = [n * per_sample for n in rank_sizes_of(case.params, x.shape[0])]
+    if case.params.get("training", True) or case.get("running_mean") is None:
+        m = moments(x, axes, eps)
+        unbiased = case.params.get("running_var_style", "unbiased") == "unbiased" and m.count > 1
+        return Conditioning(m.xhat, m.mean, m.std, protocol_count(counts), gamma, beta, axes, axes, True,
+                            m.count / (m.count - 1) if unbiased else 1.0)
+    mean = case.get("running_mean").reshape(shape)
+    std = np.sqrt(case.get("running_var").reshape(shape) + eps)
+    return Conditioning((x - mean) / std, mean, std, 1, gamma, beta, axes, axes, False)
+
+
+def bench_case(shape, rng) -> Case | None:
+    """A BatchNorm2d-style training call on (N, C, H, W) (or (tokens, hidden)) split over 2 ranks."""
+    n, c = shape[0], shape[1]
+    if n < 2:
+        return None
+    arrays = {"x": rng.standard_normal(shape), "weight": rng.uniform(0.5, 2.0, c), "bias": rng.normal(size=c),
+              "running_mean": np.zeros(c), "running_var": np.ones(c)}
+    return Case("sync_batch_norm", arrays,
+                {"rank_sizes": (n - n // 2, n // 2), "training": True, "momentum": 0.1, "eps": 1e-5})
+
+
+register(NormRecord(
+    name="sync_batch_norm",
+    family="batch",
+    paper="Ioffe & Szegedy 2015, Algorithm 1, with statistics combined across ranks (Chan, Golub & LeVeque "
+          "1979; Zhang et al. 2018, Context Encoding, sec. 3.3)",
+    reference=reference,
+    reference_grad=reference_grad,
+    cases=sync_batch_norm_cases,
+    conditioning=conditioning,
+    traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
+                      "shift_invariant", "channel_axis_1", RANK_SYNCHRONIZED}),
+    torch_modules=("torch.nn.SyncBatchNorm",),
+    torch_functional=None,
+    outputs=("y", "running_mean", "running_var"),
+    bench_case=bench_case,
+))

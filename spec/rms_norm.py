@@ -1,0 +1,62 @@
+"""Root Mean Square Layer Normalization (Zhang & Sennrich, 2019, "Root Mean Square Layer
+Normalization", eq. 4): y = x / RMS(x) * g with RMS(x) = sqrt(mean(x^2) + eps) over the trailing
+`normalized_shape` dims. No centering, no bias (PyTorch `nn.RMSNorm`, `F.rms_norm`).
+
+eps=None follows PyTorch 2.13 as measured (not the input dtype's own epsilon, as its docs once
+said): torch.finfo(float32).eps for float16, bfloat16 and float32 inputs, finfo(float64).eps for
+float64 — the machine epsilon of the dtype the statistics are computed in.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from normspec.spec.moments import as_float64
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+FLOAT64_EPS = float(np.finfo(np.float64).eps)
+DEFAULT_EPS = {"float16": FLOAT32_EPS, "bfloat16": FLOAT32_EPS, "float32": FLOAT32_EPS, "float64": FLOAT64_EPS}
+
+
+def resolve_eps(eps: float | None, dtype: str = "float64") -> float:
+    """The eps `F.rms_norm` uses for an input of `dtype` when given `eps` (None: the dtype rule)."""
+    if eps is not None:
+        return float(eps)
+    if dtype not in DEFAULT_EPS:
+        raise ValueError(f"no eps=None rule for dtype {dtype!r}; known: {sorted(DEFAULT_EPS)}")
+    return DEFAULT_EPS[dtype]
+
+
+def _axes(x: np.ndarray, normalized_shape) -> tuple[int, ...]:
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if k == 0 or x.shape[x.ndim - k:] != normalized_shape:
+        raise ValueError(f"normalized_shape {normalized_shape} must be a non-empty suffix of the input shape {x.shape}")
+    return tuple(range(x.ndim - k, x.ndim))
+
+
+def rms(x, normalized_shape, *, eps: float | None = None, dtype: str = "float64") -> np.ndarray:
+    """r = sqrt(mean(x^2) + eps) over the normalized dims, kept as size-1 dims."""
+    x = as_float64(x)
+    return np.sqrt(np.mean(x * x, axis=_axes(x, normalized_shape), keepdims=True) + resolve_eps(eps, dtype))
+
+
+def rms_norm(x, normalized_shape, weight=None, *, eps: float | None = None, dtype: str = "float64") -> np.ndarray:
+    """y = g * x / sqrt(mean(x^2) + eps); `dtype` is the input dtype the eps=None rule is read for."""
+    x = as_float64(x)
+    y = x / rms(x, normalized_shape, eps=eps, dtype=dtype)
+    if weight is not None:
+        y = y * as_float64(weight)
+    return y
+
+
+def rms_norm_backward(dy, x, normalized_shape, weight=None, *, eps: float | None = None,
+                      dtype: str = "float64") -> dict[str, np.ndarray]:
+    """Closed-form gradients {x, weight}: with xhat = x/r and g = gamma dy,
+    dx = (g - xhat * mean(g xhat)) / r and dgamma = sum over the batch dims of dy * xhat."""
+    x, dy = as_float64(x), as_float64(dy)
+    axes = _axes(x, normalized_shape)
+    r = rms(x, normalized_shape, eps=eps, dtype=dtype)
+    xhat = x / r
+    g = dy if weight is None else dy * as_float64(weight)
+    dx = (g - xhat * np.mean(g * xhat, axis=axes, keepdims=True)) / r
+    return {"x": dx, "weight": (dy * xhat).sum(axis=tuple(range(x.ndim - len(axes))))}
