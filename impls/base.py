@@ -92,7 +92,7 @@ def available_backends(names: list[str] | None = None) -> tuple[dict[str, Backen
         unknown = [n for n in names if n not in registered]
         if unknown:
             raise KeyError(
-                f"unknown backend(s) {', '.join(unknown)}; registered backends: {', '.join(sorted(registered))}"
+                f"unknown backend(s) {', '.join(unknown)}; known (registered) backends: {', '.join(sorted(registered))}"
             )
         registered = {n: registered[n] for n in names}
     usable: dict[str, Backend] = {}

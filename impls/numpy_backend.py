@@ -42,7 +42,9 @@ def _load_kernels() -> None:
 
 def lay_out(array: np.ndarray, layout: str) -> np.ndarray:
     """A fresh array with `array`'s values in the requested memory layout."""
-    if layout == "contiguous" or array.ndim == 0:
+    if array.ndim == 0:
+        return np.array(array, copy=True)  # ascontiguousarray would make it shape (1,)
+    if layout == "contiguous":
         return np.ascontiguousarray(array).copy()
     if layout == "channels_last":
         if array.ndim < 3:

@@ -114,9 +114,9 @@ def _load() -> None:
 
 
 def norms() -> dict[str, NormRecord]:
-    """All registered norms by name, in registration order."""
+    """All registered norms by name, sorted by name (stable whatever the import order)."""
     _load()
-    return dict(_REGISTRY)
+    return dict(sorted(_REGISTRY.items()))
 
 
 def get_norm(name: str) -> NormRecord:

@@ -94,6 +94,16 @@ def traits(*names: str) -> Callable[[NormRecord], bool]:
 
 # ---------------------------------------------------------------- running a backend
 
+def representable(a: np.ndarray, dtype: str) -> bool:
+    """Finite, at most a quarter of the dtype's largest value, and squares (and sums of a few
+    thousand squares) that stay finite in the compute dtype."""
+    if not np.all(np.isfinite(a)):
+        return False
+    big = float(np.abs(a).max(initial=0.0))
+    compute = "float64" if dtype == "float64" else "float32"
+    return big <= tolerance.MAX_FINITE[dtype] / 4 and big <= np.sqrt(tolerance.MAX_FINITE[compute]) / 2**10
+
+
 @dataclass
 class Run:
     """One backend evaluation of a case, everything read back as float64."""
@@ -110,7 +120,8 @@ class Context:
     """What a property sees: the norm's record, the backend, and a recorded way to draw."""
 
     def __init__(self, record: NormRecord, backend: Backend, draw: Callable[[st.SearchStrategy, str], Any],
-                 exclude_dtypes: tuple[str, ...] = ()):
+                 exclude_dtypes: tuple[str, ...] = (), replaying: bool = False):
+        self.replaying = replaying
         self.record = record
         self.backend = backend
         self._draw = draw
@@ -118,6 +129,15 @@ class Context:
         self.draws: list[tuple[str, Any]] = []
 
     # -- drawing
+    def assume(self, condition: bool, why: str = "") -> None:
+        """Discard this example unless `condition` (hypothesis.assume); when replaying a recorded
+        example there is nothing to discard, so say which assumption no longer holds."""
+        if condition:
+            return
+        if self.replaying:
+            raise ReplayExhausted(f"the recorded example is not valid here: {why or 'an assumption failed'}")
+        assume(False)
+
     def draw(self, strategy: st.SearchStrategy, label: str) -> Any:
         value = self._draw(strategy, label)
         self.draws.append((label, value))
@@ -129,8 +149,7 @@ class Context:
     def dtype(self, *allowed: str) -> str:
         choices = [d for d in self.backend.dtypes
                    if (not allowed or d in allowed) and d not in self.exclude_dtypes]
-        if not choices:
-            assume(False)
+        self.assume(bool(choices), f"{self.backend.name} supports none of the dtypes {allowed}")
         return self.draw(st.sampled_from(choices), "dtype")
 
     def layout(self) -> str:
@@ -142,10 +161,16 @@ class Context:
     # -- rounding and running
     def supported(self, case: Case, dtype: str, layout: str = "contiguous") -> None:
         """Discard this example (hypothesis.assume) if the backend cannot run it."""
-        assume(self.backend.unsupported(case.norm, case.params, dtype, layout) is None)
+        reason = self.backend.unsupported(case.norm, case.params, dtype, layout)
+        self.assume(reason is None, reason or "")
 
     def rounded(self, case: Case, dtype: str) -> Case:
-        """The case with every array rounded to `dtype` exactly as the backend rounds it."""
+        """The case with every array rounded to `dtype` exactly as the backend rounds it.
+
+        A case whose values do not fit the dtype (they would round to infinity, or square to
+        overflow in the compute dtype) is not an example for that dtype: it is discarded.
+        """
+        self.assume(all(representable(a, dtype) for a in case.arrays.values()), f"values do not fit {dtype}")
         b = self.backend
         return case.with_arrays(**{r: b.to_numpy(b.native(a, dtype)) for r, a in case.arrays.items()})
 
@@ -205,7 +230,7 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, bound: np.ndarray | f
     if actual.shape != expected.shape:
         raise PropertyFailure(f"{what} has shape {actual.shape}, but should have shape {expected.shape} [{where}]")
     bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), expected.shape)
-    nan_ok = np.isnan(expected) & np.isnan(actual)
+    nan_ok = (np.isnan(expected) & np.isnan(actual)) | (actual == expected)  # equal infinities too
     with np.errstate(invalid="ignore"):
         err = np.abs(actual - expected)
         bad = ~nan_ok & ~(err <= bound)
@@ -308,4 +333,4 @@ def replay(property_name: str, record: NormRecord, backend: Backend, draws: list
             raise ReplayExhausted(f"replay expected a draw labelled {recorded_label!r}, the property asked for {label!r}")
         return value
 
-    PROPERTIES[property_name].func(Context(record, backend, draw))
+    PROPERTIES[property_name].func(Context(record, backend, draw, replaying=True))

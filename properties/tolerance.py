@@ -29,6 +29,8 @@ UNIT_ROUNDOFF = {
     "float16": 2.0**-11,
     "bfloat16": 2.0**-8,
 }
+MAX_FINITE = {"float64": 1.7976931348623157e308, "float32": 3.4028234663852886e38, "float16": 65504.0,
+              "bfloat16": 3.3895313892515355e38}
 # Smallest positive normal number: an absolute floor for results that round to (almost) zero.
 TINY = {"float64": 2.2250738585072014e-308, "float32": 1.1754943508222875e-38, "float16": 6.103515625e-05,
         "bfloat16": 1.1754943508222875e-38}
@@ -82,11 +84,15 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
 
     if "running_mean" in reference:
         g = growth(c.count)
-        mean = c.mean.reshape(-1)
-        std = c.std.reshape(-1)
-        var = (c.std.reshape(-1) ** 2) * c.running_var_scale
-        out["running_mean"] = SAFETY * (u * g * (np.abs(mean) + std) + v * np.abs(reference["running_mean"])) + tiny
-        out["running_var"] = SAFETY * (u * g * (var + 2 * std * (np.abs(mean) + std))
+        size = reference["running_mean"].size
+        mean = np.abs(c.mean)
+        std = np.broadcast_to(c.std, c.mean.shape)
+        var = (std**2) * c.running_var_scale
+        # per-set statistics (one per channel for BatchNorm, per (n, c) for InstanceNorm, whose
+        # running statistics are their batch-means) reduced to one bound per running entry
+        per_entry = lambda a: np.reshape(a, (-1, size)).mean(axis=0)
+        out["running_mean"] = SAFETY * (u * g * per_entry(mean + std) + v * np.abs(reference["running_mean"])) + tiny
+        out["running_var"] = SAFETY * (u * g * per_entry(var + 2 * std * (mean + std))
                                        + v * np.abs(reference["running_var"])) + tiny
 
     if dy is not None:
@@ -105,4 +111,484 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
         out["weight"] = SAFETY * (u * gp * (absdy * cond).sum(axis=c.param_axes)
                                   + v * np.abs(ref_grads.get("weight", 0.0))) + tiny
         out["bias"] = SAFETY * (u * gp * absdy.sum(axis=c.param_axes) + v * np.abs(ref_grads.get("bias", 0.0))) + tiny
+    return Bounds(out)
+
+
+# ---------------------------------------------------------------- response normalizations
+# (LRN, MatConvNet cross-channel and spatial normalization: y = x * d^-beta, d = offset + scale * W(x^2))
+
+def response_bounds(dtype: str, reference: dict[str, np.ndarray], window: int, beta: float,
+                    grad_magnitude: np.ndarray | None = None, ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
+    """Bounds for y = x d^-beta with d = offset + scale * (window sum of squares), offset, scale > 0.
+
+    The sum of `window` positive squares has relative error u growth(window), d adds one rounding
+    and the power amplifies the relative error of d by |beta| (plus its own rounding), so
+    err(y) <= u (3 + |beta| (2 + growth(window))) |y|. The input gradient sums `window` products of
+    such terms once more: its error is relative to `grad_magnitude` (the sum of the absolute
+    terms of the backward formula), with one more growth(window) factor.
+    """
+    u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
+    rel = 3.0 + abs(beta) * (2.0 + growth(window))
+    y = np.abs(reference["y"])
+    out = {"y": SAFETY * (u * rel + v) * y + tiny}
+    if grad_magnitude is not None:
+        ref_dx = np.abs((ref_grads or {}).get("x", 0.0))
+        out["x"] = SAFETY * (u * (rel + 1.0) * growth(window) * grad_magnitude + v * ref_dx) + tiny
+    return Bounds(out)
+
+
+def divisive_bounds(dtype: str, reference: dict[str, np.ndarray], *, xhat: np.ndarray, offset: np.ndarray,
+                    gamma: np.ndarray, beta: np.ndarray, count: int, param_axes: tuple[int, ...],
+                    dy: np.ndarray | None = None, grad_magnitude: np.ndarray | None = None,
+                    ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
+    """Bounds for divisive normalization y = gamma v/r + beta, v = z - mean_A z, r = sqrt(eps + mean_B v^2).
+
+    The moment model with fields in place of reduction sets: err(v/r) <= u g (1 + |v/r| + offset),
+    `offset` = mean_A|z| / r (digits lost centering), g = growth(count) for the larger field.
+    The input gradient's error is relative to `grad_magnitude` (the absolute terms of the backward
+    formula), amplified by the worst conditioning of the sample.
+    """
+    u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
+    g = growth(count)
+    cond = 1.0 + np.abs(xhat) + offset
+    out = {"y": SAFETY * u * g * cond * np.abs(gamma) + SAFETY * v * (np.abs(reference["y"]) + np.abs(beta)) + tiny}
+    if dy is not None:
+        ref_grads = ref_grads or {}
+        worst = cond.max(axis=tuple(range(1, cond.ndim)), keepdims=True) if cond.ndim > 1 else cond
+        out["x"] = SAFETY * (u * g * g * worst * grad_magnitude + v * np.abs(ref_grads.get("x", 0.0))) + tiny
+        n_param = int(np.prod([dy.shape[a] for a in param_axes])) if param_axes else 1
+        gp = growth(n_param) + g
+        absdy = np.abs(dy)
+        out["weight"] = SAFETY * (u * gp * (absdy * cond).sum(axis=param_axes)
+                                  + v * np.abs(ref_grads.get("weight", 0.0))) + tiny
+        out["bias"] = SAFETY * (u * gp * absdy.sum(axis=param_axes) + v * np.abs(ref_grads.get("bias", 0.0))) + tiny
+    return Bounds(out)
+
+
+# ---------------------------------------------------------------- weight-side normalizations
+# Weight Norm, Centered Weight Norm, Spectral Norm and Normalization Propagation. The same two
+# terms: reductions (norms, dot products, mat-vecs) of m terms carry u_compute * growth(m), and
+# every elementwise operation that a composed implementation may round to the storage dtype
+# carries u_storage; both are scaled by the input's condition (|mean|/spread for centering,
+# 1/|sigma| and the power iteration's contraction for spectral norm, the ReLU kink).
+
+def _reduction(count: int, dtype: str) -> float:
+    """Relative error of a reduction of `count` terms whose products may be rounded to storage."""
+    return compute_roundoff(dtype) * growth(count) + storage_roundoff(dtype)
+
+
+def weight_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=None) -> Bounds:
+    """w = g v/||v||: every element has a relative error of one norm (a reduction of m terms)
+    plus a few storage roundings. dg = sum dw w_hat and dv = (g/n)(dw - w_hat dg) carry the
+    reduction error on the sums of |terms| (cancellation in them is the gradient's condition)."""
+    from normspec.spec.weight_norm import g_shape, norm_axes
+
+    v, dim = case.x, case.params.get("dim", 0)
+    axes = norm_axes(v.ndim, dim)
+    m = int(np.prod([v.shape[a] for a in axes])) if axes else 1
+    red, s, tiny = _reduction(m, dtype), storage_roundoff(dtype), TINY[dtype]
+    out = {"y": SAFETY * (red + s) * np.abs(reference["y"]) + tiny}
+    if dy is not None:
+        g = case.get("weight").reshape(g_shape(v.shape, dim))
+        n = np.sqrt((v * v).sum(axis=axes, keepdims=True))
+        w_hat = np.abs(v) / n
+        spread = (np.abs(dy) * w_hat).sum(axis=axes, keepdims=True)
+        out["x"] = SAFETY * (red + 2 * s) * np.abs(g) / n * (np.abs(dy) + w_hat * spread) + tiny
+        out["weight"] = (SAFETY * (red + 2 * s) * spread + tiny).reshape(g_shape(v.shape, dim))
+    return Bounds(out)
+
+
+def centered_weight_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=None) -> Bounds:
+    """w = g c/(||c|| + eps), c = v - mean v. Centering loses |mean|/spread digits, as in the
+    moment model: err(c_i) <= (u g(m) + u_s)(|mean| + spread) + u_s |c_i|, and the norm of c is
+    off by a relative K = (u g(m) + u_s)(2 + |mean|/spread), spread = ||c||/sqrt(m)."""
+    from normspec.spec.weight_norm import g_shape, norm_axes
+
+    v, dim = case.x, case.params.get("dim", 0)
+    eps = case.params.get("eps", 0.0)
+    axes = norm_axes(v.ndim, dim)
+    m = int(np.prod([v.shape[a] for a in axes])) if axes else 1
+    red, s, tiny = _reduction(m, dtype), storage_roundoff(dtype), TINY[dtype]
+    shape = g_shape(v.shape, dim)
+    g = np.full(shape, float(case.params.get("scale", 1.0))) if case.get("weight") is None else case.get("weight").reshape(shape)
+    mean = v.mean(axis=axes, keepdims=True)
+    c = v - mean
+    r = np.sqrt((c * c).sum(axis=axes, keepdims=True))
+    d = r + eps
+    spread = r / np.sqrt(m)
+    K = (red + s) * (2 + np.abs(mean) / spread)
+    err_c = (red + s) * (np.abs(mean) + spread) + s * np.abs(c)
+    out = {"y": SAFETY * (np.abs(g) * (err_c + np.abs(c) * K) / d + s * np.abs(reference["y"])) + tiny}
+    if dy is not None:
+        c_hat, ady = np.abs(c) / r, np.abs(dy)
+        sum_cd = (c_hat * ady).sum(axis=axes, keepdims=True)
+        sum_d = ady.sum(axis=axes, keepdims=True) / np.sqrt(m)
+        terms = ady + c_hat * (sum_cd + sum_d) + sum_cd * (c_hat + 1 / np.sqrt(m))
+        err_dc = np.abs(g) / d * (K + s) * terms
+        mean_dc = np.abs(g) / d * (ady + c_hat * sum_cd).mean(axis=axes, keepdims=True)
+        out["x"] = SAFETY * (err_dc + err_dc.mean(axis=axes, keepdims=True) + red * mean_dc) + tiny
+        if case.get("weight") is not None:
+            out["weight"] = (SAFETY * (K + s) * (sum_cd + sum_d) * (r / d) + tiny).reshape(case.get("weight").shape)
+    return Bounds(out)
+
+
+def _tangent_gain(a_mat: np.ndarray, x: np.ndarray) -> float:
+    """Norm of the first-order map of errors in the unit vector x through x -> A x/||A x||:
+    ||(I - y y^T) A (I - x x^T)|| / ||A x||, y = A x/||A x|| (radial errors cancel)."""
+    x_hat = x / np.linalg.norm(x)
+    ax = a_mat @ x_hat
+    y = ax / np.linalg.norm(ax)
+    proj = a_mat - np.outer(ax, x_hat)
+    proj = proj - np.outer(y, y @ proj)
+    return float(np.linalg.norm(proj, 2) / np.linalg.norm(ax))
+
+
+def spectral_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=None) -> Bounds:
+    """Power iteration followed by W / (u^T W v). Each step rounds a mat-vec (relative
+    (u g(len) + u_s) ||(|W||x|)||/||W x||) and a normalization, and passes the incoming error on
+    through its tangent gain (the contraction sigma_2/sigma_1 near convergence, computed along the
+    float64 trajectory); sigma's error is divided by |sigma| (its condition, large when u, v are
+    nearly orthogonal to W's action), and W_SN and its gradient inherit it."""
+    from normspec.spec.spectral_norm import _normalize, weight_matrix
+
+    p = case.params
+    dim, eps = p.get("dim", 0), p.get("eps", 1e-12)
+    w_mat = weight_matrix(case.x, dim)
+    k, l = w_mat.shape
+    s, tiny = storage_roundoff(dtype), TINY[dtype]
+    abs_w = np.abs(w_mat)
+    u, v = case.get("u"), case.get("v")
+    err_u = err_v = 0.0
+    if p.get("training", True):
+        for _ in range(p.get("n_power_iterations", 1)):
+            a = w_mat @ v
+            step = _reduction(l, dtype) * np.linalg.norm(abs_w @ np.abs(v)) / np.linalg.norm(a) + 2 * _reduction(k, dtype)
+            err_u = (_tangent_gain(w_mat, v) * err_v if err_v else 0.0) + step
+            u = _normalize(a, eps)
+            b = w_mat.T @ u
+            step = _reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b) + 2 * _reduction(l, dtype)
+            err_v = _tangent_gain(w_mat.T, u) * err_u + step
+            v = _normalize(b, eps)
+    wv = w_mat @ v
+    sigma = float(u @ wv)
+    d_sigma = (np.linalg.norm(wv) * err_u + np.linalg.norm(w_mat.T @ u) * err_v
+               + _reduction(l, dtype) * float(np.abs(u) @ abs_w @ np.abs(v)) + _reduction(k, dtype) * float(np.abs(u) @ np.abs(wv)))
+    rel = d_sigma / abs(sigma)
+    out = {"y": SAFETY * (rel + 2 * s) * np.abs(reference["y"]) + tiny,
+           "u": SAFETY * (err_u + s * np.abs(reference["u"])) + tiny,
+           "v": SAFETY * (err_v + s * np.abs(reference["v"])) + tiny}
+    if dy is not None:
+        d = (case.params.get("dim", 0)) % case.x.ndim
+        dy_mat = np.moveaxis(dy, d, 0).reshape(k, l)
+        y_mat = np.moveaxis(reference["y"], d, 0).reshape(k, l)
+        c = float((dy_mat * y_mat).sum())
+        cab = float(np.abs(dy_mat * y_mat).sum())
+        uv = np.abs(np.outer(u, v))
+        err = ((np.abs(dy_mat) + abs(c) * uv) * (rel + 2 * s)
+               + abs(c) * (err_u * np.abs(v)[None, :] + np.abs(u)[:, None] * err_v + err_u * err_v)
+               + _reduction(k * l, dtype) * cab * uv) / abs(sigma)
+        full = np.moveaxis(err.reshape((case.x.shape[d],) + tuple(np.delete(case.x.shape, d))), 0, d)
+        out["x"] = SAFETY * full + tiny
+    return Bounds(out)
+
+
+def norm_prop_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=None) -> Bounds:
+    """u = x W_n^T + beta with W_n = gamma W/||W_row||: a dot product of `in` terms and a row norm.
+    The ReLU is 1-Lipschitz but its derivative jumps at 0: where |u| is within u's own error
+    bound the gradient may take either side, so the bound there includes the whole |dy|/c."""
+    from normspec.spec.norm_prop import RELU_MEAN, RELU_STD
+
+    x, w = case.x, case.get("weight")
+    n, n_in = x.shape
+    n_out = w.shape[0]
+    s, tiny = storage_roundoff(dtype), TINY[dtype]
+    red_in = _reduction(n_in, dtype)
+    gamma = np.ones(n_out) if case.get("gamma") is None else case.get("gamma")
+    beta = np.zeros(n_out) if case.get("bias") is None else case.get("bias")
+    r = np.sqrt((w * w).sum(axis=1, keepdims=True))
+    w_hat = np.abs(w) / r
+    w_n = np.abs(gamma)[:, None] * w_hat
+    u = x @ (gamma[:, None] * w / r).T + beta
+    e_u = (2 * red_in + s) * (np.abs(x) @ w_n.T) + s * np.abs(u)
+    relu = case.params.get("activation", "relu") == "relu"
+    if relu:
+        e_y = (e_u + s * (np.maximum(u, 0) + RELU_MEAN)) / RELU_STD + s * np.abs(reference["y"])
+    else:
+        e_y = e_u
+    out = {"y": SAFETY * e_y + tiny}
+    if dy is not None:
+        c = RELU_STD if relu else 1.0
+        du = np.where(u > 0, dy / c, 0.0) if relu else dy
+        kink = (np.abs(u) <= SAFETY * e_u) if relu else np.zeros(u.shape, bool)
+        e_du = np.where(kink, np.abs(dy) / c, 0.0) + 2 * s * np.abs(du)
+        adu = np.abs(du) + e_du
+        out["x"] = SAFETY * (e_du @ w_n + (_reduction(n_out, dtype) + red_in) * (adu @ w_n)) + tiny
+        out["bias"] = SAFETY * (e_du.sum(axis=0) + _reduction(n, dtype) * adu.sum(axis=0)) + tiny
+        big_g = du.T @ x
+        e_g = e_du.T @ np.abs(x) + _reduction(n, dtype) * (adu.T @ np.abs(x))
+        sum_eg = (w_hat * e_g).sum(axis=1, keepdims=True)
+        sum_g = (w_hat * np.abs(big_g)).sum(axis=1, keepdims=True)
+        out["gamma"] = SAFETY * (sum_eg + (red_in + 2 * s) * sum_g).reshape(-1) + tiny
+        out["weight"] = SAFETY * np.abs(gamma)[:, None] / r * (
+            e_g + w_hat * sum_eg + (red_in + 2 * s) * (np.abs(big_g) + w_hat * sum_g)) + tiny
+    return Bounds(out)
+
+
+# ---------------------------------------------------------------- BatchNorm's relatives (batch family)
+# Batch Renorm, Lp batch norm and ZCA whitening are not plain mean/variance normalizers; their
+# bounds below use the same two ingredients (unit roundoff x condition), derived per operator.
+
+def _batch_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return (0,) + tuple(range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _affine_arrays(case, shape):
+    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight").reshape(shape)
+    beta = np.zeros(shape) if case.get("bias") is None else case.get("bias").reshape(shape)
+    return gamma, beta
+
+
+def batch_renorm_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
+    """Batch Renorm y = gamma (r xhat + d) + beta: the moment model with effective affine
+    (gamma r, gamma d + beta), plus the error of d = (mu_B - mu)/sigma, u g (|mu_B| + |mu| + s_B)/sigma,
+    and of the moving statistics (|mu| and |sigma| enter the update)."""
+    from normspec.spec.batch_renorm import renorm_factors
+    from normspec.spec.moments import moments
+
+    x, p = case.x, case.params
+    axes, shape = _batch_axes(x)
+    eps = p.get("eps", 1e-5)
+    gamma, beta = _affine_arrays(case, shape)
+    rm, rs = case.get("running_mean").reshape(shape), case.get("running_std").reshape(shape)
+    u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
+    if not p.get("training", True):
+        c = Conditioning((x - rm) / rs, rm, rs, 1, gamma, beta, axes, axes, False)
+        return moment_bounds(c, dtype, reference, dy, ref_grads)
+    m = moments(x, axes, eps)
+    r, d = renorm_factors(m, case.get("running_mean"), case.get("running_std"), p.get("rmax", 3.0), p.get("dmax", 5.0))
+    c = Conditioning(m.xhat, m.mean, m.std, m.count, gamma * r, gamma * d + beta, axes, axes, True)
+    core = {k: reference[k] for k in ("y",) if k in reference}
+    b = dict(moment_bounds(c, dtype, core, dy, ref_grads).values)
+    g = growth(m.count)
+    d_err = SAFETY * u * g * (np.abs(m.mean) + np.abs(rm) + m.std) / rs
+    b["y"] = b["y"] + np.abs(gamma) * d_err
+    if "running_mean" in reference:
+        b["running_mean"] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(rm))).reshape(-1) \
+            + SAFETY * v * np.abs(reference["running_mean"]) + tiny
+        b["running_std"] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(rs))).reshape(-1) \
+            + SAFETY * v * np.abs(reference["running_std"]) + tiny
+    if dy is not None and "weight" in b:
+        n = int(np.prod([dy.shape[a] for a in axes]))
+        cond = 1.0 + np.abs(m.xhat) + np.abs(m.mean) / m.std
+        b["weight"] = SAFETY * (u * (growth(n) + g) * (np.abs(dy) * (r * cond + np.abs(d) + d_err)).sum(axis=axes)
+                                + v * np.abs((ref_grads or {}).get("weight", 0.0))) + tiny
+    return Bounds(b)
+
+
+def lp_batch_norm_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
+    """Lp batch norm y = gamma z/D + beta, D = h(S): the moment model with s -> D (S has relative
+    error u g (1 + |mu|/S), like sigma), plus, for the gradient, the term of dS/dz, which top-k
+    concentrates on k values (m/k times BatchNorm's spread term). Near-ties at the top-k boundary
+    closer than the forward error may select differently: a jump of the subgradient, not covered."""
+    from normspec.spec.lp_batch_norm import _denominator, _ddenominator, _flat, _unflat, lp_scale
+
+    x, p = case.x, case.params
+    axes, shape = _batch_axes(x)
+    eps, placement = p.get("eps", 1e-5), p.get("eps_placement", "outside")
+    gamma, beta = _affine_arrays(case, shape)
+    has_running = case.get("running_mean") is not None and case.get("running_scale") is not None
+    u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
+    if has_running and not p.get("training", True):
+        den = _denominator(case.get("running_scale"), eps, placement).reshape(shape)
+        mean = case.get("running_mean").reshape(shape)
+        c = Conditioning((x - mean) / den, mean, den, 1, gamma, beta, axes, axes, False)
+        return moment_bounds(c, dtype, reference, dy, ref_grads)
+    mean, z, s, ds = lp_scale(x, p.get("p", 1.0), p.get("k", 1), p.get("constant"))
+    den = _denominator(s, eps, placement)
+    c = Conditioning(_unflat(z / den, x.shape), mean.reshape(shape), den.reshape(shape), z.shape[0], gamma, beta,
+                     axes, axes, True)
+    b = dict(moment_bounds(c, dtype, {"y": reference["y"]}, dy, ref_grads).values)
+    g = growth(z.shape[0])
+    if "running_mean" in reference:
+        b["running_mean"] = SAFETY * (u * g * (np.abs(mean) + s) + u * np.abs(case.get("running_mean"))
+                                      + v * np.abs(reference["running_mean"])) + tiny
+        b["running_scale"] = SAFETY * (u * g * (np.abs(mean) + s) + u * np.abs(case.get("running_scale"))
+                                       + v * np.abs(reference["running_scale"])) + tiny
+    if dy is not None:
+        gf = _flat(gamma * dy)
+        cond = 1.0 + np.abs(z) / den + np.abs(mean) / den
+        slope = _ddenominator(s, eps, placement) / den**2
+        term = np.abs(ds) * slope * (np.abs(gf) * np.abs(z)).sum(axis=0)
+        # The subgradient of |z| at 0 (p = 1) and of top-k at a tie is a set, not a value: where z
+        # lies within the forward error of the kink, rounding picks any member of that set, moving
+        # dS/dz_i by up to 2 C/m (p = 1) or C/k (top-k). That jump is part of the bound there only.
+        p_, k = p.get("p", 1.0), p.get("k", 1)
+        near = SAFETY * u * g * (np.abs(mean) + s)
+        from normspec.spec.lp_batch_norm import gaussian_constant
+        c = gaussian_constant(p_, z.shape[0]) if p.get("constant") is None else float(p["constant"])
+        if np.isinf(p_):
+            a = np.abs(z)
+            kth = -np.sort(-a, axis=0)[k - 1]
+            ambiguous, jump = np.abs(a - kth) <= near, c / k
+        elif p_ == 1.0:
+            ambiguous, jump = np.abs(z) <= near, 2 * c / z.shape[0]
+        else:
+            ambiguous, jump = np.zeros(z.shape, bool), 0.0
+        kink = ambiguous * jump * slope * np.abs((gf * z).sum(axis=0))
+        b["x"] = b["x"] + _unflat(SAFETY * u * g * cond * (term + np.abs(term).mean(axis=0)) + kink + kink.mean(axis=0),
+                                  x.shape)
+    return Bounds({k: _overflow_allowed(val, {**reference, **(ref_grads or {})}.get(k), dtype) for k, val in b.items()})
+
+
+# Largest finite value of each storage dtype: a result whose magnitude is beyond it rounds to +-inf.
+_MAX_FINITE = {"float64": 1.7976931348623157e308, "float32": 3.4028234663852886e38, "float16": 65504.0,
+               "bfloat16": 3.3895313892515355e38}
+
+
+def _overflow_allowed(bound, expected, dtype):
+    """Where |expected| + bound reaches past the dtype's largest finite value, a correct result may
+    round to +-inf (eps outside a root gives 1/eps = 1e5 > float16's 65504): the bound there admits
+    every value of the dtype already, and now admits the infinities too."""
+    if expected is None:
+        return bound
+    expected = np.asarray(expected, dtype=np.float64)
+    bound = np.broadcast_to(bound, expected.shape)
+    return np.where(np.abs(expected) + bound > _MAX_FINITE[dtype], np.inf, bound)
+
+
+def _group_norms(a: np.ndarray) -> np.ndarray:
+    return np.sqrt((a * a).sum(axis=-1, keepdims=True))
+
+
+def zca_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
+    """ZCA whitening y = Xc Phi, Phi = (Sigma + eps I)^(-1/2), per group, by first-order perturbation.
+
+    Sigma is computed with ||dSigma|| <= u (g(m) + 2 gs) (lambda_max + eps) (summation and eigh's
+    backward error). Phi = f(Sigma) moves by D (K o D^T dSigma D) D^T, where the divided differences
+    K_ij = (f(l_i) - f(l_j))/(l_i - l_j) are at most K_i = 1/(s_i s_min (s_i + s_min)), s = sqrt(l + eps):
+    so |dy_n| <= ||dSigma|| sum_i |c_ni| K_i, with c_n = Xc_n D the sample's eigen-coordinates; this
+    needs no eigenvalue gap, only the smallest eigenvalue + eps. Centering adds u g(m) (||mu|| + sqrt(tr
+    Sigma))/s_min, the product Xc Phi u g(gs) |Xc| |Phi|. Gradients involve f'' too: their relative
+    error carries the condition number kappa = (lambda_max + eps)/(lambda_min + eps)."""
+    from normspec.spec.decorrelated_batch_norm import divided_differences, grouped, ungrouped, whitening
+
+    x, p = case.x, case.params
+    gs, eps = p["group_size"], p.get("eps", 1e-5)
+    axes, shape = _batch_axes(x)
+    gamma, beta = _affine_arrays(case, shape)
+    u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
+    xg = grouped(x, gs)
+    m = xg.shape[1]
+    has_running = case.get("running_mean") is not None and case.get("running_whitening") is not None
+    batch = p.get("training", True) or not has_running
+    out = {}
+    if batch:
+        w = whitening(xg, eps)
+        s = np.sqrt(w.lam + eps)  # (G, gs)
+        s_min, lam_max = s[:, :1], w.lam[:, -1:]
+        k_row = 1.0 / (s * s_min * (s + s_min))  # (G, gs)
+        coords = np.abs(np.einsum("gmi,gij->gmj", w.xc, w.vecs))  # (G, m, gs)
+        d_sigma = (growth(m) + 2 * gs) * (lam_max + eps)  # (G, 1), in units of u
+        t_sigma = d_sigma[:, None] * (coords * k_row[:, None, :]).sum(axis=-1, keepdims=True)
+        mu_norm = np.sqrt((w.mean**2).sum(axis=-1, keepdims=True))  # (G, 1, 1)
+        t_mean = growth(m) * (mu_norm + np.sqrt(np.trace(w.sigma, axis1=1, axis2=2))[:, None, None]) / s_min[:, None]
+        t_mult = growth(gs) * np.einsum("gmi,gij->gmj", np.abs(w.xc), np.abs(w.phi))
+        err_hat = SAFETY * u * (t_sigma + t_mean + t_mult)
+        yhat = np.einsum("gmi,gij->gmj", w.xc, w.phi)
+    else:
+        phi = case.get("running_whitening")
+        mean = case.get("running_mean").reshape(xg.shape[0], 1, gs)
+        err_hat = SAFETY * u * growth(gs) * np.einsum("gmi,gij->gmj", np.abs(xg) + np.abs(mean), np.abs(phi))
+        yhat = np.einsum("gmi,gij->gmj", xg - mean, phi)
+    err_hat_x = ungrouped(err_hat, x.shape)
+    out["y"] = np.abs(gamma) * err_hat_x + SAFETY * v * (np.abs(reference["y"]) + np.abs(beta)) + tiny
+    if "running_mean" in reference:
+        g = growth(m)
+        spread = np.sqrt(np.maximum(np.diagonal(w.sigma, axis1=1, axis2=2), 0)).reshape(-1)
+        out["running_mean"] = SAFETY * (u * g * (np.abs(w.mean.reshape(-1)) + spread) + u * np.abs(case.get("running_mean"))
+                                        + v * np.abs(reference["running_mean"])) + tiny
+        rel = (d_sigma[:, :, None] * (1.0 / (2 * s_min**3))[:, :, None])  # ||dPhi|| / u
+        out["running_whitening"] = SAFETY * (u * rel + u * np.abs(case.get("running_whitening"))
+                                             + v * np.abs(reference["running_whitening"])) + tiny
+    if dy is None:
+        return Bounds(out)
+    ref_grads = ref_grads or {}
+    gg = grouped(gamma * dy, gs)
+    if batch:
+        kappa = (lam_max + eps) / s_min**2  # (G, 1)
+        a = np.einsum("gmi,gmj->gij", w.xc, gg)
+        a = (a + a.transpose(0, 2, 1)) / 2
+        inner = np.einsum("gki,gkl,glj->gij", w.vecs, a, w.vecs) * divided_differences(w.lam, eps)
+        bmat = np.einsum("gik,gkl,gjl->gij", w.vecs, inner, w.vecs)
+        size = np.einsum("gmi,gij->gmj", np.abs(gg), np.abs(w.phi)) + 2 * np.einsum(
+            "gmi,gij->gmj", np.abs(w.xc), np.abs(bmat)) / m
+        size = size + size.mean(axis=1, keepdims=True)
+        err_dx = SAFETY * u * (growth(m) + 2 * gs) * (1 + kappa[:, :, None]) * size
+    else:
+        err_dx = SAFETY * u * growth(gs) * np.einsum("gmi,gji->gmj", np.abs(gg), np.abs(case.get("running_whitening")))
+    out["x"] = ungrouped(err_dx, x.shape) + SAFETY * v * np.abs(ref_grads.get("x", 0.0)) + tiny
+    n = int(np.prod([dy.shape[q] for q in axes]))
+    yh = ungrouped(yhat, x.shape)
+    out["weight"] = SAFETY * (u * growth(n) * (np.abs(dy) * np.abs(yh)).sum(axis=axes)) + (np.abs(dy) * err_hat_x).sum(axis=axes) \
+        + SAFETY * v * np.abs(ref_grads.get("weight", 0.0)) + tiny
+    out["bias"] = SAFETY * (u * growth(n) * np.abs(dy).sum(axis=axes) + v * np.abs(ref_grads.get("bias", 0.0))) + tiny
+    return Bounds(out)
+
+
+# ---------------------------------------------------------------- the moment-normalizer family
+# (GroupNorm, RMSNorm, MVN): the same terms, in the geometry each of them needs.
+
+def reshaped_moment_bounds(c: Conditioning, view_shape: tuple[int, ...], dtype: str, reference: dict[str, np.ndarray],
+                           dy: np.ndarray | None = None, ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
+    """The moment model evaluated in a view of the input where the reduction sets are axis-aligned
+    (GroupNorm's (N, G, C/G, *S)); `c` is the conditioning in that view. Bounds come back in the
+    input's shape, and parameter-gradient bounds flattened to one value per parameter."""
+    shape = reference["y"].shape
+    ref = {k: np.reshape(v, view_shape) if k == "y" else v for k, v in reference.items()}
+    grads = {k: (np.reshape(v, view_shape) if k == "x" else np.reshape(v, np.shape(c.gamma.sum(axis=c.param_axes))))
+             for k, v in (ref_grads or {}).items()}
+    b = moment_bounds(c, dtype, ref, None if dy is None else np.reshape(dy, view_shape), grads)
+    return Bounds({k: (np.broadcast_to(v, view_shape).reshape(shape) if k in ("y", "x") else np.reshape(v, -1))
+                   for k, v in b.values.items()})
+
+
+def rms_bounds(xhat: np.ndarray, rms: np.ndarray, count: int, gamma: np.ndarray, stats_axes: tuple[int, ...],
+               param_axes: tuple[int, ...], dtype: str, reference: dict[str, np.ndarray],
+               dy: np.ndarray | None = None, ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
+    """RMSNorm y = gamma x/r, r = sqrt(mean x^2 + eps): the moment model with no centering
+    (mean 0, so no |mean|/s term), xhat = x/r and r in the place of s. The mean of squares sums
+    positive terms, so its relative error is u g(m) whatever the input."""
+    c = Conditioning(xhat, np.zeros_like(rms), rms, count, gamma, np.zeros(()), stats_axes, param_axes, True)
+    b = moment_bounds(c, dtype, reference, dy, ref_grads).values
+    b.pop("bias", None)
+    return Bounds(b)
+
+
+def mvn_bounds(centred: np.ndarray, mean: np.ndarray, sigma: np.ndarray, eps: float | None, count: int,
+               stats_axes: tuple[int, ...], dtype: str, reference: dict[str, np.ndarray],
+               dy: np.ndarray | None = None, ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
+    """MVN y = (x - mu)/d with d = sigma + eps (eps outside the square root), or y = x - mu
+    without variance normalization (eps None). The mean errs by u g(m) (|mu| + sigma) and sigma by
+    a relative u g(m); so the centred value errs by u g(m) (|x - mu| + |mu| + sigma), and in units
+    of d, cond = 1 + |y| + (|mu| + sigma)/d. The gradient dx = (dy - mean dy)/d - y mean(dy y)/sigma
+    carries 1/sigma, not 1/d, in its last term; it is undefined where sigma = 0."""
+    u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
+    g = growth(count)
+    grads = ref_grads or {}
+    absdy = None if dy is None else np.abs(dy)
+    if eps is None:
+        out = {"y": SAFETY * (u * g * (np.abs(centred) + np.abs(mean) + sigma) + v * np.abs(reference["y"])) + tiny}
+        if dy is not None:
+            out["x"] = SAFETY * (u * g * (absdy + _mean_over(absdy, stats_axes)) + v * np.abs(grads.get("x", 0.0))) + tiny
+        return Bounds(out)
+    divisor = sigma + eps
+    y_hat = centred / divisor
+    cond = 1.0 + np.abs(y_hat) + (np.abs(mean) + sigma) / divisor
+    out = {"y": SAFETY * (u * g * cond + v * np.abs(reference["y"])) + tiny}
+    if dy is not None:
+        first = cond * (absdy + _mean_over(absdy, stats_axes)) / divisor
+        with np.errstate(divide="ignore", invalid="ignore"):
+            second = (cond + np.abs(y_hat)) * _mean_over(absdy * cond, stats_axes) / sigma
+            dx = np.where(sigma > 0, SAFETY * u * g * (first + second), np.inf)
+        out["x"] = dx + SAFETY * v * np.abs(np.nan_to_num(grads.get("x", 0.0))) + tiny
     return Bounds(out)

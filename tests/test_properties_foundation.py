@@ -1,0 +1,88 @@
+"""Every BatchNorm/LayerNorm property rejects a realistic wrong implementation and accepts the
+reference backends (numpy, torch:cpu, and the bug factory with every bug switched off)."""
+import numpy as np
+import pytest
+
+from bugs import BUGS, buggy_backend, correct_variant_backend
+from normspec.impls.base import available_backends
+from normspec.matrix import judge
+from normspec.properties import PROPERTIES, run_property
+from normspec.registry import get_norm
+
+# Which property is meant to catch which seeded bug (others may catch it too).
+CATCHES = {
+    ("batch_norm", "unbiased_variance_in_normalization"): ["forward_matches_spec", "output_moments",
+                                                           "train_equals_eval_on_batch_stats"],
+    ("batch_norm", "eps_outside_sqrt"): ["scale_invariance", "forward_matches_spec"],
+    ("batch_norm", "one_pass_variance"): ["ill_conditioned_inputs", "shift_invariance"],
+    ("batch_norm", "statistics_per_sample"): ["forward_matches_spec", "output_moments"],
+    ("batch_norm", "eval_uses_batch_stats"): ["eval_is_per_channel_affine", "fold_into_preceding_layer"],
+    ("batch_norm", "momentum_flipped"): ["running_var_convention", "forward_matches_spec"],
+    ("batch_norm", "running_var_biased"): ["running_var_convention", "cumulative_moving_average"],
+    ("batch_norm", "momentum_none_as_fixed"): ["cumulative_moving_average"],
+    ("batch_norm", "folded_shift"): ["constant_group_gives_beta"],
+    ("batch_norm", "input_modified_in_place"): ["inputs_unmodified"],
+    ("batch_norm", "no_error_on_single_value"): ["single_value_per_channel_raises"],
+    ("batch_norm", "nondeterministic"): ["deterministic"],
+    ("batch_norm", "ignores_strides"): ["layout_consistency"],
+    ("batch_norm", "stats_from_first_samples"): ["batch_permutation_equivariance"],
+    ("batch_norm", "statistics_detached_in_backward"): ["backward_matches_spec", "gradient_orthogonality"],
+    ("layer_norm", "last_dim_only"): ["forward_matches_spec", "output_moments"],
+    ("layer_norm", "statistics_over_batch"): ["batch_independence"],
+    ("layer_norm", "eps_outside_sqrt"): ["scale_invariance"],
+    ("layer_norm", "one_pass_variance"): ["ill_conditioned_inputs", "shift_invariance"],
+    ("layer_norm", "folded_shift"): ["constant_group_gives_beta"],
+    ("layer_norm", "bias_added_twice"): ["forward_matches_spec"],
+    ("layer_norm", "statistics_detached_in_backward"): ["backward_matches_spec", "gradient_orthogonality"],
+}
+FOUNDATION = ("batch_norm", "layer_norm")
+
+
+def test_every_seeded_bug_has_a_catching_property():
+    assert {(n, b) for n in BUGS for b in BUGS[n]} == set(CATCHES)
+
+
+@pytest.mark.parametrize("norm", FOUNDATION)
+def test_every_applicable_property_is_shown_to_reject_a_bug(norm):
+    record = get_norm(norm)
+    applicable = {name for name, p in PROPERTIES.items() if p.applies(record)
+                  and p.__class__ and p.func.__module__.split(".")[-1] in
+                  ("agreement", "statistics", "invariance", "inference", "robustness", "hygiene")}
+    shown = {p for (n, _), props in CATCHES.items() if n == norm for p in props}
+    # properties that apply to every norm are shown on BatchNorm or LayerNorm, whichever has the bug
+    shown_any = {p for props in CATCHES.values() for p in props}
+    missing = {p for p in applicable if p not in shown and p not in shown_any}
+    assert not missing, f"no seeded bug demonstrates {sorted(missing)} on {norm}"
+
+
+@pytest.mark.parametrize("norm,bug,prop", [(n, b, p) for (n, b), props in CATCHES.items() for p in props])
+def test_property_rejects_seeded_bug(norm, bug, prop):
+    verdict = run_property(PROPERTIES[prop], get_norm(norm), buggy_backend(norm, bug), "ci")
+    assert verdict.status == "failed", f"{prop} did not catch {norm}:{bug} ({verdict.status}: {verdict.reason})"
+    assert verdict.draws, "a failure must come with its minimal counterexample"
+
+
+def _reference_backends():
+    backends, _ = available_backends(["numpy", "torch:cpu"])
+    return list(backends.values())
+
+
+@pytest.mark.parametrize("norm", FOUNDATION)
+@pytest.mark.parametrize("backend", _reference_backends(), ids=lambda b: b.name)
+def test_reference_backends_pass_or_fail_only_as_documented(norm, backend):
+    record = get_norm(norm)
+    bad = []
+    for name in PROPERTIES:
+        v = judge(name, record, backend, "ci")
+        if v.status == "failed":
+            bad.append(f"{name}: {v.message}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("norm", FOUNDATION)
+def test_bug_factory_without_bugs_passes_everything(norm):
+    backend = correct_variant_backend(norm)
+    record = get_norm(norm)
+    bad = [f"{n}: {v.message}" for n in PROPERTIES
+           if (v := run_property(PROPERTIES[n], record, backend, "ci")).status == "failed"]
+    assert not bad, "\n".join(bad)
