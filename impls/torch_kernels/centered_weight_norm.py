@@ -1,0 +1,25 @@
+"""Centered Weight Normalization composed from torch ops (PyTorch has no CWN module)."""
+from __future__ import annotations
+
+import torch
+
+from normspec.impls.torch_backend import torch_kernel
+
+
+def forward(inputs, params):
+    v = inputs["x"]
+    dim = params.get("dim", 0)
+    if dim is None:
+        axes = tuple(range(v.ndim))
+    else:
+        if not -v.ndim <= dim < v.ndim:
+            raise ValueError(f"dim {dim} is out of range for a weight of rank {v.ndim}")
+        axes = tuple(a for a in range(v.ndim) if a != dim % v.ndim)
+    c = v - v.mean(dim=axes, keepdim=True)
+    r = torch.linalg.vector_norm(c, dim=axes, keepdim=True)
+    g = inputs.get("weight")
+    g = torch.full_like(r, params.get("scale", 1.0)) if g is None else g.reshape(r.shape)
+    return {"y": c * (g / (r + params.get("eps", 0.0)))}
+
+
+torch_kernel("centered_weight_norm")(forward)

@@ -1,0 +1,97 @@
+"""Record: Batch Renormalization (Ioffe 2017) over (N, C, *S), moving mean and moving std."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.case import Case
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.batch_renorm import batch_renorm, batch_renorm_backward
+from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.properties.tolerance import batch_renorm_bounds
+
+RENORM = register_trait("renorm", "Batch Renorm: r, d corrections against moving mean/std, rmax = 1, dmax = 0 is BatchNorm")
+POPULATION = register_trait(
+    "population_statistics",
+    "training updates moving statistics from the batch; with momentum 1 they become the batch's own, and eval with "
+    "them reproduces the training output",
+)
+EXACT_SCALE = register_trait("exact_scale_rule", "f(a x, scaled state; eps') = scaled f(x, state; eps) exactly for a = 2^k")
+
+
+@st.composite
+def batch_renorm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
+                       conventions=True, allow_constant=True, rmax=None, dmax=None):
+    """Batch Renorm calls: (N, C, *S), train or eval, moving statistics always present (r and d
+    need them), drawn so that r and d are clipped in some channels and not in others."""
+    nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
+    c = draw(st.integers(1, 5), label="C")
+    sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
+    n = draw(st.integers(1, 6), label="N")
+    training = draw(st.booleans(), label="training") if training is None else training
+    if training and n * math.prod(sides) < 2:
+        n = -(-2 // math.prod(sides))
+    shape = (n, c) + sides
+    x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
+    arrays = {"x": x}
+    if draw(st.booleans(), label="affine") if affine is None else affine:
+        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
+        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    rng = np.random.default_rng(draw(seeds, label="running_seed"))
+    axes = (0,) + tuple(range(2, x.ndim))
+    spread = x.std(axis=axes) + 1e-3
+    arrays["running_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 2.0, c)
+    arrays["running_std"] = spread * np.exp(rng.uniform(-2.0, 2.0, c))
+    params = {
+        "training": training,
+        "eps": draw(eps_values, label="eps"),
+        "rmax": draw(st.sampled_from([1.0, 1.5, 3.0, 10.0]), label="rmax") if rmax is None else rmax,
+        "dmax": draw(st.sampled_from([0.0, 0.5, 5.0]), label="dmax") if dmax is None else dmax,
+        "momentum": draw(st.one_of(st.just(0.1), st.floats(0.0, 1.0)), label="momentum"),
+    }
+    if conventions:
+        params["momentum_style"] = draw(st.sampled_from(["new", "decay"]), label="momentum_style")
+    return Case("batch_renorm", arrays, params)
+
+
+_KEYS = ("training", "rmax", "dmax", "momentum", "eps", "momentum_style")
+
+
+def reference(case: Case) -> dict[str, np.ndarray]:
+    r = batch_renorm(case.x, case.get("weight"), case.get("bias"), case.get("running_mean"), case.get("running_std"),
+                     **{k: case.params[k] for k in _KEYS if k in case.params})
+    out = {"y": r.y}
+    if case.params.get("training", True):
+        out["running_mean"], out["running_std"] = r.running_mean, r.running_std
+    return out
+
+
+def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
+    keys = ("training", "rmax", "dmax", "eps")
+    grads = batch_renorm_backward(dy, case.x, case.get("weight"), case.get("running_mean"), case.get("running_std"),
+                                  **{k: case.params[k] for k in keys if k in case.params})
+    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+
+
+def bench_case(shape, rng) -> Case | None:
+    """A training step on a CNN activation (N, C, H, W) or (tokens, hidden), rmax 3, dmax 5."""
+    c = shape[1]
+    arrays = {"x": rng.standard_normal(shape), "weight": rng.uniform(0.5, 2.0, c), "bias": rng.normal(size=c),
+              "running_mean": rng.normal(0, 0.1, c), "running_std": rng.uniform(0.8, 1.2, c)}
+    return Case("batch_renorm", arrays, {"training": True, "rmax": 3.0, "dmax": 5.0, "momentum": 0.01, "eps": 1e-5})
+
+
+register(NormRecord(
+    name="batch_renorm",
+    family="batch",
+    paper="Ioffe 2017, Batch Renormalization, Algorithm 1",
+    reference=reference,
+    reference_grad=reference_grad,
+    cases=batch_renorm_cases,
+    error_model=batch_renorm_bounds,
+    traits=frozenset({"batch_dependent", "channel_axis_1", RENORM, POPULATION, EXACT_SCALE}),
+    outputs=("y", "running_mean", "running_std"),
+    bench_case=bench_case,
+))

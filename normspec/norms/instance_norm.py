@@ -1,0 +1,112 @@
+"""Record: Instance Normalization (Ulyanov et al. 2016) over (N, C, *S), 1-3 spatial dims."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.case import Case
+from normspec.registry import Conditioning, NormRecord, register, register_trait
+from normspec.spec.instance_norm import instance_norm, instance_norm_backward, uses_input_stats
+from normspec.spec.moments import moments
+from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
+
+register_trait("per_instance_running_stats",
+               "running statistics are fed the batch-mean of per-instance statistics; eval uses them per channel")
+
+momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
+
+
+@st.composite
+def instance_norm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
+                        conventions=True, allow_constant=True):
+    """InstanceNorm calls: (N, C, *S), train or eval, with or without running stats / affine.
+    Running statistics and affine parameters are random; cases that normalize by the instance's
+    own statistics have at least 2 spatial elements (PyTorch raises otherwise). `conventions` is
+    accepted for the running-stats override contract; InstanceNorm has only PyTorch's."""
+    nsp = draw(st.integers(1, 3), label="spatial_dims") if spatial_dims is None else max(spatial_dims, 1)
+    c = draw(st.integers(1, 5), label="C")
+    sides = [draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp)]
+    n = draw(st.integers(1, 4), label="N")
+    training = draw(st.booleans(), label="training") if training is None else training
+    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+    if (training or not running) and math.prod(sides) < 2:
+        sides[-1] = 2
+    shape = (n, c) + tuple(sides)
+    x = draw(grouped_values(shape, (0, 1), allow_constant=allow_constant), label="x")
+    arrays = {"x": x}
+    if draw(st.booleans(), label="affine") if affine is None else affine:
+        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
+        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    params = {"training": training, "eps": draw(eps_values, label="eps")}
+    if running:
+        rng = np.random.default_rng(draw(seeds, label="running_seed"))
+        axes = (0,) + tuple(range(2, x.ndim))
+        spread = x.std(axis=axes) + 1e-3
+        arrays["running_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c)
+        arrays["running_var"] = (spread**2) * rng.uniform(0.3, 3.0, c)
+        params["momentum"] = draw(momenta, label="momentum")
+    return Case("instance_norm", arrays, params)
+
+
+def _spec_kwargs(case: Case) -> dict:
+    return {k: case.params[k] for k in ("training", "momentum", "eps") if k in case.params}
+
+
+def reference(case: Case) -> dict[str, np.ndarray]:
+    r = instance_norm(case.x, case.get("weight"), case.get("bias"), case.get("running_mean"), case.get("running_var"),
+                      **_spec_kwargs(case))
+    out = {"y": r.y}
+    if case.params.get("training", True) and r.running_mean is not None and r.running_var is not None:
+        out["running_mean"], out["running_var"] = r.running_mean, r.running_var
+    return out
+
+
+def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
+    grads = instance_norm_backward(dy, case.x, case.get("weight"), case.get("running_mean"), case.get("running_var"),
+                                   training=case.params.get("training", True), eps=case.params.get("eps", 1e-5))
+    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+
+
+def conditioning(case: Case) -> Conditioning:
+    x = case.x
+    axes = tuple(range(2, x.ndim))
+    param_axes = (0,) + axes
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    eps = case.params.get("eps", 1e-5)
+    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight").reshape(shape)
+    beta = np.zeros(shape) if case.get("bias") is None else case.get("bias").reshape(shape)
+    if uses_input_stats(case.get("running_mean"), case.get("running_var"), case.params.get("training", True)):
+        m = moments(x, axes, eps)
+        return Conditioning(m.xhat, m.mean, m.std, m.count, gamma, beta, axes, param_axes, True,
+                            m.count / (m.count - 1))
+    mean = case.get("running_mean").reshape(shape)
+    std = np.sqrt(case.get("running_var").reshape(shape) + eps)
+    return Conditioning((x - mean) / std, mean, std, 1, gamma, beta, axes, param_axes, False)
+
+
+def bench_case(shape, rng) -> Case | None:
+    """nn.InstanceNorm2d(C, affine=True) as in style transfer, on a CNN activation (N, C, H, W)."""
+    if len(shape) < 3:
+        return None
+    c = shape[1]
+    arrays = {"x": rng.standard_normal(shape), "weight": rng.uniform(0.5, 2.0, c), "bias": rng.normal(size=c)}
+    return Case("instance_norm", arrays, {"training": True, "eps": 1e-5})
+
+
+register(NormRecord(
+    name="instance_norm",
+    family="instance",
+    paper="Ulyanov, Vedaldi & Lempitsky 2016, Instance Normalization, eq. 2",
+    reference=reference,
+    reference_grad=reference_grad,
+    cases=instance_norm_cases,
+    conditioning=conditioning,
+    traits=frozenset({"moment_normalizer", "running_stats", "per_instance_running_stats", "batch_independent",
+                      "scale_invariant", "shift_invariant", "channel_axis_1"}),
+    torch_modules=("torch.nn.InstanceNorm1d", "torch.nn.InstanceNorm2d", "torch.nn.InstanceNorm3d"),
+    torch_functional="torch.nn.functional.instance_norm",
+    outputs=("y", "running_mean", "running_var"),
+    bench_case=bench_case,
+))

@@ -1,0 +1,97 @@
+"""Record: Lp batch normalization (Hoffer et al. 2018; Santurkar et al. 2018) over (N, C, *S)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.case import Case
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.lp_batch_norm import lp_batch_norm, lp_batch_norm_backward, lp_scale
+from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.properties.tolerance import lp_batch_norm_bounds
+from normspec.norms.batch_renorm import EXACT_SCALE, POPULATION
+
+LP_SCALE = register_trait("lp_scale", "BatchNorm with the standard deviation replaced by an Lp estimate; p = 2 is BatchNorm")
+P_VALUES = (1.0, 1.5, 2.0, 3.0, 4.0, math.inf)
+
+
+@st.composite
+def lp_batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
+                        conventions=True, allow_constant=True, p=None, eps_placement=None, constant=None):
+    """Lp batch norm calls: p in {1, 1.5, 2, 3, 4, inf (top-k)}, eps outside or inside, with or
+    without running statistics."""
+    nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
+    c = draw(st.integers(1, 5), label="C")
+    sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
+    n = draw(st.integers(1, 6), label="N")
+    training = draw(st.booleans(), label="training") if training is None else training
+    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+    if (training or not running) and n * math.prod(sides) < 2:
+        n = -(-2 // math.prod(sides))
+    shape = (n, c) + sides
+    x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
+    arrays = {"x": x}
+    if draw(st.booleans(), label="affine") if affine is None else affine:
+        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
+        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    p = draw(st.sampled_from(P_VALUES), label="p") if p is None else p
+    params = {"p": p, "training": training, "eps": draw(eps_values, label="eps")}
+    if math.isinf(p):
+        params["k"] = draw(st.integers(1, min(4, x.size // c)), label="k")
+    params["eps_placement"] = (draw(st.sampled_from(["outside", "inside"]), label="eps_placement")
+                               if eps_placement is None else eps_placement)
+    if constant is not None or draw(st.booleans(), label="explicit_constant"):
+        params["constant"] = 1.0 if constant is None else constant
+    if running:
+        rng = np.random.default_rng(draw(seeds, label="running_seed"))
+        axes = (0,) + tuple(range(2, x.ndim))
+        spread = x.std(axis=axes) + 1e-3
+        arrays["running_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c)
+        arrays["running_scale"] = spread * rng.uniform(0.3, 3.0, c)
+        params["momentum"] = draw(st.one_of(st.just(0.1), st.floats(0.0, 1.0)), label="momentum")
+        if conventions:
+            params["momentum_style"] = draw(st.sampled_from(["new", "decay"]), label="momentum_style")
+    return Case("lp_batch_norm", arrays, params)
+
+
+_KEYS = ("p", "k", "constant", "training", "momentum", "eps", "eps_placement", "momentum_style")
+
+
+def reference(case: Case) -> dict[str, np.ndarray]:
+    r = lp_batch_norm(case.x, case.get("weight"), case.get("bias"), case.get("running_mean"),
+                      case.get("running_scale"), **{k: case.params[k] for k in _KEYS if k in case.params})
+    out = {"y": r.y}
+    if case.params.get("training", True) and r.running_mean is not None:
+        out["running_mean"], out["running_scale"] = r.running_mean, r.running_scale
+    return out
+
+
+def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
+    keys = ("p", "k", "constant", "training", "eps", "eps_placement")
+    grads = lp_batch_norm_backward(dy, case.x, case.get("weight"), case.get("running_mean"),
+                                   case.get("running_scale"), **{k: case.params[k] for k in keys if k in case.params})
+    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+
+
+def bench_case(shape, rng) -> Case | None:
+    """L1 batch norm (Hoffer et al.'s half-precision-friendly variant), a training step."""
+    c = shape[1]
+    arrays = {"x": rng.standard_normal(shape), "weight": rng.uniform(0.5, 2.0, c), "bias": rng.normal(size=c),
+              "running_mean": np.zeros(c), "running_scale": np.ones(c)}
+    return Case("lp_batch_norm", arrays, {"p": 1.0, "training": True, "momentum": 0.1, "eps": 1e-5})
+
+
+register(NormRecord(
+    name="lp_batch_norm",
+    family="batch",
+    paper="Hoffer et al. 2018, Norm matters, sec. 5 (L1, L-inf batch norm); Santurkar et al. 2018, sec. 3.3",
+    reference=reference,
+    reference_grad=reference_grad,
+    cases=lp_batch_norm_cases,
+    error_model=lp_batch_norm_bounds,
+    traits=frozenset({"batch_dependent", "channel_axis_1", LP_SCALE, POPULATION, EXACT_SCALE}),
+    outputs=("y", "running_mean", "running_scale"),
+    bench_case=bench_case,
+))

@@ -1,0 +1,81 @@
+"""Record: Mean-Variance Normalization (Caffe MVNLayer, ONNX MeanVarianceNormalization)."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.case import Case
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.mvn import centered, mvn, mvn_axes, mvn_backward
+from normspec.properties.strategies import eps_values, grouped_values
+from normspec.properties.tolerance import mvn_bounds
+
+register_trait("eps_outside_sqrt",
+               "y = (x - mean)/(std + eps): f_eps(a x) = f_{eps/a}(x) for a > 0, not eps/a^2 (MVN, Caffe/ONNX)")
+
+mvn_eps = st.one_of(st.just(1e-9), eps_values)
+
+
+@st.composite
+def mvn_cases(draw, *, across_channels=None, normalize_variance=None, spatial_dims=None, allow_constant=True):
+    """MVN calls on (N, C, *S): per (n, c) over S or per n over (C, *S), variance normalization on/off."""
+    across = draw(st.booleans(), label="across_channels") if across_channels is None else across_channels
+    low = 0 if across else 1
+    nsp = draw(st.integers(low, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
+    c = draw(st.integers(1, 4), label="C")
+    sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
+    n = draw(st.integers(1, 4), label="N")
+    shape = (n, c) + sides
+    group_axes = (0,) if across else (0, 1)
+    x = draw(grouped_values(shape, group_axes, allow_constant=allow_constant), label="x")
+    nv = draw(st.booleans(), label="normalize_variance") if normalize_variance is None else normalize_variance
+    params = {"across_channels": across, "normalize_variance": nv, "eps": draw(mvn_eps, label="eps")}
+    return Case("mvn", {"x": x}, params)
+
+
+def _kwargs(case: Case) -> dict:
+    return {k: case.params[k] for k in ("across_channels", "normalize_variance", "eps") if k in case.params}
+
+
+def reference(case: Case) -> dict[str, np.ndarray]:
+    return {"y": mvn(case.x, **_kwargs(case))}
+
+
+def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
+    return mvn_backward(dy, case.x, **_kwargs(case))
+
+
+def statistics(case: Case):
+    """(x - mu, mu, biased sigma, reduction axes, count) of an MVN case."""
+    axes = mvn_axes(case.x.ndim, case.params.get("across_channels", False))
+    c, mean = centered(case.x, axes)
+    sigma = np.sqrt(np.mean(c * c, axis=axes, keepdims=True))
+    return c, mean, sigma, axes, int(np.prod([case.x.shape[a] for a in axes]))
+
+
+def error_model(case, dtype, ref, dy, ref_grads):
+    c, mean, sigma, axes, count = statistics(case)
+    eps = case.params.get("eps", 1e-9) if case.params.get("normalize_variance", True) else None
+    return mvn_bounds(c, mean, sigma, eps, count, axes, dtype, ref, dy, ref_grads)
+
+
+def bench_case(shape, rng) -> Case | None:
+    """Caffe's default MVN (per (n, c) over H, W, eps 1e-9) on a CNN activation."""
+    if len(shape) < 3:
+        return None
+    return Case("mvn", {"x": rng.standard_normal(shape)},
+                {"across_channels": False, "normalize_variance": True, "eps": 1e-9})
+
+
+register(NormRecord(
+    name="mvn",
+    family="mvn",
+    paper="Caffe MVNLayer; ONNX MeanVarianceNormalization (eps outside the square root)",
+    reference=reference,
+    reference_grad=reference_grad,
+    cases=mvn_cases,
+    error_model=error_model,
+    traits=frozenset({"batch_independent", "eps_outside_sqrt", "channel_axis_1"}),
+    differentiable=("x",),
+    bench_case=bench_case,
+))

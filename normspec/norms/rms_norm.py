@@ -1,0 +1,72 @@
+"""Record: RMSNorm (Zhang & Sennrich 2019) over the trailing normalized_shape."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.case import Case
+from normspec.registry import NormRecord, register
+from normspec.spec.rms_norm import resolve_eps, rms, rms_norm, rms_norm_backward
+from normspec.properties.strategies import affine_vector, eps_values, grouped_values
+from normspec.properties.tolerance import rms_bounds
+
+
+@st.composite
+def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_none=False):
+    """RMSNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims, weight or none.
+
+    eps=None means a dtype-dependent eps (PyTorch's rule), which a dtype-blind reference cannot
+    evaluate: such cases are drawn only with eps_none=True, by the property that knows the dtype
+    (`rms_norm_eps_none_rule`)."""
+    batch = tuple(draw(st.integers(1, 4), label="batch") for _ in range(draw(st.integers(1, 2), label="batch_dims")))
+    normalized = tuple(draw(st.integers(1, 8), label="feature") for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
+    shape = batch + normalized
+    x = draw(grouped_values(shape, tuple(range(len(batch))), allow_constant=allow_constant), label="x")
+    arrays = {"x": x}
+    if draw(st.booleans(), label="elementwise_affine") if elementwise_affine is None else elementwise_affine:
+        arrays["weight"] = draw(affine_vector(normalized, kind="weight"))
+    eps = None if eps_none else draw(eps_values, label="eps")
+    return Case("rms_norm", arrays, {"normalized_shape": normalized, "eps": eps})
+
+
+def reference(case: Case, dtype: str = "float64") -> dict[str, np.ndarray]:
+    return {"y": rms_norm(case.x, case.params["normalized_shape"], case.get("weight"), eps=case.params.get("eps"),
+                          dtype=dtype)}
+
+
+def reference_grad(case: Case, dy: np.ndarray, dtype: str = "float64") -> dict[str, np.ndarray]:
+    grads = rms_norm_backward(dy, case.x, case.params["normalized_shape"], case.get("weight"),
+                              eps=case.params.get("eps"), dtype=dtype)
+    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+
+
+def error_model(case, dtype, ref, dy, ref_grads):
+    x, shape = case.x, tuple(case.params["normalized_shape"])
+    k = len(shape)
+    r = rms(x, shape, eps=resolve_eps(case.params.get("eps"), dtype))
+    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight")
+    return rms_bounds(x / r, r, int(np.prod(shape)), gamma, tuple(range(x.ndim - k, x.ndim)), tuple(range(x.ndim - k)),
+                      dtype, ref, dy, ref_grads)
+
+
+def bench_case(shape, rng) -> Case | None:
+    """RMSNorm over the hidden dim of a transformer activation (tokens, hidden), as in LLaMA."""
+    hidden = (shape[-1],)
+    return Case("rms_norm", {"x": rng.standard_normal(shape), "weight": rng.uniform(0.5, 2.0, hidden)},
+                {"normalized_shape": hidden, "eps": 1e-6})
+
+
+register(NormRecord(
+    name="rms_norm",
+    family="rms",
+    paper="Zhang & Sennrich 2019, Root Mean Square Layer Normalization, eq. 4",
+    reference=reference,
+    reference_grad=reference_grad,
+    cases=rms_norm_cases,
+    error_model=error_model,
+    traits=frozenset({"batch_independent", "scale_invariant"}),
+    differentiable=("x", "weight"),
+    torch_modules=("torch.nn.RMSNorm",),
+    torch_functional="torch.nn.functional.rms_norm",
+    bench_case=bench_case,
+))
