@@ -47,15 +47,6 @@ def split_batch(x, params) -> list:
     return [x[int(a):int(b)] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def resplit(case: Case, n: int, rng: np.random.Generator) -> dict:
-    """Params for the same call on a global batch of n samples, split over random ranks (for
-    harness code that replaces a case's batch by one of another size)."""
-    k = int(min(len(case.params.get("rank_sizes", (1, 1))), max(n, 1)))
-    cuts = np.sort(rng.choice(np.arange(1, n), size=k - 1, replace=False)) if k > 1 else np.array([], int)
-    sizes = np.diff(np.concatenate([[0], cuts, [n]]))
-    return {**case.params, "rank_sizes": tuple(int(s) for s in sizes)}
-
-
 @st.composite
 def rank_sizes_strategy(draw, ranks=None):
     """k = 2..4 positive per-rank sizes: mostly uneven, with sizes of 1 common."""
