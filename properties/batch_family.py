@@ -180,8 +180,12 @@ def whitened_covariance(ctx: Context) -> None:
     ay = np.abs(yc)
     bound = (np.einsum("gmi,gmj->gij", ay, e) + np.einsum("gmi,gmj->gij", e, ay) + np.einsum("gmi,gmj->gij", e, e)) / m
     u64 = tolerance.UNIT_ROUNDOFF["float64"]  # the float64 evaluation of cov(y) and of the expected matrix
+    # the float64 eigendecomposition behind `expected` is itself accurate only to u64 times the
+    # condition (lmax + eps)/(lmin + eps) of the whitening
+    lam = np.maximum(w.lam, 0.0)
+    kappa = ((lam.max(axis=1) + eps) / (lam.min(axis=1) + eps))[:, None, None]
     bound = bound + tolerance.SAFETY * u64 * (tolerance.growth(m) * np.einsum("gmi,gmj->gij", ay, ay) / m
-                                              + tolerance.growth(gs) * ratio.max(axis=1)[:, None, None])
+                                              + tolerance.growth(gs) * kappa * ratio.max(axis=1)[:, None, None])
     assert_close(cov, expected, bound, "cov(y)", where(ctx, run) + " vs I - eps (Sigma + eps I)^-1")
 
 

@@ -15,7 +15,7 @@ def cmd_list(args) -> int:
     if args.markdown:
         print(catalogue_markdown())
         return EXIT_OK
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=250)  # piped: never truncate names
     if args.norm:
         try:
             records = [get_norm(n) for n in args.norm.split(",")]
