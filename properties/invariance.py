@@ -6,7 +6,7 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.properties.agreement import compare_outputs, where
+from normspec.properties.agreement import where
 from normspec.properties.core import Context, assert_close, assert_equal, prop, traits
 from normspec.properties.statistics import batch_stats_case
 from normspec.properties.core import representable

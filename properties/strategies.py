@@ -67,3 +67,14 @@ def affine_vector(draw, shape: tuple[int, ...], *, kind: str):
 def gradient_for(shape: tuple[int, ...], seed: int) -> np.ndarray:
     """An upstream gradient dy of unit-order values."""
     return np.random.default_rng(seed).standard_normal(shape)
+
+
+@st.composite
+def channel_running_stats(draw, x: np.ndarray):
+    """Running mean and variance per channel (axis 1) near the batch's own statistics, randomized
+    rather than left at their initial 0 / 1, as a model mid-training has them."""
+    rng = np.random.default_rng(draw(seeds, label="running_seed"))
+    axes = (0,) + tuple(range(2, x.ndim))
+    c = x.shape[1]
+    spread = x.std(axis=axes) + 1e-3
+    return x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c), (spread**2) * rng.uniform(0.3, 3.0, c)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from normspec.case import Case
 from normspec.registry import Conditioning, NormRecord, register
 from normspec.spec import batch_norm, batch_norm_backward, moments
-from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.properties.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
 
 momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
 
@@ -39,11 +39,7 @@ def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=No
         arrays["bias"] = draw(affine_vector((c,), kind="bias"))
     params = {"training": training, "eps": draw(eps_values, label="eps")}
     if running:
-        rng = np.random.default_rng(draw(seeds, label="running_seed"))
-        axes = (0,) + tuple(range(2, x.ndim))
-        spread = x.std(axis=axes) + 1e-3
-        arrays["running_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c)
-        arrays["running_var"] = (spread**2) * rng.uniform(0.3, 3.0, c)
+        arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
         params["momentum"] = draw(momenta, label="momentum")
         params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
         if conventions:

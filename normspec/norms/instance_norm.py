@@ -10,7 +10,7 @@ from normspec.case import Case
 from normspec.registry import Conditioning, NormRecord, register, register_trait
 from normspec.spec.instance_norm import instance_norm, instance_norm_backward, uses_input_stats
 from normspec.spec.moments import moments
-from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.properties.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
 
 register_trait("per_instance_running_stats",
                "running statistics are fed the batch-mean of per-instance statistics; eval uses them per channel")
@@ -41,11 +41,7 @@ def instance_norm_cases(draw, *, training=None, track_running_stats=None, affine
         arrays["bias"] = draw(affine_vector((c,), kind="bias"))
     params = {"training": training, "eps": draw(eps_values, label="eps")}
     if running:
-        rng = np.random.default_rng(draw(seeds, label="running_seed"))
-        axes = (0,) + tuple(range(2, x.ndim))
-        spread = x.std(axis=axes) + 1e-3
-        arrays["running_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c)
-        arrays["running_var"] = (spread**2) * rng.uniform(0.3, 3.0, c)
+        arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
         params["momentum"] = draw(momenta, label="momentum")
     return Case("instance_norm", arrays, params)
 

@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.case import Case
-from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.properties.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
 from normspec.properties.tolerance import growth
 from normspec.registry import Conditioning, NormRecord, register, register_trait
 from normspec.spec.moments import moments
@@ -76,11 +76,7 @@ def sync_batch_norm_cases(draw, *, training=None, track_running_stats=None, affi
         arrays["bias"] = draw(affine_vector((c,), kind="bias"))
     params = {"rank_sizes": sizes, "training": training, "eps": draw(eps_values, label="eps")}
     if running:
-        rng = np.random.default_rng(draw(seeds, label="running_seed"))
-        axes = (0,) + tuple(range(2, x.ndim))
-        spread = x.std(axis=axes) + 1e-3
-        arrays["running_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c)
-        arrays["running_var"] = (spread**2) * rng.uniform(0.3, 3.0, c)
+        arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
         params["momentum"] = draw(momenta, label="momentum")
         params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
         if conventions:
