@@ -1,0 +1,1 @@
+"""asv benchmarks for normspec: every registered normalization x backend x shape x dtype x pass."""

@@ -1,0 +1,517 @@
+"""Normalization kernels in NumPy written for the memory system (the `numpy:fast` backend).
+
+Normalizations are memory-bound: a LayerNorm reads x once and writes y once, and everything in
+between is arithmetic on data that could sit in cache. The plain NumPy kernels make a full-size
+temporary per ufunc (x.astype, x - mean, square, * inv_std, * gamma, + beta), so each step
+streams the whole tensor through DRAM again. These kernels instead walk the input in *tiles* of
+about `TILE_BYTES` (a few hundred KiB, well inside L2) and do every step of a tile on cache-
+resident buffers with `out=` ufuncs; the row sums are BLAS matrix-vector products with a ones
+vector (np.matmul), which run near cache bandwidth. Per tile:
+
+    s = T @ 1             row sums (reads the tile from DRAM once)
+    D = T - s/m           centred values, into a reused buffer   (two-pass variance, in cache)
+    q = sum_rows(D * D)   np.einsum('ij,ij->i')
+    D *= 1/sqrt(q/m+eps); D *= gamma; y = D + beta     (the only DRAM write)
+
+so LayerNorm and RMSNorm forward touch DRAM as often as a copy does. BatchNorm needs its
+statistics over the whole batch before it can normalize, so it makes one statistics pass (tile
+moments merged with Chan, Golub & LeVeque's pairwise update, 1983) and one normalizing pass.
+
+Numerics, as the property suite demands: statistics of float16 inputs are accumulated in
+float32 (tiles are cast into float32 buffers), the variance is a two-pass (centred) sum, and a
+reduction set whose values are all equal gets its exact mean (the value itself: it is detected
+by a nearly-zero variance and confirmed with min == max), so x - mean is exactly 0 and y is
+exactly beta. Inputs are never written; non-contiguous inputs are made contiguous first.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+TILE_BYTES = 256 * 1024
+# Tiles are independent, so they are spread over the cores (ufuncs and BLAS calls release the
+# GIL). Per-tile partial results are combined in tile order, so results are bitwise
+# deterministic whatever the thread count. Serial by default (on a shared 2-core machine threads
+# measured slower); NORMSPEC_FAST_THREADS=2 spreads tiles over two threads.
+THREADS = max(1, int(os.environ.get("NORMSPEC_FAST_THREADS", "1")))
+PARALLEL_MIN_BYTES = 4 * 2**20
+_executor: ThreadPoolExecutor | None = None
+_local = threading.local()
+
+
+def _map_tiles(work, tiles, nbytes: int) -> list:
+    """[work(tile) for tile in tiles], on THREADS threads when the input is large enough."""
+    global _executor
+    tiles = list(tiles)
+    if THREADS == 1 or len(tiles) < 2 or nbytes < PARALLEL_MIN_BYTES:
+        return [work(t) for t in tiles]
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="normspec-fast")
+    chunks = [tiles[i::THREADS] for i in range(THREADS)]
+    parts = list(_executor.map(lambda chunk: [work(t) for t in chunk], chunks))
+    out = [None] * len(tiles)
+    for i, part in enumerate(parts):
+        out[i::THREADS] = part
+    return out
+
+
+def _scratch(slot: int, size: int, dtype: np.dtype) -> np.ndarray:
+    """A per-thread reusable 1-D buffer of at least `size` elements (stays warm in this core's cache)."""
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    key = (slot, np.dtype(dtype).str)
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype=dtype)
+    return buf[:size]
+
+
+# Output buffers: a freshly mmapped 64 MB array costs page faults on first touch that cost about
+# half a copy. Like PyTorch's caching allocators, large outputs are carved from a small pool of
+# buffers that are reused once nothing but the pool refers to them (the caller dropped the result).
+POOL_MIN_BYTES = 2**20
+POOL_SIZE = 8
+_pool: list[np.ndarray] = []
+_pool_lock = threading.Lock()
+
+
+def new_output(shape, dtype) -> np.ndarray:
+    """An uninitialized array, from the pool of free large buffers when one fits exactly."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < POOL_MIN_BYTES:
+        return np.empty(shape, dtype=dtype)
+    with _pool_lock:
+        for buf in _pool:
+            # references: the pool's list, the loop variable and getrefcount's argument
+            if buf.nbytes == nbytes and sys.getrefcount(buf) == 3:
+                return buf.view(dtype).reshape(shape)
+        buf = np.empty(nbytes, dtype=np.uint8)
+        if len(_pool) >= POOL_SIZE:
+            for i, old in enumerate(_pool):
+                if sys.getrefcount(old) == 3:
+                    del _pool[i]
+                    break
+        if len(_pool) < POOL_SIZE:
+            _pool.append(buf)
+        return buf.view(dtype).reshape(shape)
+# A set is a candidate for "all values equal" when its variance is below (CONSTANT_SLACK u |mean|)^2;
+# candidates are confirmed exactly with min == max. Any real spread is far above this.
+CONSTANT_SLACK = 64.0
+
+
+def accumulation_dtype(dtype) -> np.dtype:
+    """float32 for half precision, else the input dtype (float32 stays float32)."""
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
+
+
+def _ones(n: int, dtype: np.dtype) -> np.ndarray:
+    return np.ones(n, dtype=dtype)
+
+
+def _check_suffix(x: np.ndarray, normalized_shape) -> int:
+    shape = tuple(int(s) for s in normalized_shape)
+    k = len(shape)
+    if k == 0 or tuple(x.shape[x.ndim - k:]) != shape:
+        raise ValueError(f"normalized_shape {shape} must be a non-empty suffix of the input shape {x.shape}")
+    return math.prod(shape)
+
+
+def _load(tile: np.ndarray, slot: int, acc: np.dtype) -> np.ndarray:
+    """The tile in the accumulation dtype: itself when it already is, else cast into a scratch buffer."""
+    if tile.dtype == acc:
+        return tile
+    view = _scratch(slot, tile.size, acc).reshape(tile.shape)
+    np.copyto(view, tile, casting="unsafe")
+    return view
+
+
+def _work(slot: int, like: np.ndarray) -> np.ndarray:
+    return _scratch(slot, like.size, like.dtype).reshape(like.shape)
+
+
+def _exact_constant_rows(tile: np.ndarray, mean: np.ndarray, sq: np.ndarray, centred: np.ndarray, count: int) -> None:
+    """Rows of `tile` whose values are all equal get mean = that value, zero centred values and sq."""
+    u = np.finfo(centred.dtype).eps / 2
+    candidates = np.flatnonzero(sq <= count * (CONSTANT_SLACK * u * np.abs(mean)) ** 2)
+    for r in candidates:
+        row = tile[r]
+        lo = row.min()
+        if lo == row.max():
+            mean[r] = lo
+            sq[r] = 0
+            centred[r] = 0
+
+
+# ------------------------------------------------------------------ row-wise: LayerNorm, RMSNorm
+
+def _row_tiles(rows: int, m: int, acc: np.dtype) -> list[tuple[int, int]]:
+    per = max(1, TILE_BYTES // (m * acc.itemsize))
+    return [(r0, min(rows, r0 + per)) for r0 in range(0, rows, per)]
+
+
+def row_stats_tile(t: np.ndarray, centred: np.ndarray):
+    """(mean, inv_std numerator: sum of squared deviations) per row of tile `t`; t - mean left in `centred`."""
+    m = t.shape[1]
+    mean = np.matmul(t, _ones(m, t.dtype))
+    mean /= m
+    np.subtract(t, mean[:, None], out=centred)
+    sq = np.einsum("ij,ij->i", centred, centred)
+    _exact_constant_rows(t, mean, sq, centred, m)
+    return mean, sq
+
+
+def _inv_std(sq: np.ndarray, m: int, eps) -> np.ndarray:
+    sq /= m
+    sq += eps
+    return np.reciprocal(np.sqrt(sq, out=sq), out=sq)
+
+
+def layer_norm_forward(x, weight, bias, normalized_shape, eps):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta per row (Ba et al. 2016, eq. 4), one DRAM pass."""
+    m = _check_suffix(x, normalized_shape)
+    acc = accumulation_dtype(x.dtype)
+    x2 = np.ascontiguousarray(x).reshape(-1, m)
+    y = new_output(x2.shape, x.dtype)
+    gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
+    beta = None if bias is None else np.ascontiguousarray(bias, dtype=acc).reshape(m)
+    eps = acc.type(eps)
+
+    def work(rows):
+        t = _load(x2[rows[0]:rows[1]], 0, acc)
+        d = _work(1, t)
+        _, sq = row_stats_tile(t, d)
+        np.multiply(d, _inv_std(sq, m, eps)[:, None], out=d)
+        _affine_rows_out(d, gamma, beta, y[rows[0]:rows[1]])
+
+    _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes)
+    return y.reshape(x.shape)
+
+
+def _affine_rows_out(d, gamma, beta, out):
+    """out = d * gamma + beta (either optional), d modified in place, written once into `out`."""
+    if gamma is not None:
+        np.multiply(d, gamma, out=d)
+    if beta is not None:
+        np.add(d, beta, out=out, casting="unsafe")
+    else:
+        np.copyto(out, d, casting="unsafe")
+
+
+def layer_norm_backward(x, weight, dy, normalized_shape, eps):
+    """dx = inv_std (g - mean g - xhat mean(g xhat)), g = gamma dy; dgamma = sum dy xhat; dbeta = sum dy."""
+    m = _check_suffix(x, normalized_shape)
+    acc = accumulation_dtype(x.dtype)
+    x2 = np.ascontiguousarray(x).reshape(-1, m)
+    dy2 = np.ascontiguousarray(dy).reshape(-1, m)
+    dx = new_output(x2.shape, x.dtype)
+    gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
+    eps = acc.type(eps)
+    ones = _ones(m, acc)
+
+    def work(rows):
+        t = _load(x2[rows[0]:rows[1]], 0, acc)
+        dyt = _load(dy2[rows[0]:rows[1]], 1, acc)
+        xhat = _work(2, t)
+        _, sq = row_stats_tile(t, xhat)
+        inv_std = _inv_std(sq, m, eps)[:, None]
+        np.multiply(xhat, inv_std, out=xhat)
+        w = _work(4, t)
+        ones_n = _ones(t.shape[0], acc)
+        np.multiply(dyt, xhat, out=w)
+        partial = (np.matmul(ones_n, w).astype(np.float64), np.matmul(ones_n, dyt).astype(np.float64))
+        g = dyt if gamma is None else np.multiply(dyt, gamma, out=_work(3, t))
+        mean_g = (np.matmul(g, ones) / m)[:, None]
+        mean_gx = (np.einsum("ij,ij->i", g, xhat) / m)[:, None]
+        np.multiply(xhat, mean_gx, out=w)
+        np.subtract(g, w, out=w)
+        np.subtract(w, mean_g, out=w)
+        np.multiply(w, inv_std, out=dx[rows[0]:rows[1]], casting="unsafe")
+        return partial
+
+    partials = _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes)
+    dgamma, dbeta = np.zeros(m), np.zeros(m)
+    for pg, pb in partials:
+        dgamma += pg
+        dbeta += pb
+    shape = tuple(int(s) for s in normalized_shape)
+    return {"x": dx.reshape(x.shape), "weight": dgamma.reshape(shape), "bias": dbeta.reshape(shape)}
+
+
+def rms_eps(eps, acc: np.dtype) -> float:
+    """eps=None means the machine epsilon of the accumulation dtype (PyTorch's opmath type)."""
+    return float(np.finfo(acc).eps) if eps is None else float(eps)
+
+
+def rms_norm_forward(x, weight, normalized_shape, eps):
+    """y = x / sqrt(mean(x^2) + eps) * gamma (Zhang & Sennrich 2019, eq. 4), one DRAM pass."""
+    m = _check_suffix(x, normalized_shape)
+    acc = accumulation_dtype(x.dtype)
+    x2 = np.ascontiguousarray(x).reshape(-1, m)
+    y = new_output(x2.shape, x.dtype)
+    gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
+    eps = acc.type(rms_eps(eps, acc))
+
+    def work(rows):
+        t = _load(x2[rows[0]:rows[1]], 0, acc)
+        inv = _inv_std(np.einsum("ij,ij->i", t, t), m, eps)[:, None]
+        out = y[rows[0]:rows[1]]
+        if acc == x.dtype:  # scale straight into the output, finish the affine there while it is in cache
+            np.multiply(t, inv, out=out)
+            if gamma is not None:
+                np.multiply(out, gamma, out=out)
+        else:
+            d = _work(1, t)
+            np.multiply(t, inv, out=d)
+            _affine_rows_out(d, gamma, None, out)
+
+    _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes)
+    return y.reshape(x.shape)
+
+
+def rms_norm_backward(x, weight, dy, normalized_shape, eps):
+    """dx = (g - x sum(g x)/(m r^2)) / r, r = sqrt(mean x^2 + eps), g = gamma dy; dgamma = sum dy x/r."""
+    m = _check_suffix(x, normalized_shape)
+    acc = accumulation_dtype(x.dtype)
+    x2 = np.ascontiguousarray(x).reshape(-1, m)
+    dy2 = np.ascontiguousarray(dy).reshape(-1, m)
+    dx = new_output(x2.shape, x.dtype)
+    gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
+    eps = acc.type(rms_eps(eps, acc))
+
+    def work(rows):
+        t = _load(x2[rows[0]:rows[1]], 0, acc)
+        dyt = _load(dy2[rows[0]:rows[1]], 1, acc)
+        inv = _inv_std(np.einsum("ij,ij->i", t, t), m, eps)  # 1/r per row
+        w = _work(2, t)
+        partial = None
+        if gamma is not None:
+            np.multiply(t, inv[:, None], out=w)      # x / r
+            np.multiply(w, dyt, out=w)
+            partial = np.matmul(_ones(t.shape[0], acc), w).astype(np.float64)
+            g = np.multiply(dyt, gamma, out=_work(3, t))
+        else:
+            g = dyt
+        coef = np.einsum("ij,ij->i", g, t)
+        coef *= inv * inv / m                         # sum(g x) / (m r^2)
+        np.multiply(t, coef[:, None], out=w)
+        np.subtract(g, w, out=w)
+        np.multiply(w, inv[:, None], out=dx[rows[0]:rows[1]], casting="unsafe")
+        return partial
+
+    partials = _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes)
+    grads = {"x": dx.reshape(x.shape)}
+    if weight is not None:
+        dgamma = np.zeros(m)
+        for pg in partials:
+            dgamma += pg
+        grads["weight"] = dgamma.reshape(weight.shape)
+    return grads
+
+
+# ------------------------------------------------------------------ per channel: BatchNorm
+
+def _channel_tiles(n: int, c: int, s: int, acc: np.dtype) -> list[tuple[int, int, int, int]]:
+    """Tiles (n0, n1, c0, c1) of a (N, C, S) array, each about TILE_BYTES and whole along S."""
+    per = TILE_BYTES // acc.itemsize
+    if c * s >= per:
+        cb = max(1, per // s)
+        return [(i, i + 1, c0, min(c, c0 + cb)) for i in range(n) for c0 in range(0, c, cb)]
+    nb = max(1, per // (c * s))
+    return [(n0, min(n, n0 + nb), 0, c) for n0 in range(0, n, nb)]
+
+
+def _channel_sum(t: np.ndarray) -> np.ndarray:
+    """Sum of a (na, nc, ns) tile over axes 0 and 2, by matrix-vector products with ones."""
+    na, nc, ns = t.shape
+    if na == 1:
+        return np.matmul(t[0], _ones(ns, t.dtype)) if ns > 1 else t[0, :, 0].copy()
+    per_col = np.matmul(_ones(na, t.dtype), t.reshape(na, nc * ns))
+    return np.matmul(per_col.reshape(nc, ns), _ones(ns, t.dtype)) if ns > 1 else per_col
+
+
+def _channel_dot(a: np.ndarray, b: np.ndarray, slot: int) -> np.ndarray:
+    """Per-channel sum of a * b for (na, nc, ns) tiles."""
+    if a.shape[0] == 1:
+        return np.einsum("cs,cs->c", a[0], b[0])
+    prod = _work(slot, a)
+    np.multiply(a, b, out=prod)
+    return _channel_sum(prod)
+
+
+def channel_moments(x3: np.ndarray):
+    """(mean, biased variance) per channel of a contiguous (N, C, S) array, as float64 arrays.
+
+    Each tile's mean and centred sum of squares are computed in cache in the accumulation dtype
+    (two-pass), then merged in tile order into per-channel totals with Chan et al.'s update
+    M2 = M2_a + M2_b + delta^2 n_a n_b / n. Channels whose values are all equal get their exact mean.
+    """
+    n, c, s = x3.shape
+    acc = accumulation_dtype(x3.dtype)
+
+    def work(tile):
+        n0, n1, c0, c1 = tile
+        t = _load(x3[n0:n1, c0:c1], 0, acc)
+        tmean = _channel_sum(t) / ((n1 - n0) * s)
+        d = _work(1, t)
+        np.subtract(t, tmean[None, :, None], out=d)
+        return tmean.astype(np.float64), _channel_dot(d, d, 2).astype(np.float64)
+
+    tiles = _channel_tiles(n, c, s, acc)
+    partials = _map_tiles(work, tiles, x3.nbytes)
+    count, mean, m2 = np.zeros(c), np.zeros(c), np.zeros(c)
+    for (n0, n1, c0, c1), (tmean, tm2) in zip(tiles, partials):
+        k = (n1 - n0) * s
+        na = count[c0:c1]
+        total = na + k
+        delta = tmean - mean[c0:c1]
+        mean[c0:c1] += delta * (k / total)
+        m2[c0:c1] += tm2 + delta * delta * (na * k / total)
+        count[c0:c1] = total
+    u = np.finfo(acc).eps / 2
+    for ch in np.flatnonzero(m2 <= count * (CONSTANT_SLACK * u * np.abs(mean)) ** 2):
+        values = x3[:, ch, :]
+        lo = values.min()
+        if lo == values.max():
+            mean[ch], m2[ch] = float(lo), 0.0
+    return mean, m2 / count
+
+
+def _as_channel(v, acc):
+    return None if v is None else np.asarray(v, dtype=acc).reshape(-1)
+
+
+def _bn_geometry(x):
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm expects an input of shape (N, C, *S), got shape {x.shape}")
+    n, c = x.shape[:2]
+    return np.ascontiguousarray(x).reshape(n, c, -1)
+
+
+def _uses_batch_stats(inputs, params) -> bool:
+    has_running = inputs.get("running_mean") is not None and inputs.get("running_var") is not None
+    return params.get("training", True) or not has_running
+
+
+def _bn_statistics(x3, inputs, params):
+    """(mean, biased var, batch?) per channel in float64: the batch's or the running statistics."""
+    batch = _uses_batch_stats(inputs, params)
+    if batch:
+        if params.get("training", True) and x3.shape[0] * x3.shape[2] <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
+                             f"{tuple(inputs['x'].shape)}")
+        mean, var = channel_moments(x3)
+    else:
+        mean = np.asarray(inputs["running_mean"], dtype=np.float64).reshape(-1)
+        var = np.asarray(inputs["running_var"], dtype=np.float64).reshape(-1)
+    return mean, var, batch
+
+
+def _per_channel_pass(x3, out3, mean, scale, shift, acc):
+    """out = (x - mean) * scale + shift, per channel, tile by tile (shift may be None)."""
+    n, c, s = x3.shape
+
+    def work(tile):
+        n0, n1, c0, c1 = tile
+        t = _load(x3[n0:n1, c0:c1], 0, acc)
+        d = _work(1, t)
+        np.subtract(t, mean[None, c0:c1, None], out=d)
+        np.multiply(d, scale[None, c0:c1, None], out=d)
+        if shift is not None:
+            np.add(d, shift[None, c0:c1, None], out=out3[n0:n1, c0:c1], casting="unsafe")
+        else:
+            np.copyto(out3[n0:n1, c0:c1], d, casting="unsafe")
+
+    _map_tiles(work, _channel_tiles(n, c, s, acc), x3.nbytes)
+
+
+def batch_norm_forward(inputs, params):
+    """BatchNorm (Ioffe & Szegedy 2015, Alg. 1): a statistics pass, then a normalizing pass."""
+    x = inputs["x"]
+    x3 = _bn_geometry(x)
+    acc = accumulation_dtype(x.dtype)
+    eps = params.get("eps", 1e-5)
+    mean, var, batch = _bn_statistics(x3, inputs, params)
+    inv_std = 1.0 / np.sqrt(var.astype(acc) + acc.type(eps))
+    weight = _as_channel(inputs.get("weight"), acc)
+    scale = inv_std if weight is None else inv_std * weight
+    y = new_output(x3.shape, x.dtype)
+    _per_channel_pass(x3, y, mean.astype(acc), scale.astype(acc), _as_channel(inputs.get("bias"), acc), acc)
+    out = {"y": y.reshape(x.shape)}
+    if params.get("training", True) and inputs.get("running_mean") is not None:
+        count = x3.shape[0] * x3.shape[2]
+        out["running_mean"], out["running_var"] = _running_update(inputs, params, mean, var, count)
+    return out
+
+
+def _running_update(inputs, params, mean, var, count):
+    """PyTorch's running-statistics update, with the momentum and variance conventions as params."""
+    rm, rv = inputs["running_mean"], inputs["running_var"]
+    momentum = params.get("momentum", 0.1)
+    if momentum is None:
+        factor = 1.0 / (params.get("num_batches_tracked", 0) + 1)
+    elif params.get("momentum_style", "new") == "decay":
+        factor = 1.0 - momentum
+    else:
+        factor = momentum
+    if params.get("running_var_style", "unbiased") == "unbiased":
+        var = var * (count / (count - 1))
+    new_rm = (1.0 - factor) * np.asarray(rm, dtype=np.float64) + factor * mean
+    new_rv = (1.0 - factor) * np.asarray(rv, dtype=np.float64) + factor * var
+    return new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
+
+
+def batch_norm_backward(inputs, params, dy):
+    """Batch statistics: dx = gamma inv_std (dy - mean dy - xhat mean(dy xhat)); eval: gamma inv_std dy."""
+    x = inputs["x"]
+    x3 = _bn_geometry(x)
+    dy3 = np.ascontiguousarray(dy).reshape(x3.shape)
+    acc = accumulation_dtype(x.dtype)
+    n, c, s = x3.shape
+    mean, var, batch = _bn_statistics(x3, inputs, params)
+    inv_std = 1.0 / np.sqrt(var + params.get("eps", 1e-5))
+    weight = inputs.get("weight")
+    gamma = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64).reshape(-1)
+    mean_a, inv_a = mean.astype(acc), inv_std.astype(acc)
+    tiles = _channel_tiles(n, c, s, acc)
+
+    def xhat_of(n0, n1, c0, c1):
+        t = _load(x3[n0:n1, c0:c1], 0, acc)
+        xhat = _work(2, t)
+        np.subtract(t, mean_a[None, c0:c1, None], out=xhat)
+        np.multiply(xhat, inv_a[None, c0:c1, None], out=xhat)
+        return xhat
+
+    def sums(tile):
+        g = _load(dy3[tile[0]:tile[1], tile[2]:tile[3]], 1, acc)
+        return _channel_sum(g).astype(np.float64), _channel_dot(g, xhat_of(*tile), 3).astype(np.float64)
+
+    sum_dy, sum_dy_xhat = np.zeros(c), np.zeros(c)
+    for (n0, n1, c0, c1), (a, b) in zip(tiles, _map_tiles(sums, tiles, x3.nbytes)):
+        sum_dy[c0:c1] += a
+        sum_dy_xhat[c0:c1] += b
+    count = n * s
+    dx = new_output(x3.shape, x.dtype)
+    k = (gamma * inv_std).astype(acc)
+    mg, mgx = (sum_dy / count).astype(acc), (sum_dy_xhat / count).astype(acc)
+
+    def grad(tile):
+        n0, n1, c0, c1 = tile
+        g = _load(dy3[n0:n1, c0:c1], 1, acc)
+        w = _work(3, g)
+        if batch:
+            np.multiply(xhat_of(*tile), mgx[None, c0:c1, None], out=w)
+            np.subtract(g, w, out=w)
+            np.subtract(w, mg[None, c0:c1, None], out=w)
+        else:
+            np.copyto(w, g)
+        np.multiply(w, k[None, c0:c1, None], out=dx[n0:n1, c0:c1], casting="unsafe")
+
+    _map_tiles(grad, tiles, x3.nbytes)
+    return {"x": dx.reshape(x.shape), "weight": sum_dy_xhat, "bias": sum_dy}

@@ -1,0 +1,333 @@
+"""Side-by-side speed of backends against the memory-bandwidth roofline (`normspec bench`, asv).
+
+Normalization layers are memory-bound: the honest yardstick is how many bytes a call must move
+at minimum (its *byte model*) divided by its time, compared with what the machine's copy achieves
+on an array of the same size, measured in the same run (`np.copyto` into a preallocated buffer:
+one read and one write per element). Times are medians over repeated runs with the IQR as spread;
+device backends are synchronized before and after each timed call.
+
+The asv suite (`benchmarks/`) uses the same preparation (`prepare`) and byte models.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from normspec.case import Case
+from normspec.impls.base import Backend
+from normspec.registry import NormRecord
+
+PASSES = ("forward", "forward+backward")
+
+# Representative activations, float32 sizes in the names: CNN (N, C, H, W), transformer (tokens, hidden).
+SHAPE_PRESETS: dict[str, tuple[int, ...]] = {
+    "cnn-1MB": (4, 64, 32, 32),
+    "cnn-8MB": (8, 64, 64, 64),
+    "cnn-64MB": (64, 64, 64, 64),
+    "tokens-1MB": (256, 1024),
+    "tokens-8MB": (2048, 1024),
+    "tokens-64MB": (16384, 1024),
+}
+DEFAULT_SHAPES = ("tokens-1MB", "tokens-8MB", "tokens-64MB", "cnn-1MB", "cnn-8MB", "cnn-64MB")
+DEFAULT_NORMS = ("layer_norm", "rms_norm", "batch_norm")
+
+
+class Unsupported(NotImplementedError):
+    """This (norm, backend, shape, dtype, pass) cannot be measured; the message says why."""
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """A preset name (`tokens-64MB`) or dimensions joined by `x` (`16384x1024`) -> (label, shape)."""
+    if text in SHAPE_PRESETS:
+        return text, SHAPE_PRESETS[text]
+    try:
+        shape = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or any(d < 1 for d in shape):
+        raise ValueError(f"shape {text!r} is neither a preset ({', '.join(SHAPE_PRESETS)}) "
+                         f"nor dimensions like 16384x1024 or 64x64x64x64 (at least 2, each >= 1)")
+    return text, shape
+
+
+# ---------------------------------------------------------------------------- byte models
+#
+# What a call must read and write at minimum, in bytes, for arrays stored in the bench dtype.
+# Default (every norm that does not override it): each input array read once, each output
+# written once. A forward call reads x and the parameters/state and writes y and the updated
+# state: LayerNorm/RMSNorm/BatchNorm move 2 |x| + O(C). The forward+backward pass is measured as
+# `Backend.gradients` (autograd backends run forward and backward in it, closed-form backends
+# recompute the statistics): it must read x, dy and the parameters and write dx and the parameter
+# gradients: 3 |x| + O(C). BatchNorm's statistics need a second read of x once x exceeds the
+# caches; the model deliberately does not count it (it is the minimum, the roofline).
+
+def default_byte_model(case: Case, outputs: dict[str, int], itemsize: int, pass_: str,
+                       differentiable: tuple[str, ...] = ("x", "weight", "bias")) -> int:
+    """Bytes read and written at minimum; `outputs` maps output names to element counts."""
+    inputs = sum(a.size for a in case.arrays.values())
+    if pass_ == "forward":
+        return itemsize * (inputs + sum(outputs.values()))
+    dy = outputs.get("y", case.x.size)
+    grads = sum(case.arrays[r].size for r in differentiable if r in case.arrays)
+    return itemsize * (inputs + dy + grads)
+
+
+# A record may need another model (e.g. a norm whose output is not activation-sized): register
+# it here by norm name with the signature of `default_byte_model`.
+BYTE_MODELS: dict[str, Callable[..., int]] = {
+    "layer_norm": default_byte_model,   # read x, gamma, beta; write y  (2|x| + 2M)
+    "rms_norm": default_byte_model,     # read x, gamma; write y        (2|x| + M)
+    "batch_norm": default_byte_model,   # read x, gamma, beta, rm, rv; write y, rm, rv (2|x| + 6C)
+}
+
+
+def bytes_moved(record: NormRecord, case: Case, outputs: dict[str, int], dtype: str, pass_: str) -> int:
+    model = BYTE_MODELS.get(record.name, default_byte_model)
+    return int(model(case, outputs, np.dtype(dtype).itemsize, pass_, record.differentiable))
+
+
+# ---------------------------------------------------------------------------- preparation
+
+@dataclass
+class Prepared:
+    """A ready-to-time call: `call()` runs it once (not synchronized); `bytes` its byte model."""
+
+    call: Callable[[], Any]
+    bytes: int
+    input_bytes: int
+    backend: Backend
+
+
+def bench_case(record: NormRecord, shape: tuple[int, ...], seed: int = 0) -> Case:
+    if record.bench_case is None:
+        raise Unsupported(f"{record.name} has no bench_case in its record")
+    case = record.bench_case(tuple(shape), np.random.default_rng(seed))
+    if case is None:
+        raise Unsupported(f"{record.name} has no benchmark case for shape {tuple(shape)}")
+    return case
+
+
+def prepare(record: NormRecord, backend: Backend, shape: tuple[int, ...], dtype: str, pass_: str,
+            seed: int = 0, warmup: bool = True) -> Prepared:
+    """Native inputs for one measurement; with `warmup` the call is run once first."""
+    if pass_ not in PASSES:
+        raise ValueError(f"unknown pass {pass_!r}; passes: {', '.join(PASSES)}")
+    case = bench_case(record, shape, seed)
+    why = backend.unsupported(record.name, case.params, dtype, "contiguous")
+    if why:
+        raise Unsupported(why)
+    natives = {r: backend.native(a, dtype) for r, a in case.arrays.items()}
+    params = case.params
+    outputs = backend.forward(record.name, natives, params)
+    counts = {k: int(np.prod(getattr(v, "shape", ()))) for k, v in outputs.items()}
+    if pass_ == "forward":
+        def call():
+            return backend.forward(record.name, natives, params)
+    else:
+        y_shape = tuple(outputs["y"].shape)
+        dy = backend.native(np.random.default_rng(seed + 1).standard_normal(y_shape), dtype)
+        wrt = tuple(r for r in record.differentiable if case.get(r) is not None)
+
+        def call():
+            return backend.gradients(record.name, natives, params, dy, wrt)
+    del outputs
+    if warmup:
+        call()
+        backend.synchronize()
+    itemsize = np.dtype(dtype).itemsize
+    return Prepared(call, bytes_moved(record, case, counts, dtype, pass_), case.x.size * itemsize, backend)
+
+
+# ---------------------------------------------------------------------------- timing
+
+def time_call(call: Callable[[], Any], synchronize: Callable[[], None] = lambda: None, *, repeats: int = 5,
+              min_sample_s: float = 0.02) -> list[float]:
+    """Seconds per call, one value per sample; fast calls are looped so a sample lasts min_sample_s."""
+    synchronize()
+    start = time.perf_counter()
+    call()
+    synchronize()
+    first = time.perf_counter() - start
+    number = max(1, math.ceil(min_sample_s / max(first, 1e-7))) if first < min_sample_s else 1
+    samples = []
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(number):
+            call()
+        synchronize()
+        samples.append((time.perf_counter() - start) / number)
+    return samples
+
+
+def median_iqr(samples: Iterable[float]) -> tuple[float, float]:
+    q25, q50, q75 = np.percentile(np.asarray(list(samples)), [25, 50, 75])
+    return float(q50), float(q75 - q25)
+
+
+def copy_bandwidth(nbytes: int, repeats: int = 5) -> float:
+    """GB/s of np.copyto between two preallocated arrays of `nbytes` (one read + one write per byte)."""
+    src = np.ones(max(nbytes, 1), dtype=np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    seconds, _ = median_iqr(time_call(lambda: np.copyto(dst, src), repeats=repeats))
+    return 2 * src.nbytes / seconds / 1e9
+
+
+# ---------------------------------------------------------------------------- the run
+
+@dataclass
+class Result:
+    norm: str
+    pass_: str
+    backend: str
+    dtype: str
+    shape: str
+    dims: str
+    input_bytes: int
+    bytes: int
+    median_s: float = math.nan
+    iqr_s: float = math.nan
+    repeats: int = 0
+    gbps: float = math.nan
+    copy_gbps: float = math.nan
+    pct_copy: float = math.nan
+    ratio_to_fastest: float = math.nan
+    skipped: str = ""
+
+    def row(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pass"] = d.pop("pass_")
+        return d
+
+
+@dataclass
+class Plan:
+    records: list[NormRecord]
+    backends: list[Backend]
+    shapes: list[tuple[str, tuple[int, ...]]]
+    dtypes: list[str]
+    passes: list[str]
+    repeats: int = 5
+    min_sample_s: float = 0.02
+    absent: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.records) * len(self.backends) * len(self.shapes) * len(self.dtypes) * len(self.passes)
+
+
+def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None) -> list[Result]:
+    """Measure every combination of the plan; unsupported ones come back with `skipped` set."""
+    results: list[Result] = []
+    copy_cache: dict[int, float] = {}
+    for record in plan.records:
+        for label, shape in plan.shapes:
+            for dtype in plan.dtypes:
+                for pass_ in plan.passes:
+                    group = []
+                    for backend in plan.backends:
+                        on_step(f"{record.name} · {pass_} · {label} · {dtype} · {backend.name}")
+                        r = Result(record.name, pass_, backend.name, dtype, label, "x".join(map(str, shape)), 0, 0)
+                        try:
+                            p = prepare(record, backend, shape, dtype, pass_)
+                        except Unsupported as exc:
+                            r.skipped = str(exc)
+                        except Exception as exc:  # a backend crashing on a shape is reported, not fatal
+                            r.skipped = f"failed: {type(exc).__name__}: {exc}"
+                        else:
+                            samples = time_call(p.call, backend.synchronize, repeats=plan.repeats,
+                                                min_sample_s=plan.min_sample_s)
+                            del p.call
+                            r.median_s, r.iqr_s = median_iqr(samples)
+                            r.repeats = len(samples)
+                            r.bytes, r.input_bytes = p.bytes, p.input_bytes
+                            r.gbps = p.bytes / r.median_s / 1e9
+                            if p.input_bytes not in copy_cache:
+                                copy_cache[p.input_bytes] = copy_bandwidth(p.input_bytes, plan.repeats)
+                            r.copy_gbps = copy_cache[p.input_bytes]
+                            r.pct_copy = 100.0 * r.gbps / r.copy_gbps
+                        group.append(r)
+                    timed = [g.median_s for g in group if not g.skipped]
+                    for g in group:
+                        if not g.skipped:
+                            g.ratio_to_fastest = g.median_s / min(timed)
+                    results.extend(group)
+    return results
+
+
+# ---------------------------------------------------------------------------- outputs
+
+CSV_FIELDS = ("norm", "pass", "backend", "dtype", "shape", "dims", "input_bytes", "bytes", "median_s", "iqr_s",
+              "repeats", "gbps", "copy_gbps", "pct_copy", "ratio_to_fastest", "skipped")
+
+
+def write_csv(results: list[Result], path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in results:
+            writer.writerow(r.row())
+    return path
+
+
+def results_table(results: list[Result], title: str = "normspec bench"):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name, justify in [("norm", "left"), ("pass", "left"), ("dtype", "left"), ("shape", "left"),
+                          ("backend", "left"), ("median ms", "right"), ("IQR ms", "right"), ("GB/s", "right"),
+                          ("% copy", "right"), ("x fastest", "right")]:
+        table.add_column(name, justify=justify)
+    for r in results:
+        if r.skipped:
+            table.add_row(r.norm, r.pass_, r.dtype, r.shape, r.backend, "[dim]skipped[/]", "", "", "", "")
+            continue
+        table.add_row(r.norm, r.pass_, r.dtype, r.shape, r.backend, f"{r.median_s * 1e3:.3f}", f"{r.iqr_s * 1e3:.3f}",
+                      f"{r.gbps:.2f}", f"{r.pct_copy:.0f}%", f"{r.ratio_to_fastest:.2f}")
+    return table
+
+
+def plot(results: list[Result], path: Path) -> Path:
+    """GB/s against input size, one line per backend (and dtype), one panel per norm and pass, with
+    the copy bandwidth of the same run as the roofline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in results if not r.skipped]
+    panels = sorted({(r.norm, r.pass_) for r in done})
+    cols = min(3, max(1, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.0 * rows), squeeze=False)
+    for ax, (norm, pass_) in zip(axes.flat, panels):
+        here = [r for r in done if r.norm == norm and r.pass_ == pass_]
+        for backend, dtype in sorted({(r.backend, r.dtype) for r in here}):
+            line = sorted((r.input_bytes, r.gbps) for r in here if r.backend == backend and r.dtype == dtype)
+            ax.plot([b / 2**20 for b, _ in line], [g for _, g in line], marker="o", label=f"{backend} {dtype}")
+        copy = sorted({(r.input_bytes, r.copy_gbps) for r in here})
+        ax.plot([b / 2**20 for b, _ in copy], [g for _, g in copy], "k--", marker="_", markersize=16,
+                label="np.copyto (roofline)")
+        ax.set_xscale("log")
+        ax.set_xlabel("input size (MiB)")
+        ax.set_ylabel("effective GB/s (byte model / time)")
+        ax.set_title(f"{norm} · {pass_}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

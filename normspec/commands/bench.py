@@ -1,0 +1,86 @@
+"""`normspec bench`: norms x shapes x dtypes x backends side by side, against the copy roofline."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from normspec.cli import EXIT_OK, EXIT_USAGE, split_names as _split
+
+
+def cmd_bench(args) -> int:
+    from normspec import bench
+    from normspec.impls.base import available_backends
+    from normspec.registry import norms
+
+    records = norms()
+    wanted = _split(args.norm) or [n for n in bench.DEFAULT_NORMS if n in records]
+    unknown = [n for n in wanted if n not in records]
+    passes = _split(args.pass_) or ["forward", "forward+backward"]
+    bad_pass = [p for p in passes if p not in bench.PASSES]
+    try:
+        shapes = [bench.parse_shape(s) for s in (_split(args.shape) or bench.DEFAULT_SHAPES)]
+        backends, absent = available_backends(_split(args.backend) or None)
+    except (ValueError, KeyError) as exc:
+        print(f"normspec bench: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    if unknown or bad_pass:
+        what = (f"unknown norm(s): {', '.join(unknown)}; known: {', '.join(records)}" if unknown
+                else f"unknown pass(es): {', '.join(bad_pass)}; passes: {', '.join(bench.PASSES)}")
+        print(f"normspec bench: {what}", file=sys.stderr)
+        return EXIT_USAGE
+    dtypes = _split(args.dtype) or ["float32"]
+    if args.repeats < 1:
+        print("normspec bench: --repeats must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    for name, why in absent.items():
+        console.print(f"[dim]backend {name} skipped: {why}[/]", highlight=False)
+    if not backends:
+        print("normspec bench: no backend is available", file=sys.stderr)
+        return EXIT_USAGE
+    plan = bench.Plan([records[n] for n in wanted], list(backends.values()), shapes, dtypes, passes,
+                      repeats=args.repeats, absent=absent)
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=args.quiet) as progress:
+        task = progress.add_task("benchmarking", total=plan.size)
+        first = [True]
+
+        def step(label):
+            if not first[0]:
+                progress.update(task, advance=1)
+            first[0] = False
+            progress.update(task, description=label)
+
+        results = bench.run(plan, step)
+        progress.update(task, advance=1)
+    seconds = time.perf_counter() - start
+    console.print(bench.results_table(results))
+    out = Path(args.out)
+    csv_path = bench.write_csv(results, out / "bench.csv")
+    png_path = bench.plot(results, out / "bench.png")
+    console.print(f"{len(results)} measurements in {seconds:.1f}s; wrote {csv_path} and {png_path}", highlight=False)
+    return EXIT_OK
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="time backends side by side against the machine's copy bandwidth")
+    p.add_argument("--norm", action="append",
+                   help="norm(s) to time (repeat or comma-separate); default layer_norm, rms_norm, batch_norm")
+    p.add_argument("--backend", action="append", help="backend(s); default every installed one")
+    p.add_argument("--shape", action="append",
+                   help="preset (cnn-1MB, cnn-8MB, cnn-64MB, tokens-1MB, tokens-8MB, tokens-64MB) or dims like "
+                        "16384x1024; default all six presets")
+    p.add_argument("--dtype", action="append", help="dtype(s): float64, float32, float16, bfloat16; default float32")
+    p.add_argument("--pass", dest="pass_", action="append",
+                   help="forward and/or forward+backward (the backend's gradient call); default both")
+    p.add_argument("--repeats", type=int, default=5, help="timed samples per measurement (median and IQR)")
+    p.add_argument("--out", default="normspec-report/bench", help="directory for bench.csv and bench.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)

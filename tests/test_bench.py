@@ -1,0 +1,141 @@
+"""`normspec bench`, the byte models and the asv suite: they run, and they count what they claim.
+
+No speed figure is asserted here: timings belong to benchmarks, not to unit tests.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normspec import bench
+from normspec.cli import main
+from normspec.impls.base import available_backends
+from normspec.registry import NormRecord, get_norm, norms
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _numpy():
+    return available_backends(["numpy"])[0]["numpy"]
+
+
+def test_bench_runs_on_tiny_sizes_and_writes_csv_and_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rc = main(["bench", "--norm", "layer_norm,batch_norm", "--backend", "numpy,numpy:fast", "--shape", "8x16",
+               "--shape", "2x4x4x4", "--repeats", "2", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "GB/s" in out and "% copy" in out
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    assert len(rows) == 2 * 2 * 2 * 2  # norms x shapes x passes x backends
+    assert set(bench.CSV_FIELDS) <= set(rows[0])
+    timed = [r for r in rows if not r["skipped"]]
+    assert timed, rows
+    for r in timed:
+        assert float(r["median_s"]) > 0 and float(r["gbps"]) > 0 and float(r["pct_copy"]) > 0
+        assert float(r["ratio_to_fastest"]) >= 1.0
+    # per (norm, shape, dtype, pass) group exactly one backend is the fastest
+    groups = {}
+    for r in timed:
+        groups.setdefault((r["norm"], r["shape"], r["dtype"], r["pass"]), []).append(float(r["ratio_to_fastest"]))
+    assert all(min(v) == 1.0 for v in groups.values())
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_reports_unsupported_combinations_as_skipped(tmp_path):
+    pytest.importorskip("matplotlib")
+    plan = bench.Plan([get_norm("layer_norm")], [_numpy()], [("2x3", (2, 3))], ["bfloat16"], ["forward"], repeats=1)
+    (result,) = bench.run(plan)
+    assert result.skipped and "bfloat16" in result.skipped
+    bench.write_csv([result], tmp_path / "b.csv")
+    bench.plot([result], tmp_path / "b.png")
+
+
+def test_bench_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["bench", "--norm", "no_such_norm", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--shape", "12", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--pass", "sideways", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_norm" in err and "12" in err and "sideways" in err
+
+
+def test_byte_model_layer_norm_known_case():
+    """(4, 8) float32 with gamma and beta: forward reads x (32) + gamma (8) + beta (8), writes y (32);
+    the gradient call reads x, gamma, beta, dy (32) and writes dx, dgamma, dbeta (48)."""
+    p = bench.prepare(get_norm("layer_norm"), _numpy(), (4, 8), "float32", "forward")
+    assert p.bytes == 4 * (32 + 8 + 8 + 32)
+    p = bench.prepare(get_norm("layer_norm"), _numpy(), (4, 8), "float32", "forward+backward")
+    assert p.bytes == 4 * (48 + 32 + 48)
+    assert p.input_bytes == 4 * 32
+
+
+def test_byte_model_batch_norm_known_case():
+    """(2, 3, 4, 4) float16 in training: reads x (96), gamma, beta, running mean and var (12),
+    writes y (96) and the two updated running statistics (6)."""
+    p = bench.prepare(get_norm("batch_norm"), _numpy(), (2, 3, 4, 4), "float16", "forward")
+    assert p.bytes == 2 * (96 + 12 + 96 + 6)
+
+
+@pytest.mark.skipif("rms_norm" not in norms(), reason="rms_norm is not registered")
+def test_byte_model_rms_norm_known_case():
+    """(16, 64) float64 with gamma: reads x (1024) and gamma (64), writes y (1024)."""
+    p = bench.prepare(get_norm("rms_norm"), _numpy(), (16, 64), "float64", "forward")
+    assert p.bytes == 8 * (1024 + 64 + 1024)
+
+
+def test_missing_bench_case_is_not_implemented():
+    from dataclasses import replace
+
+    record = replace(get_norm("layer_norm"), bench_case=None)
+    with pytest.raises(NotImplementedError, match="bench_case"):
+        bench.prepare(record, _numpy(), (4, 8), "float32", "forward")
+    none_for_shape = replace(get_norm("layer_norm"), bench_case=lambda shape, rng: None)
+    with pytest.raises(NotImplementedError, match="shape"):
+        bench.prepare(none_for_shape, _numpy(), (4, 8), "float32", "forward")
+
+
+def test_every_registered_norm_has_a_byte_model_or_the_default():
+    for name, record in norms().items():
+        assert isinstance(record, NormRecord)
+        assert callable(bench.BYTE_MODELS.get(name, bench.default_byte_model))
+
+
+def test_parse_shape_and_statistics():
+    assert bench.parse_shape("tokens-64MB") == ("tokens-64MB", (16384, 1024))
+    assert bench.parse_shape("2x3x4") == ("2x3x4", (2, 3, 4))
+    for bad in ("7", "0x3", "axb"):
+        with pytest.raises(ValueError, match="shape"):
+            bench.parse_shape(bad)
+    assert bench.median_iqr([1.0, 2.0, 3.0, 4.0, 100.0]) == (3.0, 2.0)
+    samples = bench.time_call(lambda: None, repeats=3, min_sample_s=0.001)
+    assert len(samples) == 3 and all(s > 0 for s in samples)
+    assert bench.copy_bandwidth(1 << 16, repeats=2) > 0
+
+
+def test_asv_suite_covers_the_registry():
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import bench_norms, common
+    finally:
+        sys.path.remove(str(ROOT))
+    assert set(common.NORMS) == set(norms())
+    assert "torch:cuda" in common.BACKENDS and "numpy:fast" in common.BACKENDS
+    assert bench_norms.Roofline.params[2] == common.LARGE_SHAPES
+    for shape in common.SMALL_SHAPES + common.MEDIUM_SHAPES + common.LARGE_SHAPES:
+        bench.parse_shape(shape)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("asv") is None or shutil.which("asv") is None,
+                    reason="asv is not installed (pip install -e '.[bench]')")
+def test_asv_check_passes():
+    done = subprocess.run(["asv", "check", "--python=same"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No problems found" in done.stdout
