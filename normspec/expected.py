@@ -202,3 +202,18 @@ EXPECTED_FAILURES.append(ExpectedFailure(
     ),
     when=r"^dx.*torch:cpu float16 .* vs batch_norm",
 ))
+
+# Found by `normspec validate torch.nn:LocalResponseNorm` (and replayed on torch:cpu): PyTorch's CPU
+# local_response_norm backward in float16/bfloat16 misses the LRN error model by ~1.06x on a 3-D input
+# (x(4, 5, 1), size=1, alpha=1, beta=0.75, k=1): dx = 0.015625 vs 0.016749 ± 0.00106, consistent with
+# intermediates rounded to bfloat16. No upstream report found.
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="backward_matches_spec",
+    norm="local_response_norm",
+    backend="torch:cpu",
+    reason="PyTorch CPU local_response_norm backward in float16/bfloat16 rounds intermediates to the input "
+           "dtype: the input gradient misses the float32-accumulation model (by ~1.06x in bfloat16 on "
+           "x(4, 5, 1), size=1; ~1.09x in float16 on x(1, 2, 1), size=2)",
+    when=r"^dx\[",
+    dtypes=("float16", "bfloat16"),
+))

@@ -1,0 +1,12 @@
+"""`normspec validate`: put a user's own normalization implementation through every property.
+
+    from normspec.validate import validate
+    result = validate("mypkg.norms:FusedLayerNorm")      # or "path/to/file.py:MyBatchNorm2d"
+    assert result.accepted, result.failures
+
+The candidate runs in a worker process (see `candidate`), adapted to the norm's calls by
+`adapters`, and judged by the same properties, spec and tolerance model as the built-in backends.
+"""
+from normspec.validate.runner import (DEFAULT_PROFILE, Outcome, UsageError, ValidationResult, validate)
+
+__all__ = ["DEFAULT_PROFILE", "Outcome", "UsageError", "ValidationResult", "validate"]

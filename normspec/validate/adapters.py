@@ -1,0 +1,441 @@
+"""Adapters: one call of a norm (arrays by role + parameters) -> a candidate's torch.nn module,
+torch.nn.functional-style function or NumPy spec-signature function -> outputs, gradients, state.
+
+This module imports nothing but the standard library, NumPy and torch: the validation worker
+runs it in a child process, and reproducer scripts embed its source verbatim so that they replay
+a counterexample with nothing but torch and numpy installed.
+
+Kinds of candidate:
+- "module": a torch.nn.Module subclass, constructed with the drop-in's constructor arguments drawn
+  from the call (eps, momentum including None, affine / elementwise_affine / bias flags,
+  track_running_stats, num_groups, normalized_shape, size...), cast to the dtype, its parameters
+  and buffers loaded from the call's (random) arrays, put in train or eval mode, then called.
+  Buffers read back after a training call are the returned state.
+- "functional": a drop-in for the matching torch.nn.functional function (for weight_norm:
+  `f(v, g, dim)` like `torch._weight_norm`); running statistics are handed over as clones
+  and read back as the returned state, as torch.nn.functional.batch_norm updates them in place.
+- "spec": a function with normspec's NumPy spec signature (e.g. normspec.spec.batch_norm),
+  arguments bound by name; gradients come from a `<name>_backward` beside it, if there is one.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+
+import numpy as np
+import torch
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+NUMPY_DTYPES = ("float64", "float32", "float16")
+
+# torch.nn base classes -> (norm, input ranks the class takes; None = any)
+MODULE_BASES = (
+    ("BatchNorm1d", "batch_norm", (2, 3)), ("BatchNorm2d", "batch_norm", (4,)),
+    ("BatchNorm3d", "batch_norm", (5,)), ("SyncBatchNorm", "batch_norm", None), ("_BatchNorm", "batch_norm", None),
+    ("InstanceNorm1d", "instance_norm", (3,)), ("InstanceNorm2d", "instance_norm", (4,)),
+    ("InstanceNorm3d", "instance_norm", (5,)), ("_InstanceNorm", "instance_norm", None),
+    ("LayerNorm", "layer_norm", None), ("GroupNorm", "group_norm", None), ("RMSNorm", "rms_norm", None),
+    ("LocalResponseNorm", "local_response_norm", None),
+)
+# Name fragments (lower case, without '_') -> norm, for classes and functions with no torch base.
+NAME_HINTS = (
+    ("batchnorm", "batch_norm"), ("instancenorm", "instance_norm"), ("layernorm", "layer_norm"),
+    ("groupnorm", "group_norm"), ("rmsnorm", "rms_norm"), ("localresponsenorm", "local_response_norm"),
+    ("lrn", "local_response_norm"), ("weightnorm", "weight_norm"),
+)
+RANKS_BY_SUFFIX = {"1d": (2, 3), "2d": (4,), "3d": (5,)}
+ADAPTED_NORMS = ("batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm",
+                 "local_response_norm", "weight_norm")
+
+
+class CandidateError(Exception):
+    """The candidate broke the drop-in contract (wrong type, shape or dtype of a result)."""
+
+
+class Unsupported(Exception):
+    """This call is outside what a drop-in of this kind can express (not the candidate's fault)."""
+
+
+# ------------------------------------------------------------------ loading the target
+
+def load_target(target: str, cwd: str | None = None):
+    """The object named by `package.module:attr` or `path/to/file.py:attr` (dotted attr allowed)."""
+    if ":" not in target:
+        raise ValueError(f"TARGET {target!r} must be 'package.module:attr' or 'path/to/file.py:attr'")
+    where, attr = target.rsplit(":", 1)
+    sys.dont_write_bytecode = True  # never write __pycache__ next to the user's files
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        path = os.path.abspath(os.path.join(cwd or os.getcwd(), where))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such file: {path}")
+        name = "normspec_candidate_" + os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        sys.path.insert(0, os.path.dirname(path))
+        spec.loader.exec_module(module)
+    else:
+        if cwd and cwd not in sys.path:
+            sys.path.insert(0, cwd)
+        module = importlib.import_module(where)
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AttributeError(f"{where} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _hint(name: str):
+    flat = name.lower().replace("_", "")
+    for fragment, norm in NAME_HINTS:
+        if fragment in flat:
+            return norm
+    return None
+
+
+def classify(obj):
+    """(kind, inferred norm or None, input ranks or None) of a candidate object."""
+    if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
+        for klass in obj.__mro__:
+            for base, norm, ranks in MODULE_BASES:
+                if klass.__name__ == base and klass.__module__.startswith("torch.nn"):
+                    return "module", norm, ranks
+        norm = _hint(obj.__name__)
+        suffix = obj.__name__[-2:].lower()
+        return "module", norm, RANKS_BY_SUFFIX.get(suffix) if norm in ("batch_norm", "instance_norm") else None
+    if callable(obj) and not isinstance(obj, type):
+        return "function", _hint(getattr(obj, "__name__", "") or ""), None
+    return None, None, None
+
+
+# ------------------------------------------------------------------ arrays
+
+def torch_array(values: np.ndarray, dtype: str, layout: str = "contiguous") -> torch.Tensor:
+    """`values` rounded to `dtype`, laid out as contiguous, channels_last or a strided view."""
+    t = torch.from_numpy(np.array(values, dtype=np.float64, copy=True)).to(TORCH_DTYPES[dtype])
+    if layout == "contiguous" or t.ndim == 0:
+        return t.contiguous()
+    if layout == "channels_last":
+        if t.ndim < 3:
+            return t.contiguous()
+        order = (0,) + tuple(range(2, t.ndim)) + (1,)
+        inverse = tuple(order.index(i) for i in range(t.ndim))
+        return t.permute(order).contiguous().permute(inverse)
+    if layout == "strided":
+        wide = torch.zeros(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def numpy_array(values: np.ndarray, dtype: str, layout: str = "contiguous") -> np.ndarray:
+    if dtype not in NUMPY_DTYPES:
+        raise Unsupported(f"a NumPy spec-signature function cannot take {dtype} (NumPy has no such dtype)")
+    a = np.array(values, dtype=np.float64).astype(dtype)
+    if layout == "channels_last" and a.ndim >= 3:
+        order = (0,) + tuple(range(2, a.ndim)) + (1,)
+        return np.ascontiguousarray(a.transpose(order)).transpose(tuple(order.index(i) for i in range(a.ndim)))
+    if layout == "strided":
+        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
+        wide[..., ::2] = a
+        return wide[..., ::2]
+    return np.ascontiguousarray(a).copy()
+
+
+def to_float64(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64).numpy().copy()
+    return np.array(value, dtype=np.float64, copy=True)
+
+
+def dtype_name(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return DTYPE_NAMES.get(value.dtype, str(value.dtype))
+    return str(getattr(value, "dtype", type(value).__name__))
+
+
+def same_bits(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return a.shape == b.shape and bool(torch.equal(a.detach(), b.detach())) or bool(
+            torch.equal(torch.isnan(a.detach()), torch.isnan(b.detach()))
+            and torch.equal(torch.nan_to_num(a.detach()), torch.nan_to_num(b.detach())))
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+
+
+# ------------------------------------------------------------------ per-norm adapters
+
+def _momentum(params):
+    """PyTorch's new-value momentum for the call's convention (decay style: 1 - momentum)."""
+    m = params.get("momentum", 0.1)
+    if m is not None and params.get("momentum_style", "new") == "decay":
+        m = 1.0 - m
+    return m
+
+
+def _affine_flags(a, name="affine"):
+    w, b = a.get("weight") is not None, a.get("bias") is not None
+    kw = {name: w}
+    if w and not b:
+        kw["bias"] = False
+    if b and not w:
+        raise Unsupported("a bias without a weight has no torch.nn constructor form")
+    return kw
+
+
+def unsupported(norm: str, kind: str, params: dict) -> str | None:
+    """Why a drop-in of `kind` cannot express a call with these parameters, or None."""
+    if kind in ("module", "functional"):
+        if norm == "batch_norm" and params.get("running_var_style", "unbiased") != "unbiased":
+            return "torch.nn BatchNorm feeds the running variance the unbiased estimate only"
+        if norm == "local_response_norm" and params.get("convention", "pytorch") != "pytorch":
+            return f"torch.nn.LocalResponseNorm implements the 'pytorch' convention, not {params.get('convention')!r}"
+        if norm == "instance_norm" and params.get("momentum_style", "new") != "new":
+            return "torch.nn InstanceNorm takes momentum as the new value's weight only"
+    return None
+
+
+def construct(norm: str, cls, shape, a: dict, p: dict):
+    """The drop-in module for one call: constructor arguments drawn from the call."""
+    c = shape[1] if len(shape) > 1 else None
+    eps = p.get("eps", 1e-5)
+    if norm == "batch_norm":
+        return cls(c, eps=eps, momentum=_momentum(p), **_affine_flags(a),
+                   track_running_stats=a.get("running_mean") is not None)
+    if norm == "instance_norm":
+        return cls(c, eps=eps, momentum=_momentum(p), **_affine_flags(a),
+                   track_running_stats=a.get("running_mean") is not None)
+    if norm == "layer_norm":
+        return cls(tuple(p["normalized_shape"]), eps=eps, **_affine_flags(a, "elementwise_affine"))
+    if norm == "group_norm":
+        return cls(p["num_groups"], c, eps=eps, **_affine_flags(a))
+    if norm == "rms_norm":
+        return cls(tuple(p["normalized_shape"]), eps=p.get("eps"), elementwise_affine=a.get("weight") is not None)
+    if norm == "local_response_norm":
+        return cls(p["size"], alpha=p.get("alpha", 1e-4), beta=p.get("beta", 0.75), k=p.get("k", 1.0))
+    raise Unsupported(f"{norm} has no torch.nn module drop-in form (use a function, see `normspec validate --help`)")
+
+
+def load_state(norm: str, module, t: dict, p: dict) -> None:
+    """Copy the call's parameters and running statistics into the module (cast to its dtype)."""
+    with torch.no_grad():
+        for role in ("weight", "bias", "running_mean", "running_var"):
+            if t.get(role) is None:
+                continue
+            target = getattr(module, role, None)
+            if target is None:
+                raise CandidateError(f"the module has no {role} although the call has one "
+                                     f"(constructed with {role} enabled)")
+            if tuple(target.shape) != tuple(t[role].shape):
+                raise CandidateError(f"module.{role} has shape {tuple(target.shape)}, but should have "
+                                     f"shape {tuple(t[role].shape)}")
+            target.copy_(t[role])
+        if t.get("running_mean") is not None and getattr(module, "num_batches_tracked", None) is not None:
+            module.num_batches_tracked.fill_(int(p.get("num_batches_tracked", 0)))
+
+
+def state_outputs(norm: str, module, t: dict, p: dict) -> dict:
+    if norm in ("batch_norm", "instance_norm") and p.get("training", True) and t.get("running_mean") is not None:
+        return {"running_mean": module.running_mean, "running_var": module.running_var}
+    return {}
+
+
+def call_functional(norm: str, fn, t: dict, p: dict):
+    """(y, state) from a torch.nn.functional-style drop-in, positional arguments as PyTorch's."""
+    eps = p.get("eps", 1e-5)
+    if norm in ("batch_norm", "instance_norm"):
+        rm = None if t.get("running_mean") is None else t["running_mean"].detach().clone()
+        rv = None if t.get("running_var") is None else t["running_var"].detach().clone()
+        m = _momentum(p)
+        if m is None:  # BatchNorm: cumulative average; InstanceNorm modules pass 0.0 (no update)
+            m = 1.0 / (int(p.get("num_batches_tracked", 0)) + 1) if norm == "batch_norm" else 0.0
+        training = bool(p.get("training", True)) or rm is None
+        y = fn(t["x"], rm, rv, t.get("weight"), t.get("bias"), training, m, eps)
+        state = {"running_mean": rm, "running_var": rv} if p.get("training", True) and rm is not None else {}
+        return y, state
+    if norm == "layer_norm":
+        return fn(t["x"], list(p["normalized_shape"]), t.get("weight"), t.get("bias"), eps), {}
+    if norm == "group_norm":
+        return fn(t["x"], p["num_groups"], t.get("weight"), t.get("bias"), eps), {}
+    if norm == "rms_norm":
+        return fn(t["x"], list(p["normalized_shape"]), t.get("weight"), p.get("eps")), {}
+    if norm == "local_response_norm":
+        return fn(t["x"], p["size"], p.get("alpha", 1e-4), p.get("beta", 0.75), p.get("k", 1.0)), {}
+    if norm == "weight_norm":
+        dim = p.get("dim", 0)
+        return fn(t["x"], t["weight"], -1 if dim is None else dim), {}
+    raise Unsupported(f"no torch.nn.functional form is known for {norm}")
+
+
+ALIASES = {"input": "x", "v": "x", "g": "weight", "grad_output": "dy", "dw": "dy"}
+GRAD_ALIASES = {"v": "x", "g": "weight", "input": "x"}
+
+
+def bind_by_name(fn, values: dict, params: dict, dtype: str) -> dict:
+    """Keyword arguments for a spec-signature function: arrays by role, parameters by name."""
+    kwargs = {}
+    for name, parameter in inspect.signature(fn).parameters.items():
+        role = ALIASES.get(name, name)
+        if role in values:
+            kwargs[name] = values[role]
+        elif name in params:
+            kwargs[name] = params[name]
+        elif name == "dtype":
+            kwargs[name] = dtype
+        elif role in ("weight", "bias", "running_mean", "running_var") and parameter.default is inspect._empty:
+            kwargs[name] = None
+    return kwargs
+
+
+def spec_outputs(result, outputs: tuple) -> tuple:
+    """(y, state) from what a spec-signature function returned: an array or a (named) tuple."""
+    if isinstance(result, np.ndarray):
+        return result, {}
+    if isinstance(result, tuple) and result and isinstance(result[0], np.ndarray):
+        fields = getattr(result, "_fields", None)
+        state = {}
+        for i, name in enumerate(outputs[1:], start=1):
+            value = getattr(result, name, None) if fields else (result[i] if i < len(result) else None)
+            if value is not None:
+                state[name] = value
+        return result[0], state
+    raise CandidateError(f"returned {type(result).__name__}, but a spec-signature function should return "
+                         f"a NumPy array or a tuple starting with one")
+
+
+def backward_of(fn):
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    return getattr(module, f"{getattr(fn, '__name__', '')}_backward", None) if module else None
+
+
+# ------------------------------------------------------------------ one call
+
+def _check_result(name, value, like, dtype, kind):
+    native = torch.Tensor if kind != "spec" else np.ndarray
+    if not isinstance(value, native):
+        raise CandidateError(f"{name} is a {type(value).__name__}, but should be a {native.__module__}."
+                             f"{native.__name__}")
+    if tuple(value.shape) != tuple(like):
+        raise CandidateError(f"{name} has shape {tuple(value.shape)}, but should have shape {tuple(like)}")
+    if kind == "spec":  # a NumPy reference may compute and return in float64 whatever it is given
+        if not np.issubdtype(value.dtype, np.floating):
+            raise CandidateError(f"{name} has dtype {value.dtype}, but should be a floating-point array")
+    elif dtype_name(value) != dtype:
+        raise CandidateError(f"{name} has dtype {dtype_name(value)}, but should have the input's dtype {dtype}")
+
+
+def _tensors(kind, inputs, requires_grad=()):
+    make = numpy_array if kind == "spec" else torch_array
+    out = {}
+    for role, (values, dtype, layout) in inputs.items():
+        a = make(values, dtype, layout)
+        if kind != "spec" and role in requires_grad:
+            a = a.detach().requires_grad_(True)
+        out[role] = a
+    return out
+
+
+def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=None, wrt=(), outputs=("y",)):
+    """Run one call. inputs: {role: (float64 values, dtype, layout)}; dy likewise (or None).
+
+    Returns {"outputs": {name: float64}, "grads": {role: float64}, "mutated": {role: float64 after
+    the call}, "dtypes": {name: dtype}}. The caller's tensors (x, weight, bias, dy) are compared
+    bitwise before and after: a candidate that writes into them is reported through "mutated".
+    """
+    if unsupported(norm, kind, params):
+        raise Unsupported(unsupported(norm, kind, params))
+    dtype = inputs["x"][1]
+    grads_wanted = dy is not None
+    t = _tensors(kind, inputs, requires_grad=wrt if grads_wanted and kind == "functional" else ())
+    dyt = None
+    if grads_wanted:
+        dyt = (numpy_array if kind == "spec" else torch_array)(*dy)
+    pristine = {r: (a.detach().clone() if isinstance(a, torch.Tensor) else a.copy()) for r, a in t.items()
+                if r in ("x", "weight", "bias")}
+    dy_pristine = None if dyt is None else (dyt.clone() if isinstance(dyt, torch.Tensor) else dyt.copy())
+    result = {"outputs": {}, "grads": {}, "mutated": {}, "dtypes": {}}
+    module = None
+    if kind == "module":
+        x = t["x"].detach().requires_grad_(grads_wanted and "x" in wrt)
+        module = construct(norm, candidate, tuple(x.shape), t, params).to(TORCH_DTYPES[dtype])
+        load_state(norm, module, t, params)
+        module.train(bool(params.get("training", True)))
+        with torch.enable_grad() if grads_wanted else torch.no_grad():
+            y = module(x)
+        _check_result("y", y, x.shape, dtype, kind)
+        state = state_outputs(norm, module, t, params)
+        leaves = {"x": x, "weight": getattr(module, "weight", None), "bias": getattr(module, "bias", None)}
+        for role in ("weight", "bias"):
+            if t.get(role) is not None and not same_bits(getattr(module, role), t[role]):
+                result["mutated"][f"module.{role}"] = to_float64(getattr(module, role))
+    elif kind == "functional":
+        with torch.enable_grad() if grads_wanted else torch.no_grad():
+            y, state = call_functional(norm, candidate, t, params)
+        _check_result("y", y, t["x"].shape, dtype, kind)
+        leaves = t
+    else:  # spec
+        y, state = spec_outputs(candidate(**bind_by_name(candidate, t, params, dtype)), outputs)
+        if "running_mean" in state and not (params.get("training", True) and t.get("running_mean") is not None):
+            state = {}  # unchanged running statistics are not an update (as a module's buffers in eval)
+        _check_result("y", y, t["x"].shape, dtype, kind)
+        leaves = t
+    result["outputs"]["y"] = to_float64(y)
+    result["dtypes"]["y"] = dtype_name(y)
+    for name, value in state.items():
+        result["outputs"][name] = to_float64(value)
+    if grads_wanted:
+        roles = [r for r in wrt if leaves.get(r) is not None]
+        if kind == "spec":
+            backward = backward_of(candidate)
+            if backward is None:
+                raise Unsupported(f"no {candidate.__name__}_backward beside the spec-signature function")
+            grads = backward(**bind_by_name(backward, {**t, "dy": dyt}, params, dtype))
+            grads = {GRAD_ALIASES.get(k, k): v for k, v in grads.items()}
+        else:
+            targets = [leaves[r] for r in roles]
+            got = torch.autograd.grad(y, targets, grad_outputs=dyt, allow_unused=True)
+            grads = {r: (g if g is not None else torch.zeros_like(leaves[r])) for r, g in zip(roles, got)}
+        for role in roles:
+            if role not in grads:
+                raise CandidateError(f"the backward returned no gradient for {role}")
+            g = grads[role]
+            if tuple(g.shape) != tuple(leaves[role].shape):
+                raise CandidateError(f"d{role} has shape {tuple(g.shape)}, but should have shape {tuple(leaves[role].shape)}")
+            result["grads"][role] = to_float64(g)
+    for role, before in pristine.items():
+        if not same_bits(t[role], before):
+            result["mutated"][role] = to_float64(t[role])
+    if dy_pristine is not None and not same_bits(dyt, dy_pristine):
+        result["mutated"]["dy"] = to_float64(dyt)
+    return result
+
+
+def execute_steps(candidate, norm: str, first: dict, params: dict, steps: list, eval_x):
+    """Real use of a module: one instance, several training steps, then eval (module kind only).
+
+    first: the call's inputs {role: (values, dtype, layout)}; steps: the x values of each training
+    step; eval_x: the x of the final eval call. Returns the y and buffers after every step.
+    """
+    t = _tensors("module", first)
+    dtype = first["x"][1]
+    layout = first["x"][2]
+    module = construct(norm, candidate, tuple(t["x"].shape), t, params).to(TORCH_DTYPES[dtype])
+    load_state(norm, module, t, params)
+    records = []
+    with torch.no_grad():
+        for values in steps:
+            module.train(True)
+            y = module(torch_array(values, dtype, layout))
+            _check_result("y", y, values.shape, dtype, "module")
+            state = state_outputs(norm, module, t, {**params, "training": True})
+            records.append({"y": to_float64(y), **{k: to_float64(v) for k, v in state.items()}})
+        module.train(False)
+        y = module(torch_array(eval_x, dtype, layout))
+        _check_result("y", y, eval_x.shape, dtype, "module")
+        records.append({"y": to_float64(y)})
+    return records

@@ -1,0 +1,300 @@
+"""Reports of a validation: the rich table, JSON, JUnit XML, and standalone reproducer scripts.
+
+A reproducer replays the candidate's calls from the minimal counterexample with nothing but torch
+and numpy: it embeds the inputs, the float64 spec's values computed when it was written and the
+tolerance model's bound, and the source of `normspec.validate.adapters` (no normspec import).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from normspec.case import Case
+from normspec.properties import tolerance
+from normspec.registry import get_norm
+from normspec.report import counterexample_text
+from normspec.validate import adapters
+from normspec.validate.runner import Outcome, ValidationResult
+
+STYLE = {"passed": "green", "failed": "bold red", "xfail": "yellow", "xpass": "magenta", "skipped": "dim",
+         "not run": "bold red"}
+LABEL = {"passed": "pass", "failed": "FAIL", "xfail": "xfail", "xpass": "XPASS", "skipped": "n/a",
+         "not run": "NOT RUN"}
+
+
+def _other_norm(o: Outcome, norm: str) -> bool:
+    return o.status == "skipped" and o.verdict.reason.endswith(f"does not apply to {norm}")
+
+
+def table(result: ValidationResult) -> Table:
+    t = Table(title=f"normspec validate {result.target} ({result.kind} drop-in for {result.norm}, "
+                    f"profile {result.profile})", title_justify="left")
+    for col in ("property", "group", "result", "time", "detail"):
+        t.add_column(col, overflow="fold")
+    for o in result.outcomes:
+        if _other_norm(o, result.norm):
+            continue
+        v = o.verdict
+        detail = v.message if v.status in ("failed", "not run") else v.reason.split(" (known:")[0]
+        detail = detail.split(" [")[0]  # the bracketed context is printed with the counterexample below
+        t.add_row(v.property, o.group, f"[{STYLE[v.status]}]{LABEL[v.status]}[/]", f"{v.seconds:.1f}s",
+                  (detail[:110] + "…") if len(detail) > 110 else detail)
+    return t
+
+
+def call_text(call: dict | None) -> str:
+    if not call:
+        return ""
+    inputs = call.get("inputs", {})
+    dtype = inputs.get("x", (None, "?", "?"))[1]
+    layout = inputs.get("x", (None, "?", "?"))[2]
+    shapes = ", ".join(f"{r}{tuple(np.shape(a[0]))}" for r, a in inputs.items())
+    params = ", ".join(f"{k}={v!r}" for k, v in call.get("params", {}).items())
+    what = "forward + backward" if call.get("dy") is not None else "forward"
+    return f"{what} {call.get('norm', '')}({shapes}; {params}) {dtype} {layout}"
+
+
+def counterexample(o: Outcome) -> str:
+    if o.verdict.draws:
+        return counterexample_text(o.verdict)
+    return call_text(o.call)
+
+
+def print_report(console: Console, result: ValidationResult, reproducers: dict[str, str]) -> None:
+    console.print(table(result))
+    hidden = sum(_other_norm(o, result.norm) for o in result.outcomes)
+    if hidden:
+        console.print(f"[dim]{hidden} properties of other norms not listed[/]", highlight=False)
+    if result.not_exercised:
+        for dtype, why in result.not_exercised.items():
+            console.print(f"[dim]not exercised in {dtype}: the candidate refused it ({why[:200]})[/]", highlight=False)
+    for o in result.failures:
+        v = o.verdict
+        console.print(f"\n[bold red]{LABEL[v.status]}[/] {v.property}", highlight=False)
+        console.print(f"  {v.message}", markup=False, highlight=False)
+        if counterexample(o):
+            console.print(f"  minimal counterexample: {counterexample(o)}", markup=False, highlight=False)
+        if v.property in reproducers:
+            console.print(f"  reproducer: python {reproducers[v.property]}", markup=False, highlight=False)
+    verdict = "ACCEPTED" if result.accepted else "REJECTED"
+    style = "bold green" if result.accepted else "bold red"
+    counts = {}
+    for o in result.outcomes:
+        if not _other_norm(o, result.norm):
+            counts[LABEL[o.status]] = counts.get(LABEL[o.status], 0) + 1
+    console.print(f"\n[{style}]{verdict}[/] {result.name} as {result.norm}: "
+                  + ", ".join(f"{n} {k}" for k, n in counts.items())
+                  + f" in {result.seconds:.1f}s; dtypes {', '.join(result.dtypes) or '-'}", highlight=False)
+
+
+def to_json(result: ValidationResult, reproducers: dict[str, str]) -> str:
+    return json.dumps({
+        "target": result.target, "norm": result.norm, "kind": result.kind, "profile": result.profile,
+        "accepted": result.accepted, "seconds": round(result.seconds, 3),
+        "first_counterexample_seconds": None if result.first_counterexample_s is None
+        else round(result.first_counterexample_s, 3),
+        "dtypes": list(result.dtypes), "layouts": list(result.layouts), "not_exercised": result.not_exercised,
+        "results": [
+            {"property": o.verdict.property, "group": o.group, "status": o.status, "message": o.verdict.message,
+             "reason": o.verdict.reason, "link": o.verdict.link, "counterexample": counterexample(o),
+             "reproducer": reproducers.get(o.verdict.property), "seconds": round(o.verdict.seconds, 3)}
+            for o in result.outcomes
+        ],
+    }, indent=2)
+
+
+def to_junit(result: ValidationResult, reproducers: dict[str, str]) -> str:
+    shown = [o for o in result.outcomes]
+    suite = ET.Element("testsuite", name=f"normspec.validate.{result.norm}",
+                       tests=str(len(shown)), failures=str(len(result.failures)),
+                       skipped=str(sum(o.status in ("skipped", "xfail") for o in shown)),
+                       time=f"{result.seconds:.3f}")
+    for o in shown:
+        case = ET.SubElement(suite, "testcase", classname=f"{result.target}", name=o.verdict.property,
+                             time=f"{o.verdict.seconds:.3f}")
+        if o.status in ("failed", "not run"):
+            f = ET.SubElement(case, "failure", message=o.verdict.message[:500])
+            f.text = "\n".join(filter(None, [o.verdict.message, "minimal counterexample: " + counterexample(o),
+                                             f"reproducer: {reproducers.get(o.verdict.property, '')}"]))
+        elif o.status in ("skipped", "xfail"):
+            ET.SubElement(case, "skipped", message=o.verdict.reason[:500])
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="unicode")
+
+
+# ------------------------------------------------------------------ reproducers
+
+def _expected(norm: str, call: dict) -> dict:
+    """The float64 spec's outputs/gradients for one recorded call, and the model's bounds."""
+    record = get_norm(norm)
+    inputs = call["inputs"]
+    case = Case(norm, {r: a[0] for r, a in inputs.items()}, call["params"])
+    dtype = inputs["x"][1]
+    dy = None if call.get("dy") is None else np.asarray(call["dy"][0])
+    try:
+        ref = record.reference(case)
+        ref_grads = record.reference_grad(case, dy) if dy is not None else {}
+        if record.error_model is not None:
+            bounds = record.error_model(case, dtype, ref, dy, ref_grads)
+        else:
+            bounds = tolerance.moment_bounds(record.conditioning(case), dtype, ref, dy, ref_grads)
+    except Exception as exc:
+        return {"spec_raises": f"{type(exc).__name__}: {exc}"}
+    expect = {}
+    for name, value in ref.items():
+        expect[name] = (value, np.broadcast_to(bounds[name], np.shape(value)))
+    for role, value in ref_grads.items():
+        if role in call.get("wrt", ()):
+            expect["d" + role] = (value, np.broadcast_to(bounds[role], np.shape(value)))
+    return {"expect": expect}
+
+
+def _arr(a) -> str:
+    a = np.asarray(a, dtype=np.float64)
+    return f"np.array({a.ravel().tolist()!r}).reshape({tuple(a.shape)!r})"
+
+
+def _call_source(norm: str, call: dict) -> str:
+    parts = ["    {"]
+    parts.append("        'inputs': {" + ", ".join(f"{r!r}: ({_arr(v)}, {d!r}, {l!r})"
+                                             for r, (v, d, l) in call["inputs"].items()) + "},")
+    parts.append(f"        'params': {dict(call['params'])!r},")
+    if call.get("dy") is not None:
+        v, d, l = call["dy"]
+        parts.append(f"        'dy': ({_arr(v)}, {d!r}, {l!r}), 'wrt': {tuple(call.get('wrt', ()))!r},")
+    exp = _expected(norm, call)
+    if "spec_raises" in exp:
+        parts.append(f"        'spec_raises': {exp['spec_raises']!r},")
+    else:
+        parts.append("        'expect': {" + ", ".join(f"{k!r}: ({_arr(v)}, {_arr(b)})"
+                                                 for k, (v, b) in exp["expect"].items()) + "},")
+    if call.get("recorded"):
+        parts.append("        'recorded': {" + ", ".join(f"{k!r}: {_arr(v)}" for k, v in call["recorded"].items())
+                     + "},")
+    parts.append("    },")
+    return "\n".join(parts)
+
+
+RUNNER = '''
+def replay_call(candidate, call):
+    """Run one call; return a list of what is wrong with it (empty: it matches the spec)."""
+    problems = []
+    try:
+        got = A.execute(candidate, KIND, NORM, call["inputs"], call["params"], dy=call.get("dy"),
+                        wrt=call.get("wrt", ()), outputs=OUTPUTS)
+    except Exception as exc:
+        if "spec_raises" in call:
+            return []
+        return [f"raised {type(exc).__name__}: {exc}"]
+    if "spec_raises" in call:
+        return [f"returned a result, but the spec raises ({call['spec_raises']})"]
+    for role in got["mutated"]:
+        problems.append(f"modified its input {role} in place")
+    values = {**got["outputs"], **{"d" + r: g for r, g in got["grads"].items()}}
+    for name, (expected, bound) in call["expect"].items():
+        if name not in values:
+            problems.append(f"{name} was not returned")
+            continue
+        err = np.abs(values[name] - expected)
+        bad = ~(err <= bound) & ~(np.isnan(expected) & np.isnan(values[name]))
+        if bad.any():
+            i = np.unravel_index(int(np.argmax(np.where(bad, err / np.maximum(bound, 1e-300), 0))), expected.shape)
+            problems.append(f"{name}{list(map(int, i))}={values[name][i]!r}, but the float64 spec gives "
+                            f"{expected[i]!r} ± {bound[i]:.3g} ({int(bad.sum())} of {bad.size} out of bounds)")
+    again = A.execute(candidate, KIND, NORM, call["inputs"], call["params"], dy=call.get("dy"),
+                      wrt=call.get("wrt", ()), outputs=OUTPUTS)
+    for name, v in {**again["outputs"], **{"d" + r: g for r, g in again["grads"].items()}}.items():
+        if name in values and not np.array_equal(v, values[name], equal_nan=True):
+            problems.append(f"{name} differs between two identical calls (non-deterministic)")
+    if not problems and call.get("recorded"):
+        same = all(np.array_equal(values.get(k), v, equal_nan=True) for k, v in call["recorded"].items())
+        if same:
+            problems.append("returns the same values as when the property failed (the property relates several "
+                            "calls; see the failure above)")
+    return problems
+
+
+if __name__ == "__main__":
+    candidate = A.load_target(TARGET, CWD)
+    reproduced = False
+    for i, call in enumerate(CALLS):
+        problems = replay_call(candidate, call)
+        for p in problems:
+            print(f"call {i + 1}: {p}")
+        reproduced = reproduced or bool(problems)
+    if reproduced:
+        print(f"REPRODUCED: {PROPERTY} fails for {TARGET}")
+        sys.exit(1)
+    print("every call now agrees with the spec: the failure no longer reproduces")
+'''
+
+
+def reproducer_source(result: ValidationResult, o: Outcome) -> str:
+    v = o.verdict
+    calls = o.calls
+    if not calls and o.call:
+        calls = [{"msg": o.call}]
+    entries = []
+    for c in calls:
+        msg = dict(c["msg"])
+        if msg.get("op") != "call":
+            continue
+        if "result" in c:
+            r = c["result"]
+            msg["recorded"] = {**r["outputs"], **{"d" + k: g for k, g in r["grads"].items()}}
+        entries.append(_call_source(result.norm, msg))
+    src = inspect.getsource(adapters)
+    assert "'''" not in src
+    message = "\n".join("# " + line for line in v.message.splitlines())
+    return f'''"""Reproducer: `normspec validate {result.target}` found that property {v.property} fails.
+
+Standalone (torch and numpy only). It rebuilds the candidate from its TARGET, replays the calls of
+the minimal counterexample, and compares each with the float64 spec's values and the tolerance
+model's bound computed when this file was written. Exit status 1 while the bug is there.
+Counterexample: {counterexample(o)}
+"""
+# Failure:
+{message}
+import sys
+import types
+
+import numpy as np
+
+TARGET = {result.target!r}
+CWD = {os.getcwd()!r}
+KIND = {result.kind!r}
+NORM = {result.norm!r}
+OUTPUTS = {tuple(get_norm(result.norm).outputs)!r}
+PROPERTY = {v.property!r}
+
+# The call adapters of normspec.validate (normspec.validate.adapters), verbatim.
+ADAPTERS_SOURCE = r\'\'\'{src}\'\'\'
+A = types.ModuleType("normspec_validate_adapters")
+exec(compile(ADAPTERS_SOURCE, "normspec_validate_adapters", "exec"), A.__dict__)
+
+CALLS = [
+{chr(10).join(entries)}
+]
+{RUNNER}'''
+
+
+def write_reproducers(result: ValidationResult, directory: Path) -> dict[str, str]:
+    """One reproducer per failure with a counterexample; {property: path}. Never beside the user's files."""
+    written = {}
+    for o in result.failures:
+        if not (o.calls or o.call):
+            continue
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = re.sub(r"[^A-Za-z0-9_]+", "_", f"{result.name}__{o.verdict.property}")
+        path = directory / f"repro_{stem}.py"
+        path.write_text(reproducer_source(result, o))
+        written[o.verdict.property] = str(path)
+        o.verdict.reproducer = str(path)
+    return written
