@@ -181,21 +181,22 @@ def instance_eval_is_per_channel_affine(ctx: Context) -> None:
 def instance_running_stats_update(ctx: Context) -> None:
     """A training step with momentum 1 leaves running_mean = the batch-mean of the per-instance
     means and running_var = the batch-mean of the per-instance unbiased variances (PyTorch's
-    F.instance_norm); with momentum=None (nn.InstanceNorm passes 0) they are returned unchanged."""
+    F.instance_norm); with momentum=None (nn.InstanceNorm passes 0) they come back unchanged, up to
+    the rounding of the batch-mean of N copies that PyTorch's module performs (the model's bound)."""
     case = ctx.case(training=True, track_running_stats=True)
     mode = ctx.draw(st.sampled_from(["momentum_1", "momentum_none"]), "update")
     case = case.with_params(momentum=1.0 if mode == "momentum_1" else None)
     dtype = ctx.dtype()
     run = ctx.run(case, dtype)
     at = where(ctx, run)
+    ref, _ = ctx.reference(run)
+    b = ctx.bounds(run, ref, {})
     if mode == "momentum_none":
-        assert_equal(run.outputs["running_mean"], run.case.get("running_mean"), "running_mean", at)
-        assert_equal(run.outputs["running_var"], run.case.get("running_var"), "running_var", at)
+        assert_close(run.outputs["running_mean"], run.case.get("running_mean"), b["running_mean"], "running_mean", at)
+        assert_close(run.outputs["running_var"], run.case.get("running_var"), b["running_var"], "running_var", at)
         return
     x = run.case.x
     axes = tuple(range(2, x.ndim))
-    ref, _ = ctx.reference(run)
-    b = ctx.bounds(run, ref, {})
     assert_close(run.outputs["running_mean"], x.mean(axis=axes).mean(axis=0), b["running_mean"], "running_mean", at)
     assert_close(run.outputs["running_var"], x.var(axis=axes, ddof=1).mean(axis=0), b["running_var"],
                  "running_var (batch-mean of unbiased per-instance variances)", at)
