@@ -62,6 +62,10 @@ class Property:
     applies: Callable[[NormRecord], bool]
     doc: str
     group: str
+    # An advisory property states a stronger claim than correctness needs (e.g. bitwise results
+    # that only some algorithms achieve): `normspec check` holds backends to it, `normspec
+    # validate` reports a failure as a warning instead of rejecting the candidate.
+    advisory: bool = False
 
     def skip_reason(self, record: NormRecord, backend: Backend) -> str | None:
         if not backend.implements(record.name):
@@ -74,7 +78,7 @@ class Property:
 PROPERTIES: dict[str, Property] = {}
 
 
-def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True):
+def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True, advisory: bool = False):
     """Register a property under its function name; its docstring is what it claims and why."""
 
     def deco(func):
@@ -82,7 +86,7 @@ def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True):
             raise ValueError(f"property {func.__name__!r} defined twice")
         if not (func.__doc__ or "").strip():
             raise ValueError(f"property {func.__name__!r} needs a docstring saying what it claims")
-        PROPERTIES[func.__name__] = Property(func.__name__, func, applies, func.__doc__.strip(), group)
+        PROPERTIES[func.__name__] = Property(func.__name__, func, applies, func.__doc__.strip(), group, advisory)
         return func
 
     return deco

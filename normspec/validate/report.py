@@ -25,9 +25,9 @@ from normspec.validate import adapters
 from normspec.validate.runner import Outcome, ValidationResult
 
 STYLE = {"passed": "green", "failed": "bold red", "xfail": "yellow", "xpass": "magenta", "skipped": "dim",
-         "not run": "bold red"}
+         "not run": "bold red", "warn": "yellow"}
 LABEL = {"passed": "pass", "failed": "FAIL", "xfail": "xfail", "xpass": "XPASS", "skipped": "n/a",
-         "not run": "NOT RUN"}
+         "not run": "NOT RUN", "warn": "warn"}
 
 
 def _other_norm(o: Outcome, norm: str) -> bool:
@@ -43,7 +43,7 @@ def table(result: ValidationResult) -> Table:
         if _other_norm(o, result.norm):
             continue
         v = o.verdict
-        detail = v.message if v.status in ("failed", "not run") else v.reason.split(" (known:")[0]
+        detail = v.message if v.status in ("failed", "not run", "warn") else v.reason.split(" (known:")[0]
         detail = detail.split(" [")[0]  # the bracketed context is printed with the counterexample below
         t.add_row(v.property, o.group, f"[{STYLE[v.status]}]{LABEL[v.status]}[/]", f"{v.seconds:.1f}s",
                   (detail[:110] + "…") if len(detail) > 110 else detail)
@@ -76,6 +76,10 @@ def print_report(console: Console, result: ValidationResult, reproducers: dict[s
     if result.not_exercised:
         for dtype, why in result.not_exercised.items():
             console.print(f"[dim]not exercised in {dtype}: the candidate refused it ({why[:200]})[/]", highlight=False)
+    for o in result.outcomes:
+        if o.status == "warn":
+            console.print(f"\n[yellow]warn[/] {o.verdict.property} (advisory, not a rejection): {o.verdict.message}",
+                          highlight=False)
     for o in result.failures:
         v = o.verdict
         console.print(f"\n[bold red]{LABEL[v.status]}[/] {v.property}", highlight=False)
