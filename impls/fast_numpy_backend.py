@@ -12,8 +12,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from normspec.impls import fast_numpy_kernels as k
-from normspec.impls.base import Backend, Kernel
-from normspec.impls.numpy_backend import lay_out
+from normspec.impls.base import Kernel
+from normspec.impls.numpy_backend import NumpyBackend
 
 
 def _layer_norm_forward(inputs, params):
@@ -42,27 +42,16 @@ FAST_KERNELS: dict[str, Kernel] = {
 }
 
 
-class FastNumpyBackend(Backend):
+class FastNumpyBackend(NumpyBackend):
+    """The NumPy backend's array handling (dtypes, layouts, conversions) with the fast kernels."""
+
     name = "numpy:fast"
-    dtypes = ("float64", "float32", "float16")
-    layouts = ("contiguous", "channels_last", "strided")
 
     def __init__(self):
         self.kernels = FAST_KERNELS
 
-    def native(self, array: np.ndarray, dtype: str, layout: str = "contiguous") -> np.ndarray:
-        if dtype not in self.dtypes:
-            raise ValueError(f"{self.name} backend does not support {dtype}; supported: {self.dtypes}")
-        return lay_out(np.asarray(array).astype(np.dtype(dtype)), layout)
-
-    def to_numpy(self, value: Any) -> np.ndarray:
-        return np.array(value, dtype=np.float64, copy=True)
-
     def gradients(self, norm: str, inputs: Mapping[str, Any], params: Mapping[str, Any], dy: Any,
                   wrt: tuple[str, ...]) -> dict[str, Any]:
         grads = self.kernels[norm].backward(inputs, params, dy)
-        out = {}
-        for role, g in grads.items():
-            if role in wrt and inputs.get(role) is not None:
-                out[role] = np.asarray(g).reshape(inputs[role].shape).astype(inputs[role].dtype)
-        return out
+        return {role: np.asarray(g).reshape(inputs[role].shape).astype(inputs[role].dtype)
+                for role, g in grads.items() if role in wrt and inputs.get(role) is not None}

@@ -57,6 +57,11 @@ def single_value_per_channel_raises(ctx: Context) -> None:
     case = template.with_arrays(x=x).with_params(training=True)
     if ctx.record.has("rank_synchronized"):  # the one sample lives on one rank
         case = case.with_params(rank_sizes=(1,))
+    assert_raises_clearly(ctx, case, "one value per channel in training")
+
+
+def assert_raises_clearly(ctx: Context, case, why: str) -> None:
+    """The backend must refuse `case` with an exception that has a message (never a silent result)."""
     dtype = ctx.dtype()
     ctx.supported(case, dtype)
     b = ctx.backend
@@ -68,4 +73,4 @@ def single_value_per_channel_raises(ctx: Context) -> None:
         return
     y = b.to_numpy(out["y"])
     raise PropertyFailure(f"returned y={y.ravel()[:4].tolist()}..., but should raise an error "
-                          f"(one value per channel in training) [{b.name} {dtype} {case.describe()}]")
+                          f"({why}) [{b.name} {dtype} {case.describe()}]")
