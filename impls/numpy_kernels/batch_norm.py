@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
-from normspec.impls.numpy_kernels.moments import normalize, normalize_backward
+from normspec.impls.numpy_kernels.moments import affine_backward, apply_affine, normalize, normalize_backward
 
 
 def _geometry(x):
@@ -36,15 +36,6 @@ def _normalized(inputs, params):
     return (x.astype(acc) - mean) * inv_std, mean, var, inv_std, batch
 
 
-def _affine(xhat, inputs, shape):
-    y = xhat
-    if inputs.get("weight") is not None:
-        y = y * inputs["weight"].astype(xhat.dtype).reshape(shape)
-    if inputs.get("bias") is not None:
-        y = y + inputs["bias"].astype(xhat.dtype).reshape(shape)
-    return y
-
-
 def _running_update(inputs, params, mean, var, count):
     rm, rv = inputs["running_mean"], inputs["running_var"]
     momentum = params.get("momentum", 0.1)
@@ -68,7 +59,7 @@ def forward(inputs, params):
     x = inputs["x"]
     _, shape = _geometry(x)
     xhat, mean, var, _, batch = _normalized(inputs, params)
-    out = {"y": _affine(xhat, inputs, shape).astype(x.dtype)}
+    out = {"y": apply_affine(xhat, inputs, shape).astype(x.dtype)}
     if params.get("training", True) and inputs.get("running_mean") is not None:
         count = x.size // x.shape[1]
         out["running_mean"], out["running_var"] = _running_update(inputs, params, mean, var, count)
@@ -79,15 +70,9 @@ def backward(inputs, params, dy):
     x = inputs["x"]
     axes, shape = _geometry(x)
     xhat, _, _, inv_std, batch = _normalized(inputs, params)
-    dy = dy.astype(xhat.dtype)
-    g_hat = dy if inputs.get("weight") is None else dy * inputs["weight"].astype(xhat.dtype).reshape(shape)
+    g_hat, grads = affine_backward(dy.astype(xhat.dtype), xhat, inputs, axes, shape)
     dx = normalize_backward(g_hat, xhat, inv_std, axes) if batch else g_hat * inv_std
-    grads = {"x": dx.astype(x.dtype)}
-    if inputs.get("weight") is not None:
-        grads["weight"] = (dy * xhat).sum(axis=axes).astype(inputs["weight"].dtype)
-    if inputs.get("bias") is not None:
-        grads["bias"] = dy.sum(axis=axes).astype(inputs["bias"].dtype)
-    return grads
+    return {"x": dx.astype(x.dtype), **grads}
 
 
 numpy_kernel("batch_norm", backward=backward)(forward)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
-from normspec.impls.numpy_kernels.moments import normalize, normalize_backward
+from normspec.impls.numpy_kernels.moments import affine_backward, apply_affine, normalize, normalize_backward
 
 
 def _geometry(x):
@@ -53,12 +53,7 @@ def forward(inputs, params):
     x = inputs["x"]
     _, shape = _geometry(x)
     xhat, mean, var, _, own = _normalized(inputs, params)
-    y = xhat
-    if inputs.get("weight") is not None:
-        y = y * inputs["weight"].astype(y.dtype).reshape(shape)
-    if inputs.get("bias") is not None:
-        y = y + inputs["bias"].astype(y.dtype).reshape(shape)
-    out = {"y": y.astype(x.dtype)}
+    out = {"y": apply_affine(xhat, inputs, shape).astype(x.dtype)}
     if own and inputs.get("running_mean") is not None and inputs.get("running_var") is not None:
         out["running_mean"], out["running_var"] = _running_update(inputs, params, mean, var, math.prod(x.shape[2:]))
     return out
@@ -68,16 +63,9 @@ def backward(inputs, params, dy):
     x = inputs["x"]
     axes, shape = _geometry(x)
     xhat, _, _, inv_std, own = _normalized(inputs, params)
-    dy = dy.astype(xhat.dtype)
-    g_hat = dy if inputs.get("weight") is None else dy * inputs["weight"].astype(xhat.dtype).reshape(shape)
+    g_hat, grads = affine_backward(dy.astype(xhat.dtype), xhat, inputs, (0,) + axes, shape)
     dx = normalize_backward(g_hat, xhat, inv_std, axes) if own else g_hat * inv_std
-    param_axes = (0,) + axes
-    grads = {"x": dx.astype(x.dtype)}
-    if inputs.get("weight") is not None:
-        grads["weight"] = (dy * xhat).sum(axis=param_axes).astype(inputs["weight"].dtype)
-    if inputs.get("bias") is not None:
-        grads["bias"] = dy.sum(axis=param_axes).astype(inputs["bias"].dtype)
-    return grads
+    return {"x": dx.astype(x.dtype), **grads}
 
 
 numpy_kernel("instance_norm", backward=backward)(forward)

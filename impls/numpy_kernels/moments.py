@@ -36,3 +36,29 @@ def normalize_backward(g_hat: np.ndarray, xhat: np.ndarray, inv_std: np.ndarray,
     mean_g = g_hat.mean(axis=axes, keepdims=True)
     mean_gx = (g_hat * xhat).mean(axis=axes, keepdims=True)
     return inv_std * (g_hat - mean_g - xhat * mean_gx)
+
+
+def _param(inputs, role: str, dtype, shape):
+    a = inputs.get(role)
+    if a is None:
+        return None
+    a = a.astype(dtype)
+    return a if shape is None else a.reshape(shape)
+
+
+def apply_affine(xhat: np.ndarray, inputs, shape=None) -> np.ndarray:
+    """gamma * xhat + beta with the optional `weight`/`bias` inputs (reshaped to `shape` if given)."""
+    gamma, beta = _param(inputs, "weight", xhat.dtype, shape), _param(inputs, "bias", xhat.dtype, shape)
+    y = xhat if gamma is None else xhat * gamma
+    return y if beta is None else y + beta
+
+
+def affine_backward(dy: np.ndarray, xhat: np.ndarray, inputs, param_axes: tuple[int, ...], shape=None):
+    """(g_hat = gamma * dy, {weight: sum dy xhat, bias: sum dy} for the affine inputs present)."""
+    gamma = _param(inputs, "weight", xhat.dtype, shape)
+    grads = {}
+    if gamma is not None:
+        grads["weight"] = (dy * xhat).sum(axis=param_axes).astype(inputs["weight"].dtype)
+    if inputs.get("bias") is not None:
+        grads["bias"] = dy.sum(axis=param_axes).astype(inputs["bias"].dtype)
+    return (dy if gamma is None else dy * gamma), grads
