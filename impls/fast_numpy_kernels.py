@@ -10,12 +10,13 @@ vector (np.matmul), which run near cache bandwidth. Per tile:
 
     s = T @ 1             row sums (reads the tile from DRAM once)
     D = T - s/m           centred values, into a reused buffer   (two-pass variance, in cache)
-    q = sum_rows(D * D)   np.einsum('ij,ij->i')
+    q = sum_rows(D * D)   np.vecdot (BLAS dot per row)
     D *= 1/sqrt(q/m+eps); D *= gamma; y = D + beta     (the only DRAM write)
 
 so LayerNorm and RMSNorm forward touch DRAM as often as a copy does. BatchNorm needs its
 statistics over the whole batch before it can normalize, so it makes one statistics pass (tile
-moments merged with Chan, Golub & LeVeque's pairwise update, 1983) and one normalizing pass.
+moments merged with Chan, Golub & LeVeque's pairwise update, 1983) and one normalizing pass in
+the folded form y = x * scale + shift (two ufuncs per tile instead of four).
 
 Numerics, as the property suite demands: statistics of float16 inputs are accumulated in
 float32 (tiles are cast into float32 buffers), the variance is a two-pass (centred) sum, and a
@@ -33,12 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-TILE_BYTES = 256 * 1024
+TILE_BYTES = 1024 * 1024
 # Tiles are independent, so they are spread over the cores (ufuncs and BLAS calls release the
-# GIL). Per-tile partial results are combined in tile order, so results are bitwise
-# deterministic whatever the thread count. Serial by default (on a shared 2-core machine threads
-# measured slower); NORMSPEC_FAST_THREADS=2 spreads tiles over two threads.
-THREADS = max(1, int(os.environ.get("NORMSPEC_FAST_THREADS", "1")))
+# GIL), each thread taking a contiguous run of tiles. Per-tile partial results are combined in
+# tile order, so results are bitwise deterministic whatever the thread count. One thread per
+# usable CPU by default; NORMSPEC_FAST_THREADS=n overrides (1: serial).
+THREADS = max(1, int(os.environ.get("NORMSPEC_FAST_THREADS", "0")) or len(os.sched_getaffinity(0)))
 PARALLEL_MIN_BYTES = 4 * 2**20
 _executor: ThreadPoolExecutor | None = None
 _local = threading.local()
@@ -52,12 +53,9 @@ def _map_tiles(work, tiles, nbytes: int) -> list:
         return [work(t) for t in tiles]
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="normspec-fast")
-    chunks = [tiles[i::THREADS] for i in range(THREADS)]
-    parts = list(_executor.map(lambda chunk: [work(t) for t in chunk], chunks))
-    out = [None] * len(tiles)
-    for i, part in enumerate(parts):
-        out[i::THREADS] = part
-    return out
+    per = -(-len(tiles) // THREADS)  # contiguous runs of tiles: each thread streams its own region
+    chunks = [tiles[i:i + per] for i in range(0, len(tiles), per)]
+    return [r for part in _executor.map(lambda chunk: [work(t) for t in chunk], chunks) for r in part]
 
 
 def _scratch(slot: int, size: int, dtype: np.dtype) -> np.ndarray:
@@ -111,8 +109,19 @@ def accumulation_dtype(dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
 
 
+_ONES: dict[tuple[int, str], np.ndarray] = {}
+
+
 def _ones(n: int, dtype: np.dtype) -> np.ndarray:
-    return np.ones(n, dtype=dtype)
+    """A read-only ones vector for BLAS sums, made once per (length, dtype)."""
+    key = (n, np.dtype(dtype).str)
+    ones = _ONES.get(key)
+    if ones is None:
+        ones = np.ones(n, dtype=dtype)
+        ones.flags.writeable = False
+        if len(_ONES) < 64:
+            _ONES[key] = ones
+    return ones
 
 
 def _check_suffix(x: np.ndarray, normalized_shape) -> int:
@@ -162,7 +171,7 @@ def row_stats_tile(t: np.ndarray, centred: np.ndarray):
     mean = np.matmul(t, _ones(m, t.dtype))
     mean /= m
     np.subtract(t, mean[:, None], out=centred)
-    sq = np.einsum("ij,ij->i", centred, centred)
+    sq = np.vecdot(centred, centred)
     _exact_constant_rows(t, mean, sq, centred, m)
     return mean, sq
 
@@ -185,10 +194,11 @@ def layer_norm_forward(x, weight, bias, normalized_shape, eps):
 
     def work(rows):
         t = _load(x2[rows[0]:rows[1]], 0, acc)
-        d = _work(1, t)
+        out = y[rows[0]:rows[1]]
+        d = out if out.dtype == acc else _work(1, t)  # centre straight into the output tile
         _, sq = row_stats_tile(t, d)
         np.multiply(d, _inv_std(sq, m, eps)[:, None], out=d)
-        _affine_rows_out(d, gamma, beta, y[rows[0]:rows[1]])
+        _affine_rows_out(d, gamma, beta, out)
 
     _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes)
     return y.reshape(x.shape)
@@ -200,7 +210,7 @@ def _affine_rows_out(d, gamma, beta, out):
         np.multiply(d, gamma, out=d)
     if beta is not None:
         np.add(d, beta, out=out, casting="unsafe")
-    else:
+    elif d is not out:
         np.copyto(out, d, casting="unsafe")
 
 
@@ -228,7 +238,7 @@ def layer_norm_backward(x, weight, dy, normalized_shape, eps):
         partial = (np.matmul(ones_n, w).astype(np.float64), np.matmul(ones_n, dyt).astype(np.float64))
         g = dyt if gamma is None else np.multiply(dyt, gamma, out=_work(3, t))
         mean_g = (np.matmul(g, ones) / m)[:, None]
-        mean_gx = (np.einsum("ij,ij->i", g, xhat) / m)[:, None]
+        mean_gx = (np.vecdot(g, xhat) / m)[:, None]
         np.multiply(xhat, mean_gx, out=w)
         np.subtract(g, w, out=w)
         np.subtract(w, mean_g, out=w)
@@ -260,7 +270,7 @@ def rms_norm_forward(x, weight, normalized_shape, eps):
 
     def work(rows):
         t = _load(x2[rows[0]:rows[1]], 0, acc)
-        inv = _inv_std(np.einsum("ij,ij->i", t, t), m, eps)[:, None]
+        inv = _inv_std(np.vecdot(t, t), m, eps)[:, None]
         out = y[rows[0]:rows[1]]
         if acc == x.dtype:  # scale straight into the output, finish the affine there while it is in cache
             np.multiply(t, inv, out=out)
@@ -288,7 +298,7 @@ def rms_norm_backward(x, weight, dy, normalized_shape, eps):
     def work(rows):
         t = _load(x2[rows[0]:rows[1]], 0, acc)
         dyt = _load(dy2[rows[0]:rows[1]], 1, acc)
-        inv = _inv_std(np.einsum("ij,ij->i", t, t), m, eps)  # 1/r per row
+        inv = _inv_std(np.vecdot(t, t), m, eps)  # 1/r per row
         w = _work(2, t)
         partial = None
         if gamma is not None:
@@ -298,7 +308,7 @@ def rms_norm_backward(x, weight, dy, normalized_shape, eps):
             g = np.multiply(dyt, gamma, out=_work(3, t))
         else:
             g = dyt
-        coef = np.einsum("ij,ij->i", g, t)
+        coef = np.vecdot(g, t)
         coef *= inv * inv / m                         # sum(g x) / (m r^2)
         np.multiply(t, coef[:, None], out=w)
         np.subtract(g, w, out=w)
@@ -337,28 +347,47 @@ def _channel_sum(t: np.ndarray) -> np.ndarray:
 
 
 def _channel_dot(a: np.ndarray, b: np.ndarray, slot: int) -> np.ndarray:
-    """Per-channel sum of a * b for (na, nc, ns) tiles."""
-    if a.shape[0] == 1:
-        return np.einsum("cs,cs->c", a[0], b[0])
-    prod = _work(slot, a)
-    np.multiply(a, b, out=prod)
-    return _channel_sum(prod)
+    """Per-channel sum of a * b for (na, nc, ns) tiles (row dot products, then a sum over na)."""
+    if a.shape[2] == 1:  # (na, nc, 1): BatchNorm1d on (N, C); multiply in cache, sum columns by BLAS
+        prod = _work(slot, a)
+        np.multiply(a, b, out=prod)
+        return _channel_sum(prod)
+    dots = np.vecdot(a, b)  # (na, nc)
+    return dots[0] if a.shape[0] == 1 else np.matmul(_ones(a.shape[0], dots.dtype), dots)
+
+
+def one_pass_is_accurate(m2: np.ndarray, mean: np.ndarray, count: int) -> bool:
+    """True when every channel has var >= mean^2, where one-pass M2 loses at most a factor 2 in accuracy.
+
+    (All-zero channels pass with M2 = 0 exactly; constant nonzero ones fail and go two-pass.)
+    """
+    return bool((m2 >= count * mean * mean).all())
 
 
 def channel_moments(x3: np.ndarray):
     """(mean, biased variance) per channel of a contiguous (N, C, S) array, as float64 arrays.
 
-    Each tile's mean and centred sum of squares are computed in cache in the accumulation dtype
-    (two-pass), then merged in tile order into per-channel totals with Chan et al.'s update
-    M2 = M2_a + M2_b + delta^2 n_a n_b / n. Channels whose values are all equal get their exact mean.
+    Each tile's per-channel sum and sum of squares are BLAS products over the tile as it streams
+    in (no temporary is written). That one-pass M2 = sum x^2 - (sum x)^2 / k has relative error
+    about u g (1 + mean^2 / var) (Chan, Golub & LeVeque 1983), so it is kept only where
+    var >= mean^2 in every channel of the tile, i.e. within 2 u g, as good as two-pass; any other
+    tile (ill-conditioned or constant channels) is redone two-pass in cache. Tiles are merged in
+    tile order with Chan et al.'s update M2 = M2_a + M2_b + delta^2 n_a n_b / n. Channels whose
+    values are all equal get their exact mean.
     """
     n, c, s = x3.shape
     acc = accumulation_dtype(x3.dtype)
 
     def work(tile):
         n0, n1, c0, c1 = tile
+        k = (n1 - n0) * s
         t = _load(x3[n0:n1, c0:c1], 0, acc)
-        tmean = _channel_sum(t) / ((n1 - n0) * s)
+        tsum = _channel_sum(t).astype(np.float64)
+        tmean = tsum / k
+        tm2 = _channel_dot(t, t, 2).astype(np.float64) - tsum * tmean
+        if one_pass_is_accurate(tm2, tmean, k):
+            return tmean, tm2
+        tmean = _channel_sum(t) / k
         d = _work(1, t)
         np.subtract(t, tmean[None, :, None], out=d)
         return tmean.astype(np.float64), _channel_dot(d, d, 2).astype(np.float64)
@@ -413,22 +442,41 @@ def _bn_statistics(x3, inputs, params):
     return mean, var, batch
 
 
-def _per_channel_pass(x3, out3, mean, scale, shift, acc):
-    """out = (x - mean) * scale + shift, per channel, tile by tile (shift may be None)."""
+def _per_channel_pass(x3, out3, scale, shift, acc):
+    """out = x * scale + shift per channel, tile by tile: one multiply from DRAM, one add in cache."""
     n, c, s = x3.shape
+    direct = out3.dtype == acc
 
     def work(tile):
         n0, n1, c0, c1 = tile
         t = _load(x3[n0:n1, c0:c1], 0, acc)
-        d = _work(1, t)
-        np.subtract(t, mean[None, c0:c1, None], out=d)
-        np.multiply(d, scale[None, c0:c1, None], out=d)
-        if shift is not None:
-            np.add(d, shift[None, c0:c1, None], out=out3[n0:n1, c0:c1], casting="unsafe")
-        else:
+        d = out3[n0:n1, c0:c1] if direct else _work(1, t)
+        np.multiply(t, scale[None, c0:c1, None], out=d)
+        np.add(d, shift[None, c0:c1, None], out=d)
+        if not direct:
             np.copyto(out3[n0:n1, c0:c1], d, casting="unsafe")
 
     _map_tiles(work, _channel_tiles(n, c, s, acc), x3.nbytes)
+
+
+def folded_affine(mean, var, weight, bias, eps, batch: bool):
+    """(scale, shift) with y = x * scale + shift, PyTorch's CPU form of BatchNorm's affine map.
+
+    scale = gamma / sqrt(var + eps), shift = beta - mean * scale, formed in float64. Its rounding
+    error, u (|x scale| + |mean scale| + |beta|), is within the error model's |mean|/s term. Batch
+    channels whose variance is exactly 0 (all values equal: `channel_moments` gives their exact
+    mean) get scale 0 and shift beta, so they come out exactly beta, as x - mean = 0 would give
+    (the folded form alone does not: pytorch#5410).
+    """
+    c = mean.shape[0]
+    gamma = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64).reshape(-1)
+    beta = np.zeros(c) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
+    scale = gamma / np.sqrt(var + eps)
+    shift = beta - mean * scale
+    if batch:
+        constant = var == 0
+        scale[constant], shift[constant] = 0.0, beta[constant]
+    return scale, shift
 
 
 def batch_norm_forward(inputs, params):
@@ -436,13 +484,11 @@ def batch_norm_forward(inputs, params):
     x = inputs["x"]
     x3 = _bn_geometry(x)
     acc = accumulation_dtype(x.dtype)
-    eps = params.get("eps", 1e-5)
     mean, var, batch = _bn_statistics(x3, inputs, params)
-    inv_std = 1.0 / np.sqrt(var.astype(acc) + acc.type(eps))
-    weight = _as_channel(inputs.get("weight"), acc)
-    scale = inv_std if weight is None else inv_std * weight
+    scale, shift = folded_affine(mean, var, inputs.get("weight"), inputs.get("bias"),
+                                 params.get("eps", 1e-5), batch)
     y = new_output(x3.shape, x.dtype)
-    _per_channel_pass(x3, y, mean.astype(acc), scale.astype(acc), _as_channel(inputs.get("bias"), acc), acc)
+    _per_channel_pass(x3, y, scale.astype(acc), shift.astype(acc), acc)
     out = {"y": y.reshape(x.shape)}
     if params.get("training", True) and inputs.get("running_mean") is not None:
         count = x3.shape[0] * x3.shape[2]

@@ -97,3 +97,18 @@ def test_pooled_outputs_are_never_shared_while_referenced():
     y3 = k.rms_norm_forward(x, None, (1024,), None)
     assert id(y3.base) == freed  # the buffer nobody refers to any more is reused
     assert not np.shares_memory(y1, y3)
+
+
+def test_unguarded_one_pass_moments_are_rejected(fast, monkeypatch):
+    """The textbook one-pass variance (sum x^2 - n mean^2) everywhere, without the var >= mean^2 guard."""
+    monkeypatch.setattr(k, "one_pass_is_accurate", lambda m2, mean, count: True)
+    verdict = run_property(PROPERTIES["ill_conditioned_inputs"], get_norm("batch_norm"), fast, "ci")
+    assert verdict.status == "failed", verdict
+
+
+def test_folded_affine_without_the_constant_channel_rule_is_rejected(fast, monkeypatch):
+    """y = x * scale + shift alone does not give exactly beta on a constant channel (pytorch#5410)."""
+    folded = k.folded_affine
+    monkeypatch.setattr(k, "folded_affine", lambda mean, var, w, b, eps, batch: folded(mean, var, w, b, eps, False))
+    verdict = run_property(PROPERTIES["constant_group_gives_beta"], get_norm("batch_norm"), fast, "ci")
+    assert verdict.status == "failed", verdict
