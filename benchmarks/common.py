@@ -15,7 +15,6 @@ from normspec.impls.base import available_backends
 from normspec.registry import get_norm, norms
 
 
-
 def _only(variable: str, names: list[str]) -> list[str]:
     """Names restricted by a comma-separated environment variable (for smoke runs), else all."""
     wanted = [n for n in os.environ.get(variable, "").split(",") if n]
@@ -25,20 +24,33 @@ def _only(variable: str, names: list[str]) -> list[str]:
     return [n for n in names if n in wanted] if wanted else names
 
 
+def _registered() -> set[str]:
+    return {ep.name for ep in entry_points(group="normspec.backends")}
+
+
 NORMS = _only("NORMSPEC_ASV_NORMS", sorted(norms()))
-BACKENDS = _only("NORMSPEC_ASV_BACKENDS",
-                 sorted({ep.name for ep in entry_points(group="normspec.backends")} | {"torch:cuda"}))
+BACKENDS = _only("NORMSPEC_ASV_BACKENDS", sorted(_registered() | {"torch:cuda"}))
 # Kept small so that `asv run --quick` over the whole grid fits a few minutes on 2 cores:
 # the 64 MB shapes (beyond the caches: the bandwidth regime) are measured by `Roofline` only.
 SMALL_SHAPES = ["tokens-1MB", "cnn-1MB"]
 MEDIUM_SHAPES = ["tokens-8MB"]
 LARGE_SHAPES = ["tokens-64MB", "cnn-64MB"]
 
+# asv's forkserver imports the suite once and forks every benchmark from it: loading each
+# backend's module here (importing torch alone takes ~1.4 s) means every fork starts with it
+# imported. Instances are made in the fork, so no device driver is initialized before forking.
+for _ep in entry_points(group="normspec.backends"):
+    if _ep.name in BACKENDS:
+        try:
+            _ep.load()
+        except Exception:  # reported when the backend is instantiated, in `backend`
+            pass
+
 _BACKENDS: dict = {}
 
 
 def backend(name: str):
-    """The backend instance (one per process), or NotImplementedError saying why it is absent."""
+    """The backend instance (one per process), or NotImplementedError (asv: skipped) saying why it is absent."""
     if name not in _BACKENDS:
         usable, absent = available_backends([name]) if name in _registered() else ({}, {name: "not installed"})
         _BACKENDS[name] = usable.get(name) or absent.get(name, "unavailable")
@@ -46,10 +58,6 @@ def backend(name: str):
     if isinstance(found, str):
         raise NotImplementedError(f"backend {name} unavailable: {found}")
     return found
-
-
-def _registered() -> set[str]:
-    return {ep.name for ep in entry_points(group="normspec.backends")}
 
 
 def prepare(norm: str, backend_name: str, shape: str, dtype: str, pass_: str) -> bench.Prepared:
