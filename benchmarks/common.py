@@ -30,7 +30,7 @@ def _registered() -> set[str]:
 
 NORMS = _only("NORMSPEC_ASV_NORMS", sorted(norms()))
 BACKENDS = _only("NORMSPEC_ASV_BACKENDS", sorted(_registered() | {"torch:cuda"}))
-# Kept small so that `asv run --quick` over the whole grid fits a few minutes on 2 cores:
+# Kept small so that `asv run --quick` over the whole grid takes about 9 minutes on 2 cores:
 # the 64 MB shapes (beyond the caches: the bandwidth regime) are measured by `Roofline` only.
 SMALL_SHAPES = ["tokens-1MB", "cnn-1MB"]
 MEDIUM_SHAPES = ["tokens-8MB"]
