@@ -165,6 +165,23 @@ def _row_tiles(rows: int, m: int, acc: np.dtype) -> list[tuple[int, int]]:
     return [(r0, min(rows, r0 + per)) for r0 in range(0, rows, per)]
 
 
+# Parameter gradients are column sums over all rows: each *block* of consecutive tiles (a fixed
+# BLOCK_BYTES of input, whatever the thread count) accumulates its own float64 sums in place,
+# and blocks are added in order, so the result is bitwise deterministic.
+BLOCK_BYTES = 8 * 2**20
+
+
+def _row_blocks(rows: int, m: int, acc: np.dtype) -> list[list[tuple[int, int]]]:
+    tiles = _row_tiles(rows, m, acc)
+    per = max(1, BLOCK_BYTES // max(TILE_BYTES, m * acc.itemsize))
+    return [tiles[i:i + per] for i in range(0, len(tiles), per)]
+
+
+def _add_column_sums(total: np.ndarray, w: np.ndarray) -> None:
+    """total (float64, length m) += the column sums of the (rows, m) tile w."""
+    np.add(total, w[0] if w.shape[0] == 1 else np.matmul(_ones(w.shape[0], w.dtype), w), out=total)
+
+
 def row_stats_tile(t: np.ndarray, centred: np.ndarray):
     """(mean, inv_std numerator: sum of squared deviations) per row of tile `t`; t - mean left in `centred`."""
     m = t.shape[1]
@@ -225,7 +242,7 @@ def layer_norm_backward(x, weight, dy, normalized_shape, eps):
     eps = acc.type(eps)
     ones = _ones(m, acc)
 
-    def work(rows):
+    def tile(rows, dgamma, dbeta):
         t = _load(x2[rows[0]:rows[1]], 0, acc)
         dyt = _load(dy2[rows[0]:rows[1]], 1, acc)
         xhat = _work(2, t)
@@ -233,9 +250,9 @@ def layer_norm_backward(x, weight, dy, normalized_shape, eps):
         inv_std = _inv_std(sq, m, eps)[:, None]
         np.multiply(xhat, inv_std, out=xhat)
         w = _work(4, t)
-        ones_n = _ones(t.shape[0], acc)
         np.multiply(dyt, xhat, out=w)
-        partial = (np.matmul(ones_n, w).astype(np.float64), np.matmul(ones_n, dyt).astype(np.float64))
+        _add_column_sums(dgamma, w)
+        _add_column_sums(dbeta, dyt)
         g = dyt if gamma is None else np.multiply(dyt, gamma, out=_work(3, t))
         mean_g = (np.matmul(g, ones) / m)[:, None]
         mean_gx = (np.vecdot(g, xhat) / m)[:, None]
@@ -243,9 +260,14 @@ def layer_norm_backward(x, weight, dy, normalized_shape, eps):
         np.subtract(g, w, out=w)
         np.subtract(w, mean_g, out=w)
         np.multiply(w, inv_std, out=dx[rows[0]:rows[1]], casting="unsafe")
-        return partial
 
-    partials = _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes)
+    def block(tiles):
+        dgamma, dbeta = np.zeros(m), np.zeros(m)
+        for rows in tiles:
+            tile(rows, dgamma, dbeta)
+        return dgamma, dbeta
+
+    partials = _map_tiles(block, _row_blocks(x2.shape[0], m, acc), x2.nbytes)
     dgamma, dbeta = np.zeros(m), np.zeros(m)
     for pg, pb in partials:
         dgamma += pg
@@ -295,16 +317,15 @@ def rms_norm_backward(x, weight, dy, normalized_shape, eps):
     gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
     eps = acc.type(rms_eps(eps, acc))
 
-    def work(rows):
+    def tile(rows, dgamma):
         t = _load(x2[rows[0]:rows[1]], 0, acc)
         dyt = _load(dy2[rows[0]:rows[1]], 1, acc)
         inv = _inv_std(np.vecdot(t, t), m, eps)  # 1/r per row
         w = _work(2, t)
-        partial = None
         if gamma is not None:
             np.multiply(t, inv[:, None], out=w)      # x / r
             np.multiply(w, dyt, out=w)
-            partial = np.matmul(_ones(t.shape[0], acc), w).astype(np.float64)
+            _add_column_sums(dgamma, w)
             g = np.multiply(dyt, gamma, out=_work(3, t))
         else:
             g = dyt
@@ -313,9 +334,14 @@ def rms_norm_backward(x, weight, dy, normalized_shape, eps):
         np.multiply(t, coef[:, None], out=w)
         np.subtract(g, w, out=w)
         np.multiply(w, inv[:, None], out=dx[rows[0]:rows[1]], casting="unsafe")
-        return partial
 
-    partials = _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes)
+    def block(tiles):
+        dgamma = np.zeros(m)
+        for rows in tiles:
+            tile(rows, dgamma)
+        return dgamma
+
+    partials = _map_tiles(block, _row_blocks(x2.shape[0], m, acc), x2.nbytes)
     grads = {"x": dx.reshape(x.shape)}
     if weight is not None:
         dgamma = np.zeros(m)

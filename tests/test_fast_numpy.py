@@ -22,8 +22,9 @@ def fast():
 
 @pytest.fixture
 def tiny_tiles(monkeypatch):
-    """Tiles of 64 bytes: the small property shapes span many tiles and Chan merges."""
+    """Tiles of 64 bytes in blocks of 256: the small property shapes span many tiles, blocks and Chan merges."""
     monkeypatch.setattr(k, "TILE_BYTES", 64)
+    monkeypatch.setattr(k, "BLOCK_BYTES", 256)
 
 
 def _verdicts(record, backend, names=None):
