@@ -14,9 +14,11 @@ vector (np.matmul), which run near cache bandwidth. Per tile:
     D *= 1/sqrt(q/m+eps); D *= gamma; y = D + beta     (the only DRAM write)
 
 so LayerNorm and RMSNorm forward touch DRAM as often as a copy does. BatchNorm needs its
-statistics over the whole batch before it can normalize, so it makes one statistics pass (tile
-moments merged with Chan, Golub & LeVeque's pairwise update, 1983) and one normalizing pass in
-the folded form y = x * scale + shift (two ufuncs per tile instead of four).
+statistics over the whole batch before it can normalize. Where a channel's whole batch fits in
+cache (BatchNorm2d on CNN activations), groups of whole channels are gathered into a cache-resident
+buffer, normalized there and written back, so x is read once; otherwise it makes one statistics
+pass (tile moments merged with Chan, Golub & LeVeque's pairwise update, 1983) and one normalizing
+pass. Both apply the folded form y = x * scale + shift (two ufuncs per tile instead of four).
 
 Numerics, as the property suite demands: statistics of float16 inputs are accumulated in
 float32 (tiles are cast into float32 buffers), the variance is a two-pass (centred) sum, and a
@@ -158,6 +160,23 @@ def _exact_constant_rows(tile: np.ndarray, mean: np.ndarray, sq: np.ndarray, cen
             centred[r] = 0
 
 
+# BLAS sums with a ones vector stream the ones vector too: over rows longer than this, each row is
+# summed in chunks of a divisor of its length (a short ones vector that stays in L1), then the
+# chunk sums are summed per row.
+SUM_CHUNK = 4096
+
+
+def row_sums(t: np.ndarray) -> np.ndarray:
+    """Sums of the rows of a contiguous (rows, k) array, as float64 (BLAS matrix-vector products)."""
+    rows, k = t.shape
+    if k > 2 * SUM_CHUNK:
+        chunk = next((d for d in range(SUM_CHUNK, SUM_CHUNK // 4, -1) if k % d == 0), None)
+        if chunk is not None:
+            parts = np.matmul(t.reshape(-1, chunk), _ones(chunk, t.dtype)).reshape(rows, -1)
+            return np.matmul(parts, _ones(parts.shape[1], t.dtype)).astype(np.float64)
+    return np.matmul(t, _ones(k, t.dtype)).astype(np.float64)
+
+
 # ------------------------------------------------------------------ row-wise: LayerNorm, RMSNorm
 
 def _row_tiles(rows: int, m: int, acc: np.dtype) -> list[tuple[int, int]]:
@@ -185,8 +204,7 @@ def _add_column_sums(total: np.ndarray, w: np.ndarray) -> None:
 def row_stats_tile(t: np.ndarray, centred: np.ndarray):
     """(mean, inv_std numerator: sum of squared deviations) per row of tile `t`; t - mean left in `centred`."""
     m = t.shape[1]
-    mean = np.matmul(t, _ones(m, t.dtype))
-    mean /= m
+    mean = (row_sums(t) / m).astype(t.dtype)
     np.subtract(t, mean[:, None], out=centred)
     sq = np.vecdot(centred, centred)
     _exact_constant_rows(t, mean, sq, centred, m)
@@ -390,36 +408,47 @@ def one_pass_is_accurate(m2: np.ndarray, mean: np.ndarray, count: int) -> bool:
     return bool((m2 >= count * mean * mean).all())
 
 
+def tile_moments(t: np.ndarray):
+    """(mean, M2) per channel of a (na, nc, ns) tile in the accumulation dtype, as float64 arrays.
+
+    The tile's per-channel sum and sum of squares are BLAS products over the tile as it streams in
+    (no temporary is written). That one-pass M2 = sum x^2 - (sum x)^2 / k has relative error about
+    u g (1 + mean^2 / var) (Chan, Golub & LeVeque 1983), so it is kept only where var >= mean^2 in
+    every channel of the tile, i.e. within 2 u g, as good as two-pass; any other tile
+    (ill-conditioned or constant channels) is redone two-pass in cache.
+    """
+    k = t.shape[0] * t.shape[2]
+    tsum = _channel_sum(t).astype(np.float64)
+    tmean = tsum / k
+    tm2 = _channel_dot(t, t, 2).astype(np.float64) - tsum * tmean
+    if one_pass_is_accurate(tm2, tmean, k):
+        return tmean, tm2
+    tmean = _channel_sum(t) / k
+    d = _work(1, t)
+    np.subtract(t, tmean[None, :, None], out=d)
+    return tmean.astype(np.float64), _channel_dot(d, d, 2).astype(np.float64)
+
+
+def _exact_constant_channels(values: np.ndarray, mean: np.ndarray, m2: np.ndarray, count, c0: int = 0) -> None:
+    """Channels c0 + i of `values` (N, C, S) whose values are all equal get mean = that value, M2 = 0."""
+    u = np.finfo(accumulation_dtype(values.dtype)).eps / 2
+    for i in np.flatnonzero(m2 <= count * (CONSTANT_SLACK * u * np.abs(mean)) ** 2):
+        channel = values[:, c0 + i, :]
+        lo = channel.min()
+        if lo == channel.max():
+            mean[i], m2[i] = float(lo), 0.0
+
+
 def channel_moments(x3: np.ndarray):
     """(mean, biased variance) per channel of a contiguous (N, C, S) array, as float64 arrays.
 
-    Each tile's per-channel sum and sum of squares are BLAS products over the tile as it streams
-    in (no temporary is written). That one-pass M2 = sum x^2 - (sum x)^2 / k has relative error
-    about u g (1 + mean^2 / var) (Chan, Golub & LeVeque 1983), so it is kept only where
-    var >= mean^2 in every channel of the tile, i.e. within 2 u g, as good as two-pass; any other
-    tile (ill-conditioned or constant channels) is redone two-pass in cache. Tiles are merged in
-    tile order with Chan et al.'s update M2 = M2_a + M2_b + delta^2 n_a n_b / n. Channels whose
-    values are all equal get their exact mean.
+    Tile moments (`tile_moments`) are merged in tile order with Chan et al.'s update
+    M2 = M2_a + M2_b + delta^2 n_a n_b / n. Channels whose values are all equal get their exact mean.
     """
     n, c, s = x3.shape
     acc = accumulation_dtype(x3.dtype)
-
-    def work(tile):
-        n0, n1, c0, c1 = tile
-        k = (n1 - n0) * s
-        t = _load(x3[n0:n1, c0:c1], 0, acc)
-        tsum = _channel_sum(t).astype(np.float64)
-        tmean = tsum / k
-        tm2 = _channel_dot(t, t, 2).astype(np.float64) - tsum * tmean
-        if one_pass_is_accurate(tm2, tmean, k):
-            return tmean, tm2
-        tmean = _channel_sum(t) / k
-        d = _work(1, t)
-        np.subtract(t, tmean[None, :, None], out=d)
-        return tmean.astype(np.float64), _channel_dot(d, d, 2).astype(np.float64)
-
     tiles = _channel_tiles(n, c, s, acc)
-    partials = _map_tiles(work, tiles, x3.nbytes)
+    partials = _map_tiles(lambda t: tile_moments(_load(x3[t[0]:t[1], t[2]:t[3]], 0, acc)), tiles, x3.nbytes)
     count, mean, m2 = np.zeros(c), np.zeros(c), np.zeros(c)
     for (n0, n1, c0, c1), (tmean, tm2) in zip(tiles, partials):
         k = (n1 - n0) * s
@@ -429,17 +458,28 @@ def channel_moments(x3: np.ndarray):
         mean[c0:c1] += delta * (k / total)
         m2[c0:c1] += tm2 + delta * delta * (na * k / total)
         count[c0:c1] = total
-    u = np.finfo(acc).eps / 2
-    for ch in np.flatnonzero(m2 <= count * (CONSTANT_SLACK * u * np.abs(mean)) ** 2):
-        values = x3[:, ch, :]
-        lo = values.min()
-        if lo == values.max():
-            mean[ch], m2[ch] = float(lo), 0.0
+    _exact_constant_channels(x3, mean, m2, count)
     return mean, m2 / count
 
 
-def _as_channel(v, acc):
-    return None if v is None else np.asarray(v, dtype=acc).reshape(-1)
+# A group of whole channels whose batch, N * S values, fits in RESIDENT_BYTES is gathered into a
+# contiguous cache-resident buffer, and its statistics and normalization are done there: x is read
+# from DRAM once (BatchNorm2d on CNN activations), instead of a statistics pass over the whole
+# batch and a second read to normalize. The gather matters: a channel's N rows of S values lie
+# C * S apart, often a power of two, so in place they all map to the same cache sets and evict one
+# another before the second touch. Rows shorter than RESIDENT_MIN_ROW_BYTES (BatchNorm1d, S = 1)
+# keep the two passes, since per-channel work on them would be strided columns.
+RESIDENT_BYTES = 2**20
+RESIDENT_MIN_ROW_BYTES = 256
+
+
+def _resident_groups(n: int, c: int, s: int, acc: np.dtype) -> list[tuple[int, int, int, int]] | None:
+    """Tiles (0, N, c0, c1) of whole channels within RESIDENT_BYTES, or None when a channel does not fit."""
+    per_channel = n * s * acc.itemsize
+    if per_channel > RESIDENT_BYTES or s * acc.itemsize < RESIDENT_MIN_ROW_BYTES:
+        return None
+    cb = max(1, RESIDENT_BYTES // per_channel)
+    return [(0, n, c0, min(c, c0 + cb)) for c0 in range(0, c, cb)]
 
 
 def _bn_geometry(x):
@@ -458,9 +498,7 @@ def _bn_statistics(x3, inputs, params):
     """(mean, biased var, batch?) per channel in float64: the batch's or the running statistics."""
     batch = _uses_batch_stats(inputs, params)
     if batch:
-        if params.get("training", True) and x3.shape[0] * x3.shape[2] <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
-                             f"{tuple(inputs['x'].shape)}")
+        _check_batch_size(x3, inputs, params)
         mean, var = channel_moments(x3)
     else:
         mean = np.asarray(inputs["running_mean"], dtype=np.float64).reshape(-1)
@@ -505,16 +543,83 @@ def folded_affine(mean, var, weight, bias, eps, batch: bool):
     return scale, shift
 
 
+def _check_batch_size(x3, inputs, params) -> None:
+    if params.get("training", True) and x3.shape[0] * x3.shape[2] <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
+                         f"{tuple(inputs['x'].shape)}")
+
+
+def row_moments(t: np.ndarray):
+    """(mean, M2) per row of a contiguous (rows, k) array, as float64 arrays: two BLAS calls.
+
+    Sums are matrix-vector products with ones and sums of squares row dot products, both over the
+    array as it streams in; the one-pass M2 is kept only under the same var >= mean^2 guard as
+    `tile_moments` (`one_pass_is_accurate`), else it is redone two-pass. Rows whose values are all
+    equal fail that guard (unless all zero, which one pass gets exactly), so the two-pass branch
+    gives them their exact mean and M2 = 0.
+    """
+    k = t.shape[1]
+    tsum = row_sums(t)
+    mean = tsum / k
+    m2 = np.vecdot(t, t).astype(np.float64)
+    m2 -= tsum * mean
+    if one_pass_is_accurate(m2, mean, k):
+        return mean, m2
+    d = _work(1, t)
+    np.subtract(t, mean.astype(t.dtype)[:, None], out=d)
+    m2 = np.vecdot(d, d).astype(np.float64)
+    _exact_constant_channels(t[None], mean, m2, k)
+    return mean, m2
+
+
+def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
+    """Batch statistics and normalization per group of whole channels, each group read from DRAM once.
+
+    The group is gathered channel-major, (channels, N, S), so each channel is one contiguous row of
+    N * S values: its moments are two BLAS calls and its affine map two scalar-operand ufuncs.
+    """
+    n, c, s = x3.shape
+    count = n * s
+
+    def work(tile):
+        _, _, c0, c1 = tile
+        t = _scratch(5, (c1 - c0) * count, acc).reshape(c1 - c0, n, s)
+        np.copyto(t, x3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")  # the gather: the only read of x
+        rows = t.reshape(c1 - c0, count)
+        mean, m2 = row_moments(rows)
+        var = m2 / count
+        scale, shift = folded_affine(mean, var, None if weight is None else weight[c0:c1],
+                                     None if bias is None else bias[c0:c1], eps, True)
+        np.multiply(rows, scale.astype(acc)[:, None], out=rows)
+        np.add(rows, shift.astype(acc)[:, None], out=rows)
+        np.copyto(y3[:, c0:c1].transpose(1, 0, 2), t, casting="unsafe")  # the only write of y
+        return mean, var
+
+    parts = _map_tiles(work, groups, x3.nbytes)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def batch_norm_forward(inputs, params):
-    """BatchNorm (Ioffe & Szegedy 2015, Alg. 1): a statistics pass, then a normalizing pass."""
+    """BatchNorm (Ioffe & Szegedy 2015, Alg. 1): statistics, then the folded affine y = x scale + shift.
+
+    Whole channels that fit in cache are done group by group in one read of x (`RESIDENT_BYTES`);
+    otherwise a statistics pass over the whole batch, then a normalizing pass.
+    """
     x = inputs["x"]
     x3 = _bn_geometry(x)
     acc = accumulation_dtype(x.dtype)
-    mean, var, batch = _bn_statistics(x3, inputs, params)
-    scale, shift = folded_affine(mean, var, inputs.get("weight"), inputs.get("bias"),
-                                 params.get("eps", 1e-5), batch)
+    eps = params.get("eps", 1e-5)
     y = new_output(x3.shape, x.dtype)
-    _per_channel_pass(x3, y, scale.astype(acc), shift.astype(acc), acc)
+    groups = _resident_groups(*x3.shape, acc) if _uses_batch_stats(inputs, params) else None
+    if groups is not None:
+        _check_batch_size(x3, inputs, params)
+        weight, bias = inputs.get("weight"), inputs.get("bias")
+        mean, var = _resident_batch_norm(x3, y, groups, None if weight is None else np.asarray(weight).reshape(-1),
+                                         None if bias is None else np.asarray(bias).reshape(-1), eps, acc)
+    else:
+        mean, var, batch = _bn_statistics(x3, inputs, params)
+        scale, shift = folded_affine(mean, var, inputs.get("weight"), inputs.get("bias"), eps, batch)
+        _per_channel_pass(x3, y, scale.astype(acc), shift.astype(acc), acc)
     out = {"y": y.reshape(x.shape)}
     if params.get("training", True) and inputs.get("running_mean") is not None:
         count = x3.shape[0] * x3.shape[2]

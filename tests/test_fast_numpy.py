@@ -1,5 +1,7 @@
-"""The `numpy:fast` backend: every property holds, also when inputs span many tiles and threads;
-and the properties reject a realistic tiling bug (dropping Chan's between-tile variance term)."""
+"""The `numpy:fast` backend: every property holds, also when inputs span many tiles and threads
+and when BatchNorm takes its cache-resident path; and the properties reject realistic bugs of
+both BatchNorm paths (dropping Chan's between-tile variance term, an unguarded one-pass
+variance, the folded affine without the constant-channel rule)."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,9 +24,26 @@ def fast():
 
 @pytest.fixture
 def tiny_tiles(monkeypatch):
-    """Tiles of 64 bytes in blocks of 256: the small property shapes span many tiles, blocks and Chan merges."""
+    """Tiles of 64 bytes in blocks of 256: the small property shapes span many tiles, blocks and Chan merges
+    (BatchNorm's cache-resident path is switched off, so its two-pass tile path is what runs)."""
     monkeypatch.setattr(k, "TILE_BYTES", 64)
     monkeypatch.setattr(k, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(k, "RESIDENT_BYTES", 0)
+
+
+@pytest.fixture(params=[None, 1], ids=["resident-groups", "resident-one-channel"])
+def resident(request, monkeypatch):
+    """BatchNorm's cache-resident path on every property case whose channels fit (the short rows of the
+    property shapes included), with the default groups of whole channels or one channel per group."""
+    monkeypatch.setattr(k, "RESIDENT_MIN_ROW_BYTES", 0)
+    if request.param is not None:
+        groups = k._resident_groups
+
+        def one_channel_groups(n, c, s, acc):
+            fits = groups(n, c, s, acc)
+            return None if fits is None else [(0, n, ch, ch + 1) for ch in range(c)]
+
+        monkeypatch.setattr(k, "_resident_groups", one_channel_groups)
 
 
 def _verdicts(record, backend, names=None):
@@ -113,3 +132,58 @@ def test_folded_affine_without_the_constant_channel_rule_is_rejected(fast, monke
     monkeypatch.setattr(k, "folded_affine", lambda mean, var, w, b, eps, batch: folded(mean, var, w, b, eps, False))
     verdict = run_property(PROPERTIES["constant_group_gives_beta"], get_norm("batch_norm"), fast, "ci")
     assert verdict.status == "failed", verdict
+
+
+BN_CORE = CORE + ("train_equals_eval_on_batch_stats", "cumulative_moving_average", "running_var_convention",
+                  "single_value_per_channel_raises")
+
+
+def test_batch_norm_resident_path_holds_every_property(fast, resident):
+    bad = [v for v in _verdicts(get_norm("batch_norm"), fast, BN_CORE) if v.status not in ("passed", "skipped")]
+    assert not bad, [(v.property, v.message) for v in bad]
+
+
+def test_batch_norm_2d_activations_take_the_resident_path(monkeypatch):
+    calls = []
+    resident = k._resident_batch_norm
+    monkeypatch.setattr(k, "_resident_batch_norm", lambda *a: calls.append(a[2]) or resident(*a))
+    x = np.random.default_rng(2).standard_normal((8, 6, 16, 16)).astype(np.float32)
+    y = k.batch_norm_forward({"x": x}, {"training": True})["y"]
+    assert calls and sorted(c for g in calls[0] for c in range(g[2], g[3])) == list(range(6))
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, rtol=1e-3)
+    calls.clear()
+    k.batch_norm_forward({"x": x.reshape(8, -1)}, {"training": True})  # BatchNorm1d: strided columns, two passes
+    assert not calls
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 4096), (8, 3, 50176), (256, 512, 49), (2, 7, 300000)])
+def test_resident_groups_cover_every_channel_within_budget(shape):
+    n, c, s = shape
+    acc = np.dtype(np.float32)
+    groups = k._resident_groups(n, c, s, acc)
+    fits = n * s * 4 <= k.RESIDENT_BYTES and s * 4 >= k.RESIDENT_MIN_ROW_BYTES
+    assert (groups is not None) == fits
+    if groups is not None:
+        assert [ch for _, _, c0, c1 in groups for ch in range(c0, c1)] == list(range(c))
+        assert all(n0 == 0 and n1 == n and (c1 - c0) * n * s * 4 <= k.RESIDENT_BYTES for n0, n1, c0, c1 in groups)
+
+
+def test_resident_unguarded_one_pass_moments_are_rejected(fast, resident, monkeypatch):
+    monkeypatch.setattr(k, "one_pass_is_accurate", lambda m2, mean, count: True)
+    verdict = run_property(PROPERTIES["ill_conditioned_inputs"], get_norm("batch_norm"), fast, "ci")
+    assert verdict.status == "failed", verdict
+
+
+def test_resident_folded_affine_without_the_constant_channel_rule_is_rejected(fast, resident, monkeypatch):
+    folded = k.folded_affine
+    monkeypatch.setattr(k, "folded_affine", lambda mean, var, w, b, eps, batch: folded(mean, var, w, b, eps, False))
+    verdict = run_property(PROPERTIES["constant_group_gives_beta"], get_norm("batch_norm"), fast, "ci")
+    assert verdict.status == "failed", verdict
+
+
+def test_row_sums_of_long_rows_match_float64():
+    t = np.random.default_rng(3).standard_normal((3, 3 * 4096 + 3 * 1024)).astype(np.float32)  # chunked
+    np.testing.assert_allclose(k.row_sums(t), t.astype(np.float64).sum(axis=1), rtol=0, atol=1e-3)
+    prime = np.random.default_rng(4).standard_normal((2, 10007)).astype(np.float32)  # no divisor: one product
+    np.testing.assert_allclose(k.row_sums(prime), prime.astype(np.float64).sum(axis=1), rtol=0, atol=1e-3)
