@@ -591,8 +591,8 @@ def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
         scale, shift = folded_affine(mean, var, None if weight is None else weight[c0:c1],
                                      None if bias is None else bias[c0:c1], eps, True)
         np.multiply(rows, scale.astype(acc)[:, None], out=rows)
-        np.add(rows, shift.astype(acc)[:, None], out=rows)
-        np.copyto(y3[:, c0:c1].transpose(1, 0, 2), t, casting="unsafe")  # the only write of y
+        out = y3[:, c0:c1].transpose(1, 0, 2)
+        np.add(t, shift.astype(acc)[:, None, None], out=out, casting="unsafe")  # the only write of y
         return mean, var
 
     parts = _map_tiles(work, groups, x3.nbytes)
