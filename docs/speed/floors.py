@@ -1,0 +1,103 @@
+"""What a NumPy kernel can reach on this machine: the cost of each kind of pass over 64 MB.
+
+    python docs/speed/floors.py [--mb 64] [--tile-kib 256] [--row 1024] [--repeats 9]
+
+A normalization kernel written in NumPy (like `numpy:fast`) pays for one read of x from DRAM, one
+write of y to DRAM, and k passes over cache-resident tiles (ufuncs and BLAS calls), spread over
+the threads. This script times each of those alone, over as many bytes as the input, next to
+`np.copyto` of the whole array (the bench's yardstick), and prints the pass budget that is left
+for a kernel to reach 50% of copy, so that a design can be costed before it is written.
+
+Two effects set the ceiling. np.copyto of a large array uses non-temporal stores (no read for
+ownership of the destination); a tile written by a ufunc or a per-tile copy cannot, so DRAM
+moves three bytes per output byte instead of two. And NumPy's broadcasting loops (a per-row
+scalar, a per-column vector) run at a fraction of the speed of a loop over same-shaped
+contiguous operands or a scalar, so the affine steps of LayerNorm cost more than their bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+
+def median_ms(call, repeats: int) -> float:
+    call()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(samples))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=int, default=64, help="input size in MiB (default 64)")
+    parser.add_argument("--tile-kib", type=int, default=256, help="cache tile in KiB (default 256)")
+    parser.add_argument("--row", type=int, default=1024, help="row length for the broadcast passes (default 1024)")
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args()
+    n, k = args.mb * 2**18, args.tile_kib * 2**8  # float32 elements
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(n, dtype=np.float32)
+    y = np.ones_like(x)
+    tile = np.ones(k, dtype=np.float32)  # ones: repeated in-place passes stay finite and normal
+    other = np.ones(k, dtype=np.float32)
+    ones = np.ones(k, dtype=np.float32)
+    rows2d = tile.reshape(-1, args.row)
+    per_column = np.ones(args.row, dtype=np.float32)
+    per_row = np.ones((rows2d.shape[0], 1), dtype=np.float32)
+    starts = range(0, n, k)
+    pool = ThreadPoolExecutor(2)
+
+    def over_tiles(op):
+        return lambda: [op(i) for i in starts]
+
+    def two_threads(op):
+        halves = [starts[:len(starts) // 2], starts[len(starts) // 2:]]
+        return lambda: list(pool.map(lambda part: [op(i) for i in part], halves))
+
+    read = lambda i: np.dot(x[i:i + k], ones)  # noqa: E731
+    read_write = lambda i: np.copyto(y[i:i + k], x[i:i + k])  # noqa: E731
+    dram = [
+        ("np.copyto, whole array (the yardstick)", lambda: np.copyto(y, x)),
+        ("read x (BLAS dot per tile), 1 thread", over_tiles(read)),
+        ("read x (BLAS dot per tile), 2 threads", two_threads(read)),
+        ("read x + write y per tile (np.copyto), 1 thread", over_tiles(read_write)),
+        ("read x + write y per tile (np.copyto), 2 threads: the floor", two_threads(read_write)),
+    ]
+    in_cache = [
+        ("ufunc, scalar operand, in place", lambda i: np.multiply(tile, 1.0, out=tile)),
+        ("ufunc, same-shape operand, into a second tile", lambda i: np.multiply(tile, other, out=other)),
+        (f"ufunc, per-column vector ({args.row}-wide rows)", lambda i: np.multiply(rows2d, per_column, out=rows2d)),
+        (f"ufunc, per-row scalar ({args.row}-wide rows)", lambda i: np.multiply(rows2d, per_row, out=rows2d)),
+        ("BLAS row sums (matmul with ones)", lambda i: np.matmul(rows2d, per_column)),
+        ("BLAS sums of squares (np.vecdot)", lambda i: np.vecdot(rows2d, rows2d)),
+    ]
+    copy_ms = median_ms(dram[0][1], args.repeats)
+    print(f"{args.mb} MiB float32, {args.tile_kib} KiB tiles, median of {args.repeats}")
+    print(f"{'DRAM':62s} {'ms':>8s} {'x copy':>7s}")
+    times = {}
+    for label, call in dram:
+        times[label] = ms = copy_ms if call is dram[0][1] else median_ms(call, args.repeats)
+        print(f"{label:62s} {ms:8.2f} {ms / copy_ms:7.2f}")
+    print(f"{'in cache, one thread, over as many bytes as x':62s}")
+    scalar_ms = None
+    for label, call in in_cache:
+        ms = median_ms(over_tiles(call), args.repeats)
+        scalar_ms = scalar_ms or ms
+        print(f"{label:62s} {ms:8.2f} {ms / copy_ms:7.2f}")
+    tiny = np.ones(16, dtype=np.float32)
+    call_us = 1e3 * median_ms(lambda: [np.multiply(tiny, 1.0, out=tiny) for _ in range(1000)], args.repeats)
+    print(f"{'one ufunc call on 16 values (the per-call overhead), us':62s} {call_us / 1000:8.2f}")
+    floor = times[dram[-1][0]]
+    budget = 2 * (2 * copy_ms - floor)  # thread-ms of in-cache work left at 50% of copy, if it overlaps perfectly
+    print(f"50% of copy = {2 * copy_ms:.1f} ms. Above the two-thread floor ({floor:.1f} ms) that leaves at most "
+          f"{max(budget, 0):.1f} thread-ms of in-cache work, about {max(budget, 0) / scalar_ms:.1f} scalar-operand passes.")
+
+
+if __name__ == "__main__":
+    main()
