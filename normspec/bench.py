@@ -2,9 +2,10 @@
 
 Normalization layers are memory-bound: the honest yardstick is how many bytes a call must move
 at minimum (its *byte model*) divided by its time, compared with what the machine's copy achieves
-on an array of the same size, measured in the same run (`np.copyto` into a preallocated buffer:
-one read and one write per element). Times are medians over repeated runs with the IQR as spread;
-device backends are synchronized before and after each timed call.
+on an array of the same size (`np.copyto` into a preallocated buffer: one read and one write per
+element), sampled alternately with the measured call so that a shared host's drift moves both.
+Times are medians over repeated runs with the IQR as spread; device backends are synchronized
+before and after each timed call.
 
 The asv suite (`benchmarks/`) uses the same preparation (`prepare`) and byte models.
 """
@@ -146,24 +147,48 @@ def prepare(record: NormRecord, backend: Backend, shape: tuple[int, ...], dtype:
 
 # ---------------------------------------------------------------------------- timing
 
-def time_call(call: Callable[[], Any], synchronize: Callable[[], None] = lambda: None, *, repeats: int = 5,
-              min_sample_s: float = 0.02) -> list[float]:
-    """Seconds per call, one value per sample; fast calls are looped so a sample lasts min_sample_s."""
+def _calibrated(call: Callable[[], Any], synchronize: Callable[[], None], min_sample_s: float) -> int:
+    """Calls per sample so that a sample lasts at least min_sample_s (one call when it already does)."""
     synchronize()
     start = time.perf_counter()
     call()
     synchronize()
     first = time.perf_counter() - start
-    number = max(1, math.ceil(min_sample_s / max(first, 1e-7))) if first < min_sample_s else 1
-    samples = []
+    return max(1, math.ceil(min_sample_s / max(first, 1e-7))) if first < min_sample_s else 1
+
+
+def _sample(call: Callable[[], Any], synchronize: Callable[[], None], number: int) -> float:
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(number):
+        call()
+    synchronize()
+    return (time.perf_counter() - start) / number
+
+
+def time_call(call: Callable[[], Any], synchronize: Callable[[], None] = lambda: None, *, repeats: int = 5,
+              min_sample_s: float = 0.02) -> list[float]:
+    """Seconds per call, one value per sample; fast calls are looped so a sample lasts min_sample_s."""
+    number = _calibrated(call, synchronize, min_sample_s)
+    return [_sample(call, synchronize, number) for _ in range(repeats)]
+
+
+def time_paired(call: Callable[[], Any], reference: Callable[[], Any],
+                synchronize: Callable[[], None] = lambda: None, *, repeats: int = 5,
+                min_sample_s: float = 0.02) -> tuple[list[float], list[float]]:
+    """(call's samples, reference's samples), taken alternately: reference, call, reference, call, ...
+
+    On a shared host the bandwidth drifts by tens of percent within a minute; samples of the
+    yardstick taken between the samples of the call see the same drift, so their ratio is stable
+    where a yardstick measured once per run is not.
+    """
+    number = _calibrated(call, synchronize, min_sample_s)
+    ref_number = _calibrated(reference, lambda: None, min_sample_s)
+    samples, ref_samples = [], []
     for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        for _ in range(number):
-            call()
-        synchronize()
-        samples.append((time.perf_counter() - start) / number)
-    return samples
+        ref_samples.append(_sample(reference, lambda: None, ref_number))
+        samples.append(_sample(call, synchronize, number))
+    return samples, ref_samples
 
 
 def median_iqr(samples: Iterable[float]) -> tuple[float, float]:
@@ -171,13 +196,22 @@ def median_iqr(samples: Iterable[float]) -> tuple[float, float]:
     return float(q50), float(q75 - q25)
 
 
-def copy_bandwidth(nbytes: int, repeats: int = 5) -> float:
-    """GB/s of np.copyto between two preallocated arrays of `nbytes` (one read + one write per byte)."""
+def copy_call(nbytes: int) -> Callable[[], None]:
+    """np.copyto between two preallocated arrays of `nbytes` (one read + one write per byte), warmed up."""
     src = np.ones(max(nbytes, 1), dtype=np.uint8)
     dst = np.empty_like(src)
     np.copyto(dst, src)
-    seconds, _ = median_iqr(time_call(lambda: np.copyto(dst, src), repeats=repeats))
-    return 2 * src.nbytes / seconds / 1e9
+    return lambda: np.copyto(dst, src)
+
+
+def copy_gbps(nbytes: int, seconds: float) -> float:
+    return 2 * max(nbytes, 1) / seconds / 1e9
+
+
+def copy_bandwidth(nbytes: int, repeats: int = 5) -> float:
+    """GB/s of np.copyto between two preallocated arrays of `nbytes` (one read + one write per byte)."""
+    seconds, _ = median_iqr(time_call(copy_call(nbytes), repeats=repeats))
+    return copy_gbps(nbytes, seconds)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -226,7 +260,7 @@ class Plan:
 def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None) -> list[Result]:
     """Measure every combination of the plan; unsupported ones come back with `skipped` set."""
     results: list[Result] = []
-    copy_cache: dict[int, float] = {}
+    copies: dict[int, Callable[[], None]] = {}
     for record in plan.records:
         for label, shape in plan.shapes:
             for dtype in plan.dtypes:
@@ -242,16 +276,17 @@ def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None) -> list
                         except Exception as exc:  # a backend crashing on a shape is reported, not fatal
                             r.skipped = f"failed: {type(exc).__name__}: {exc}"
                         else:
-                            samples = time_call(p.call, backend.synchronize, repeats=plan.repeats,
-                                                min_sample_s=plan.min_sample_s)
+                            if p.input_bytes not in copies:
+                                copies.clear()  # one pair of copy buffers alive at a time
+                                copies[p.input_bytes] = copy_call(p.input_bytes)
+                            samples, copy_samples = time_paired(p.call, copies[p.input_bytes], backend.synchronize,
+                                                                repeats=plan.repeats, min_sample_s=plan.min_sample_s)
                             del p.call
                             r.median_s, r.iqr_s = median_iqr(samples)
                             r.repeats = len(samples)
                             r.bytes, r.input_bytes = p.bytes, p.input_bytes
                             r.gbps = p.bytes / r.median_s / 1e9
-                            if p.input_bytes not in copy_cache:
-                                copy_cache[p.input_bytes] = copy_bandwidth(p.input_bytes, plan.repeats)
-                            r.copy_gbps = copy_cache[p.input_bytes]
+                            r.copy_gbps = copy_gbps(p.input_bytes, median_iqr(copy_samples)[0])
                             r.pct_copy = 100.0 * r.gbps / r.copy_gbps
                         group.append(r)
                     timed = [g.median_s for g in group if not g.skipped]

@@ -118,6 +118,35 @@ def test_parse_shape_and_statistics():
     assert bench.copy_bandwidth(1 << 16, repeats=2) > 0
 
 
+def test_paired_timing_alternates_the_yardstick_with_the_call():
+    order = []
+    samples, ref = bench.time_paired(lambda: order.append("call"), lambda: order.append("copy"),
+                                     repeats=3, min_sample_s=0.0)
+    assert len(samples) == len(ref) == 3 and all(s > 0 for s in samples + ref)
+    timed = order[2:]  # after one calibration call of each
+    assert timed == ["copy", "call"] * 3
+
+
+def test_bench_rows_take_their_copy_bandwidth_from_their_own_samples(monkeypatch):
+    """pct_copy is gbps over the copy samples taken alongside that very measurement."""
+    seen = []
+    paired = bench.time_paired
+
+    def spy(*args, **kwargs):
+        samples, ref = paired(*args, **kwargs)
+        seen.append(ref)
+        return samples, ref
+
+    monkeypatch.setattr(bench, "time_paired", spy)
+    plan = bench.Plan([get_norm("layer_norm")], [_numpy()], [("64x64", (64, 64))], ["float32"], ["forward"],
+                      repeats=3, min_sample_s=0.0)
+    (result,) = bench.run(plan)
+    assert len(seen) == 1
+    expected = bench.copy_gbps(result.input_bytes, bench.median_iqr(seen[0])[0])
+    assert result.copy_gbps == pytest.approx(expected)
+    assert result.pct_copy == pytest.approx(100 * result.gbps / expected)
+
+
 def test_asv_suite_covers_the_registry():
     import sys
 
