@@ -28,6 +28,7 @@ exactly beta. Inputs are never written; non-contiguous inputs are made contiguou
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -47,17 +48,43 @@ _executor: ThreadPoolExecutor | None = None
 _local = threading.local()
 
 
-def _map_tiles(work, tiles, nbytes: int) -> list:
-    """[work(tile) for tile in tiles], on THREADS threads when the input is large enough."""
+def _map_tiles(work, tiles, nbytes: int, row: int | None = None) -> list:
+    """[work(tile) for tile in tiles], on THREADS threads when the input is large enough.
+
+    `row` is the length of the tiles' contiguous rows: the ufunc buffer is capped at it while the
+    tiles run (`row_buffering`).
+    """
     global _executor
     tiles = list(tiles)
+
+    def run(chunk):
+        with row_buffering(row):
+            return [work(t) for t in chunk]
+
     if THREADS == 1 or len(tiles) < 2 or nbytes < PARALLEL_MIN_BYTES:
-        return [work(t) for t in tiles]
+        return run(tiles)
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="normspec-fast")
     per = -(-len(tiles) // THREADS)  # contiguous runs of tiles: each thread streams its own region
     chunks = [tiles[i:i + per] for i in range(0, len(tiles), per)]
-    return [r for part in _executor.map(lambda chunk: [work(t) for t in chunk], chunks) for r in part]
+    return [r for part in _executor.map(run, chunks) for r in part]
+
+
+# NumPy's buffered ufunc iterator grows its inner loop across rows shorter than the ufunc buffer
+# (8192 elements by default) and, to do so, copies broadcast operands (a per-row scalar, a
+# per-column vector) into the buffer element by element: on 1024-wide rows, `t * r[:, None]` and
+# `t * gamma` run at a third of the speed of `t * 2.0`. With the buffer no longer than a row, the
+# iterator keeps one unbuffered inner loop per row and the broadcasting ufuncs run at nearly the
+# speed of scalar ones (measured by docs/speed/floors.py). The buffer size is NumPy's per-thread
+# error-state setting, restored on exit.
+@contextlib.contextmanager
+def row_buffering(row: int | None):
+    if row is None or row >= np.getbufsize():
+        yield
+        return
+    with np.errstate():
+        np.setbufsize(max(16, int(row) // 16 * 16))
+        yield
 
 
 def _scratch(slot: int, size: int, dtype: np.dtype) -> np.ndarray:
@@ -235,7 +262,7 @@ def layer_norm_forward(x, weight, bias, normalized_shape, eps):
         np.multiply(d, _inv_std(sq, m, eps)[:, None], out=d)
         _affine_rows_out(d, gamma, beta, out)
 
-    _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes)
+    _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes, row=m)
     return y.reshape(x.shape)
 
 
@@ -285,7 +312,7 @@ def layer_norm_backward(x, weight, dy, normalized_shape, eps):
             tile(rows, dgamma, dbeta)
         return dgamma, dbeta
 
-    partials = _map_tiles(block, _row_blocks(x2.shape[0], m, acc), x2.nbytes)
+    partials = _map_tiles(block, _row_blocks(x2.shape[0], m, acc), x2.nbytes, row=m)
     dgamma, dbeta = np.zeros(m), np.zeros(m)
     for pg, pb in partials:
         dgamma += pg
@@ -321,7 +348,7 @@ def rms_norm_forward(x, weight, normalized_shape, eps):
             np.multiply(t, inv, out=d)
             _affine_rows_out(d, gamma, None, out)
 
-    _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes)
+    _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes, row=m)
     return y.reshape(x.shape)
 
 
@@ -359,7 +386,7 @@ def rms_norm_backward(x, weight, dy, normalized_shape, eps):
             tile(rows, dgamma)
         return dgamma
 
-    partials = _map_tiles(block, _row_blocks(x2.shape[0], m, acc), x2.nbytes)
+    partials = _map_tiles(block, _row_blocks(x2.shape[0], m, acc), x2.nbytes, row=m)
     grads = {"x": dx.reshape(x.shape)}
     if weight is not None:
         dgamma = np.zeros(m)
@@ -379,6 +406,11 @@ def _channel_tiles(n: int, c: int, s: int, acc: np.dtype) -> list[tuple[int, int
         return [(i, i + 1, c0, min(c, c0 + cb)) for i in range(n) for c0 in range(0, c, cb)]
     nb = max(1, per // (c * s))
     return [(n0, min(n, n0 + nb), 0, c) for n0 in range(0, n, nb)]
+
+
+def _channel_row(c: int, s: int) -> int:
+    """The contiguous inner run of per-channel ufuncs on (N, C, S) tiles: S, or C when S = 1 (BatchNorm1d)."""
+    return s if s > 1 else c
 
 
 def _channel_sum(t: np.ndarray) -> np.ndarray:
@@ -448,7 +480,8 @@ def channel_moments(x3: np.ndarray):
     n, c, s = x3.shape
     acc = accumulation_dtype(x3.dtype)
     tiles = _channel_tiles(n, c, s, acc)
-    partials = _map_tiles(lambda t: tile_moments(_load(x3[t[0]:t[1], t[2]:t[3]], 0, acc)), tiles, x3.nbytes)
+    partials = _map_tiles(lambda t: tile_moments(_load(x3[t[0]:t[1], t[2]:t[3]], 0, acc)), tiles, x3.nbytes,
+                          row=_channel_row(c, s))
     count, mean, m2 = np.zeros(c), np.zeros(c), np.zeros(c)
     for (n0, n1, c0, c1), (tmean, tm2) in zip(tiles, partials):
         k = (n1 - n0) * s
@@ -520,7 +553,7 @@ def _per_channel_pass(x3, out3, scale, shift, acc):
         if not direct:
             np.copyto(out3[n0:n1, c0:c1], d, casting="unsafe")
 
-    _map_tiles(work, _channel_tiles(n, c, s, acc), x3.nbytes)
+    _map_tiles(work, _channel_tiles(n, c, s, acc), x3.nbytes, row=_channel_row(c, s))
 
 
 def folded_affine(mean, var, weight, bias, eps, batch: bool):
@@ -670,7 +703,7 @@ def batch_norm_backward(inputs, params, dy):
         return _channel_sum(g).astype(np.float64), _channel_dot(g, xhat_of(*tile), 3).astype(np.float64)
 
     sum_dy, sum_dy_xhat = np.zeros(c), np.zeros(c)
-    for (n0, n1, c0, c1), (a, b) in zip(tiles, _map_tiles(sums, tiles, x3.nbytes)):
+    for (n0, n1, c0, c1), (a, b) in zip(tiles, _map_tiles(sums, tiles, x3.nbytes, row=_channel_row(c, s))):
         sum_dy[c0:c1] += a
         sum_dy_xhat[c0:c1] += b
     count = n * s
@@ -690,5 +723,5 @@ def batch_norm_backward(inputs, params, dy):
             np.copyto(w, g)
         np.multiply(w, k[None, c0:c1, None], out=dx[n0:n1, c0:c1], casting="unsafe")
 
-    _map_tiles(grad, tiles, x3.nbytes)
+    _map_tiles(grad, tiles, x3.nbytes, row=_channel_row(c, s))
     return {"x": dx.reshape(x.shape), "weight": sum_dy_xhat, "bias": sum_dy}

@@ -187,3 +187,38 @@ def test_row_sums_of_long_rows_match_float64():
     np.testing.assert_allclose(k.row_sums(t), t.astype(np.float64).sum(axis=1), rtol=0, atol=1e-3)
     prime = np.random.default_rng(4).standard_normal((2, 10007)).astype(np.float32)  # no divisor: one product
     np.testing.assert_allclose(k.row_sums(prime), prime.astype(np.float64).sum(axis=1), rtol=0, atol=1e-3)
+
+
+def test_row_buffering_caps_the_ufunc_buffer_and_restores_it():
+    before = np.getbufsize()
+    with k.row_buffering(1000):
+        assert np.getbufsize() == 992  # a multiple of 16, no longer than the row
+    with k.row_buffering(3):
+        assert np.getbufsize() == 16   # NumPy's minimum
+    with k.row_buffering(10**6):
+        assert np.getbufsize() == before  # long rows: left alone
+    assert np.getbufsize() == before
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_buffering_changes_no_result_and_leaks_nowhere(threads, monkeypatch):
+    """The buffer size is a speed setting only: outputs are bitwise those of NumPy's default buffering."""
+    import contextlib
+    monkeypatch.setattr(k, "THREADS", threads)
+    monkeypatch.setattr(k, "PARALLEL_MIN_BYTES", 0)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 1000)).astype(np.float32)
+    w, b = rng.uniform(0.5, 2, 1000).astype(np.float32), rng.normal(size=1000).astype(np.float32)
+    x4 = rng.standard_normal((4, 3, 10, 10)).astype(np.float32)
+    before = np.getbufsize()
+
+    def outputs():
+        return (k.layer_norm_forward(x, w, b, (1000,), 1e-5).copy(), k.rms_norm_forward(x, w, (1000,), None).copy(),
+                k.batch_norm_forward({"x": x4}, {"training": True})["y"].copy(),
+                k.layer_norm_backward(x, w, x[::-1].copy(), (1000,), 1e-5)["x"].copy())
+
+    capped = outputs()
+    assert np.getbufsize() == before
+    monkeypatch.setattr(k, "row_buffering", lambda row: contextlib.nullcontext())
+    for a, b_ in zip(capped, outputs()):
+        np.testing.assert_array_equal(a, b_)
