@@ -174,11 +174,19 @@ def _work(slot: int, like: np.ndarray) -> np.ndarray:
     return _scratch(slot, like.size, like.dtype).reshape(like.shape)
 
 
+def _unit_roundoff(dtype) -> float:
+    return float(np.finfo(dtype).eps) / 2
+
+
+_UNIT_ROUNDOFF = {np.dtype(t).str: _unit_roundoff(t) for t in (np.float16, np.float32, np.float64)}
+
+
 def _exact_constant_rows(tile: np.ndarray, mean: np.ndarray, sq: np.ndarray, centred: np.ndarray, count: int) -> None:
     """Rows of `tile` whose values are all equal get mean = that value, zero centred values and sq."""
-    u = np.finfo(centred.dtype).eps / 2
-    candidates = np.flatnonzero(sq <= count * (CONSTANT_SLACK * u * np.abs(mean)) ** 2)
-    for r in candidates:
+    u = _UNIT_ROUNDOFF.get(centred.dtype.str) or _unit_roundoff(centred.dtype)
+    threshold = np.multiply(mean, mean)
+    threshold *= count * (CONSTANT_SLACK * u) ** 2
+    for r in np.flatnonzero(sq <= threshold):
         row = tile[r]
         lo = row.min()
         if lo == row.max():
@@ -194,14 +202,14 @@ SUM_CHUNK = 4096
 
 
 def row_sums(t: np.ndarray) -> np.ndarray:
-    """Sums of the rows of a contiguous (rows, k) array, as float64 (BLAS matrix-vector products)."""
+    """Sums of the rows of a contiguous (rows, k) array, in its dtype (BLAS matrix-vector products)."""
     rows, k = t.shape
     if k > 2 * SUM_CHUNK:
         chunk = next((d for d in range(SUM_CHUNK, SUM_CHUNK // 4, -1) if k % d == 0), None)
         if chunk is not None:
             parts = np.matmul(t.reshape(-1, chunk), _ones(chunk, t.dtype)).reshape(rows, -1)
-            return np.matmul(parts, _ones(parts.shape[1], t.dtype)).astype(np.float64)
-    return np.matmul(t, _ones(k, t.dtype)).astype(np.float64)
+            return np.matmul(parts, _ones(parts.shape[1], t.dtype))
+    return np.matmul(t, _ones(k, t.dtype))
 
 
 # ------------------------------------------------------------------ row-wise: LayerNorm, RMSNorm
@@ -231,7 +239,8 @@ def _add_column_sums(total: np.ndarray, w: np.ndarray) -> None:
 def row_stats_tile(t: np.ndarray, centred: np.ndarray):
     """(mean, inv_std numerator: sum of squared deviations) per row of tile `t`; t - mean left in `centred`."""
     m = t.shape[1]
-    mean = (row_sums(t) / m).astype(t.dtype)
+    mean = row_sums(t)
+    mean /= m
     np.subtract(t, mean[:, None], out=centred)
     sq = np.vecdot(centred, centred)
     _exact_constant_rows(t, mean, sq, centred, m)
@@ -463,7 +472,7 @@ def tile_moments(t: np.ndarray):
 
 def _exact_constant_channels(values: np.ndarray, mean: np.ndarray, m2: np.ndarray, count, c0: int = 0) -> None:
     """Channels c0 + i of `values` (N, C, S) whose values are all equal get mean = that value, M2 = 0."""
-    u = np.finfo(accumulation_dtype(values.dtype)).eps / 2
+    u = _unit_roundoff(accumulation_dtype(values.dtype))
     for i in np.flatnonzero(m2 <= count * (CONSTANT_SLACK * u * np.abs(mean)) ** 2):
         channel = values[:, c0 + i, :]
         lo = channel.min()
@@ -592,7 +601,7 @@ def row_moments(t: np.ndarray):
     gives them their exact mean and M2 = 0.
     """
     k = t.shape[1]
-    tsum = row_sums(t)
+    tsum = row_sums(t).astype(np.float64)
     mean = tsum / k
     m2 = np.vecdot(t, t).astype(np.float64)
     m2 -= tsum * mean

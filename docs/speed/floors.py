@@ -10,9 +10,11 @@ for a kernel to reach 50% of copy, so that a design can be costed before it is w
 
 Two effects set the ceiling. np.copyto of a large array uses non-temporal stores (no read for
 ownership of the destination); a tile written by a ufunc or a per-tile copy cannot, so DRAM
-moves three bytes per output byte instead of two. And NumPy's broadcasting loops (a per-row
-scalar, a per-column vector) run at a fraction of the speed of a loop over same-shaped
-contiguous operands or a scalar, so the affine steps of LayerNorm cost more than their bytes.
+moves three bytes per output byte instead of two. And on rows shorter than NumPy's ufunc
+buffer (8192 elements), its buffered iterator copies broadcast operands (a per-row scalar, a
+per-column vector) into the buffer to grow the inner loop, so those ufuncs run at a fraction of
+the speed of a scalar one, unless the buffer is capped at the row length (np.setbufsize, as
+numpy:fast does while its tiles run).
 """
 from __future__ import annotations
 
@@ -53,6 +55,14 @@ def main() -> None:
     starts = range(0, n, k)
     pool = ThreadPoolExecutor(2)
 
+    def capped(op):
+        """op with NumPy's ufunc buffer no longer than a row (what numpy:fast's row_buffering does)."""
+        def run(i):
+            with np.errstate():
+                np.setbufsize(max(16, args.row // 16 * 16))
+                return op(i)
+        return run
+
     def over_tiles(op):
         return lambda: [op(i) for i in starts]
 
@@ -74,6 +84,8 @@ def main() -> None:
         ("ufunc, same-shape operand, into a second tile", lambda i: np.multiply(tile, other, out=other)),
         (f"ufunc, per-column vector ({args.row}-wide rows)", lambda i: np.multiply(rows2d, per_column, out=rows2d)),
         (f"ufunc, per-row scalar ({args.row}-wide rows)", lambda i: np.multiply(rows2d, per_row, out=rows2d)),
+        (f"ufunc, per-column vector, ufunc buffer capped at the row", capped(lambda i: np.multiply(rows2d, per_column, out=rows2d))),
+        (f"ufunc, per-row scalar, ufunc buffer capped at the row", capped(lambda i: np.multiply(rows2d, per_row, out=rows2d))),
         ("BLAS row sums (matmul with ones)", lambda i: np.matmul(rows2d, per_column)),
         ("BLAS sums of squares (np.vecdot)", lambda i: np.vecdot(rows2d, rows2d)),
     ]
