@@ -76,14 +76,18 @@ def _map_tiles(work, tiles, nbytes: int, row: int | None = None) -> list:
 # `t * gamma` run at a third of the speed of `t * 2.0`. With the buffer no longer than a row, the
 # iterator keeps one unbuffered inner loop per row and the broadcasting ufuncs run at nearly the
 # speed of scalar ones (measured by docs/speed/floors.py). The buffer size is NumPy's per-thread
-# error-state setting, restored on exit.
+# error-state setting, restored on exit. Rows shorter than ROW_BUFFER_MIN keep the buffered
+# iterator: there one unbuffered loop per row costs more than the copies it saves.
+ROW_BUFFER_MIN = 256
+
+
 @contextlib.contextmanager
 def row_buffering(row: int | None):
-    if row is None or row >= np.getbufsize():
+    if row is None or not ROW_BUFFER_MIN <= row < np.getbufsize():
         yield
         return
     with np.errstate():
-        np.setbufsize(max(16, int(row) // 16 * 16))
+        np.setbufsize(int(row) // 16 * 16)
         yield
 
 
