@@ -191,6 +191,36 @@ def time_paired(call: Callable[[], Any], reference: Callable[[], Any],
     return samples, ref_samples
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) CPU jiffies of the whole host from /proc/stat, or None where there is none.
+
+    Steal is the time a hypervisor ran another guest on this guest's virtual CPUs (the 8th field of
+    the `cpu` line, proc(5)).
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    values = [int(v) for v in fields[1:9]]
+    return values[7], sum(values)
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
+    """Percent of the host's CPU time stolen between two `cpu_times()` readings (NaN when unknown)."""
+    if before is None or after is None or after[1] - before[1] < STEAL_MIN_JIFFIES:
+        return math.nan
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
+# A measurement during which the hypervisor took more than this share of the CPUs is flagged: a
+# multi-threaded kernel loses more to it than the single-threaded copy it is compared with.
+# Windows shorter than STEAL_MIN_JIFFIES of CPU time (10 ms each) are too coarse to judge.
+STEAL_WARN_PCT = 5.0
+STEAL_MIN_JIFFIES = 10
+
+
 def median_iqr(samples: Iterable[float]) -> tuple[float, float]:
     q25, q50, q75 = np.percentile(np.asarray(list(samples)), [25, 50, 75])
     return float(q50), float(q75 - q25)
@@ -233,6 +263,7 @@ class Result:
     copy_gbps: float = math.nan
     pct_copy: float = math.nan
     ratio_to_fastest: float = math.nan
+    steal_pct: float = math.nan
     skipped: str = ""
 
     def row(self) -> dict[str, Any]:
@@ -279,8 +310,10 @@ def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None) -> list
                             if p.input_bytes not in copies:
                                 copies.clear()  # one pair of copy buffers alive at a time
                                 copies[p.input_bytes] = copy_call(p.input_bytes)
+                            before = cpu_times()
                             samples, copy_samples = time_paired(p.call, copies[p.input_bytes], backend.synchronize,
                                                                 repeats=plan.repeats, min_sample_s=plan.min_sample_s)
+                            r.steal_pct = steal_pct(before, cpu_times())
                             del p.call
                             r.median_s, r.iqr_s = median_iqr(samples)
                             r.repeats = len(samples)
@@ -300,7 +333,7 @@ def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None) -> list
 # ---------------------------------------------------------------------------- outputs
 
 CSV_FIELDS = ("norm", "pass", "backend", "dtype", "shape", "dims", "input_bytes", "bytes", "median_s", "iqr_s",
-              "repeats", "gbps", "copy_gbps", "pct_copy", "ratio_to_fastest", "skipped")
+              "repeats", "gbps", "copy_gbps", "pct_copy", "ratio_to_fastest", "steal_pct", "skipped")
 
 
 def write_csv(results: list[Result], path: Path) -> Path:
@@ -329,6 +362,17 @@ def results_table(results: list[Result], title: str = "normspec bench"):
         table.add_row(r.norm, r.pass_, r.dtype, r.shape, r.backend, f"{r.median_s * 1e3:.3f}", f"{r.iqr_s * 1e3:.3f}",
                       f"{r.gbps:.2f}", f"{r.pct_copy:.0f}%", f"{r.ratio_to_fastest:.2f}")
     return table
+
+
+def contention_warning(results: list[Result]) -> str | None:
+    """A line naming the measurements during which the host stole more than STEAL_WARN_PCT of the CPUs."""
+    hit = [r for r in results if not r.skipped and r.steal_pct > STEAL_WARN_PCT]
+    if not hit:
+        return None
+    worst = max(r.steal_pct for r in hit)
+    return (f"warning: the hypervisor took more than {STEAL_WARN_PCT:.0f}% of the CPUs (up to {worst:.0f}%) during "
+            f"{len(hit)} of {sum(not r.skipped for r in results)} measurements (steal_pct in the CSV); their % copy "
+            f"understates multi-threaded backends against the one-thread copy: rerun on a quieter host")
 
 
 def plot(results: list[Result], path: Path) -> Path:

@@ -5,6 +5,7 @@ No speed figure is asserted here: timings belong to benchmarks, not to unit test
 from __future__ import annotations
 
 import csv
+import math
 import importlib.util
 import shutil
 import subprocess
@@ -145,6 +146,20 @@ def test_bench_rows_take_their_copy_bandwidth_from_their_own_samples(monkeypatch
     expected = bench.copy_gbps(result.input_bytes, bench.median_iqr(seen[0])[0])
     assert result.copy_gbps == pytest.approx(expected)
     assert result.pct_copy == pytest.approx(100 * result.gbps / expected)
+
+
+def test_steal_time_is_measured_and_a_contended_run_is_flagged():
+    assert bench.steal_pct((10, 1000), (30, 1200)) == pytest.approx(10.0)
+    assert math.isnan(bench.steal_pct((10, 1000), (11, 1003)))  # too short a window to judge
+    assert math.isnan(bench.steal_pct(None, (30, 1200)))
+    if Path("/proc/stat").exists():
+        steal, total = bench.cpu_times()
+        assert 0 <= steal <= total
+    quiet = bench.Result("layer_norm", "forward", "numpy", "float32", "8x8", "8x8", 256, 512, steal_pct=1.0)
+    busy = bench.Result("layer_norm", "forward", "torch:cpu", "float32", "8x8", "8x8", 256, 512, steal_pct=30.0)
+    assert bench.contention_warning([quiet]) is None
+    warning = bench.contention_warning([quiet, busy])
+    assert "1 of 2 measurements" in warning and "30%" in warning
 
 
 def test_asv_suite_covers_the_registry():

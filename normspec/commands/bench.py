@@ -62,6 +62,9 @@ def cmd_bench(args) -> int:
         progress.update(task, advance=1)
     seconds = time.perf_counter() - start
     console.print(bench.results_table(results))
+    warning = bench.contention_warning(results)
+    if warning:
+        console.print(f"[yellow]{warning}[/]", highlight=False)
     out = Path(args.out)
     csv_path = bench.write_csv(results, out / "bench.csv")
     png_path = bench.plot(results, out / "bench.png")
