@@ -1,6 +1,6 @@
 """What a NumPy kernel can reach on this machine: the cost of each kind of pass over 64 MB.
 
-    python docs/speed/floors.py [--mb 64] [--tile-kib 256] [--row 1024] [--repeats 9]
+    python docs/speed/floors.py [--mb 64] [--tile-kib 256] [--row 1024] [--repeats 9]   (needs normspec installed)
 
 A normalization kernel written in NumPy (like `numpy:fast`) pays for one read of x from DRAM, one
 write of y to DRAM, and k passes over cache-resident tiles (ufuncs and BLAS calls), spread over
@@ -24,15 +24,26 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from normspec.bench import cpu_times, steal_pct
+
+STOLEN: list[float] = []  # the hypervisor's steal time during each timing, in percent
+
 
 def median_ms(call, repeats: int) -> float:
     call()
     samples = []
+    before = cpu_times()
     for _ in range(repeats):
         start = time.perf_counter()
         call()
         samples.append(time.perf_counter() - start)
+    STOLEN.append(steal_pct(before, cpu_times()))
     return 1e3 * float(np.median(samples))
+
+
+def steal_note() -> str:
+    stolen = STOLEN[-1] if STOLEN else float("nan")
+    return "" if stolen != stolen else f" {stolen:5.0f}%"
 
 
 def main() -> None:
@@ -91,22 +102,24 @@ def main() -> None:
     ]
     copy_ms = median_ms(dram[0][1], args.repeats)
     print(f"{args.mb} MiB float32, {args.tile_kib} KiB tiles, median of {args.repeats}")
-    print(f"{'DRAM':62s} {'ms':>8s} {'x copy':>7s}")
+    print(f"{'DRAM':62s} {'ms':>8s} {'x copy':>7s} {'steal':>6s}")
     times = {}
     for label, call in dram:
         times[label] = ms = copy_ms if call is dram[0][1] else median_ms(call, args.repeats)
-        print(f"{label:62s} {ms:8.2f} {ms / copy_ms:7.2f}")
+        print(f"{label:62s} {ms:8.2f} {ms / copy_ms:7.2f}{steal_note()}")
     print(f"{'in cache, one thread, over as many bytes as x':62s}")
     scalar_ms = None
     for label, call in in_cache:
         ms = median_ms(over_tiles(call), args.repeats)
         scalar_ms = scalar_ms or ms
-        print(f"{label:62s} {ms:8.2f} {ms / copy_ms:7.2f}")
+        print(f"{label:62s} {ms:8.2f} {ms / copy_ms:7.2f}{steal_note()}")
     tiny = np.ones(16, dtype=np.float32)
     call_us = 1e3 * median_ms(lambda: [np.multiply(tiny, 1.0, out=tiny) for _ in range(1000)], args.repeats)
     print(f"{'one ufunc call on 16 values (the per-call overhead), us':62s} {call_us / 1000:8.2f}")
     floor = times[dram[-1][0]]
     budget = 2 * (2 * copy_ms - floor)  # thread-ms of in-cache work left at 50% of copy, if it overlaps perfectly
+    print("steal: the share of the CPUs the hypervisor gave to other guests during that row (from /proc/stat);\n"
+          "where it is high, the two-thread rows say more about the neighbours than about the kernel.")
     print(f"50% of copy = {2 * copy_ms:.1f} ms. Above the two-thread floor ({floor:.1f} ms) that leaves at most "
           f"{max(budget, 0):.1f} thread-ms of in-cache work, about {max(budget, 0) / scalar_ms:.1f} scalar-operand passes.")
 
