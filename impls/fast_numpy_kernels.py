@@ -519,12 +519,13 @@ RESIDENT_BYTES = 2**20
 RESIDENT_MIN_ROW_BYTES = 256
 
 
-def _resident_groups(n: int, c: int, s: int, acc: np.dtype) -> list[tuple[int, int, int, int]] | None:
-    """Tiles (0, N, c0, c1) of whole channels within RESIDENT_BYTES, or None when a channel does not fit."""
-    per_channel = n * s * acc.itemsize
-    if per_channel > RESIDENT_BYTES or s * acc.itemsize < RESIDENT_MIN_ROW_BYTES:
+def _resident_groups(n: int, c: int, s: int, acc: np.dtype, buffers: int = 1) -> list[tuple[int, int, int, int]] | None:
+    """Tiles (0, N, c0, c1) of whole channels whose `buffers` gathered copies fit in RESIDENT_BYTES each
+    (the forward gathers x; the backward x and dy), or None when a channel does not fit."""
+    per_channel = n * s * acc.itemsize * buffers
+    if per_channel > RESIDENT_BYTES * buffers or s * acc.itemsize < RESIDENT_MIN_ROW_BYTES:
         return None
-    cb = max(1, RESIDENT_BYTES // per_channel)
+    cb = max(1, RESIDENT_BYTES * buffers // per_channel)
     return [(0, n, c0, min(c, c0 + cb)) for c0 in range(0, c, cb)]
 
 
@@ -690,17 +691,62 @@ def _running_update(inputs, params, mean, var, count):
     return new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
 
 
+def _resident_batch_norm_backward(x3, dy3, dx3, groups, gamma, eps, acc):
+    """The batch-statistics backward per group of whole channels: x and dy gathered once, dx written once.
+
+    Per channel, from the gathered x: its moments and xhat in place; from the gathered dy: sum dy
+    and sum dy xhat (two BLAS calls); then dx = gamma inv_std (dy - mean dy - xhat mean(dy xhat)).
+    """
+    n, c, s = x3.shape
+    count = n * s
+
+    def work(tile):
+        _, _, c0, c1 = tile
+        t = _scratch(5, (c1 - c0) * count, acc).reshape(c1 - c0, n, s)
+        np.copyto(t, x3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")
+        xhat = t.reshape(c1 - c0, count)
+        mean, m2 = row_moments(xhat)
+        inv_std = 1.0 / np.sqrt(m2 / count + eps)
+        np.subtract(xhat, mean.astype(acc)[:, None], out=xhat)
+        np.multiply(xhat, inv_std.astype(acc)[:, None], out=xhat)
+        g = _scratch(6, (c1 - c0) * count, acc).reshape(c1 - c0, n, s)
+        np.copyto(g, dy3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")
+        rows = g.reshape(c1 - c0, count)
+        sum_dy = row_sums(rows).astype(np.float64)
+        sum_dy_xhat = np.vecdot(rows, xhat).astype(np.float64)
+        np.multiply(xhat, (sum_dy_xhat / count).astype(acc)[:, None], out=xhat)
+        np.subtract(rows, xhat, out=rows)
+        np.subtract(rows, (sum_dy / count).astype(acc)[:, None], out=rows)
+        np.multiply(g, (gamma[c0:c1] * inv_std).astype(acc)[:, None, None],
+                    out=dx3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")
+        return sum_dy, sum_dy_xhat
+
+    parts = _map_tiles(work, groups, x3.nbytes)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def batch_norm_backward(inputs, params, dy):
-    """Batch statistics: dx = gamma inv_std (dy - mean dy - xhat mean(dy xhat)); eval: gamma inv_std dy."""
+    """Batch statistics: dx = gamma inv_std (dy - mean dy - xhat mean(dy xhat)); eval: gamma inv_std dy.
+
+    Whole channels whose x and dy fit in cache together are done group by group, reading x and dy
+    once (`_resident_batch_norm_backward`); otherwise a statistics pass, a pass for the two sums
+    and a pass for dx.
+    """
     x = inputs["x"]
     x3 = _bn_geometry(x)
     dy3 = np.ascontiguousarray(dy).reshape(x3.shape)
     acc = accumulation_dtype(x.dtype)
     n, c, s = x3.shape
-    mean, var, batch = _bn_statistics(x3, inputs, params)
-    inv_std = 1.0 / np.sqrt(var + params.get("eps", 1e-5))
     weight = inputs.get("weight")
     gamma = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64).reshape(-1)
+    groups = _resident_groups(n, c, s, acc, buffers=2) if _uses_batch_stats(inputs, params) else None
+    if groups is not None:
+        _check_batch_size(x3, inputs, params)
+        dx = new_output(x3.shape, x.dtype)
+        sum_dy, sum_dy_xhat = _resident_batch_norm_backward(x3, dy3, dx, groups, gamma, params.get("eps", 1e-5), acc)
+        return {"x": dx.reshape(x.shape), "weight": sum_dy_xhat, "bias": sum_dy}
+    mean, var, batch = _bn_statistics(x3, inputs, params)
+    inv_std = 1.0 / np.sqrt(var + params.get("eps", 1e-5))
     mean_a, inv_a = mean.astype(acc), inv_std.astype(acc)
     tiles = _channel_tiles(n, c, s, acc)
 

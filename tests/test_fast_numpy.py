@@ -39,8 +39,8 @@ def resident(request, monkeypatch):
     if request.param is not None:
         groups = k._resident_groups
 
-        def one_channel_groups(n, c, s, acc):
-            fits = groups(n, c, s, acc)
+        def one_channel_groups(n, c, s, acc, buffers=1):
+            fits = groups(n, c, s, acc, buffers)
             return None if fits is None else [(0, n, ch, ch + 1) for ch in range(c)]
 
         monkeypatch.setattr(k, "_resident_groups", one_channel_groups)
@@ -145,15 +145,20 @@ def test_batch_norm_resident_path_holds_every_property(fast, resident):
 
 def test_batch_norm_2d_activations_take_the_resident_path(monkeypatch):
     calls = []
-    resident = k._resident_batch_norm
-    monkeypatch.setattr(k, "_resident_batch_norm", lambda *a: calls.append(a[2]) or resident(*a))
+    for name, groups_at in (("_resident_batch_norm", 2), ("_resident_batch_norm_backward", 3)):
+        resident = getattr(k, name)
+        monkeypatch.setattr(k, name, lambda *a, f=resident, i=groups_at: calls.append(a[i]) or f(*a))
     x = np.random.default_rng(2).standard_normal((8, 6, 16, 16)).astype(np.float32)
     y = k.batch_norm_forward({"x": x}, {"training": True})["y"]
-    assert calls and sorted(c for g in calls[0] for c in range(g[2], g[3])) == list(range(6))
+    grads = k.batch_norm_backward({"x": x}, {"training": True}, np.ones_like(x))
+    assert len(calls) == 2 and all(sorted(c for g in gs for c in range(g[2], g[3])) == list(range(6)) for gs in calls)
     np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, rtol=1e-3)
+    np.testing.assert_allclose(grads["x"], 0, atol=1e-5)  # a constant dy has no gradient through the batch moments
     calls.clear()
-    k.batch_norm_forward({"x": x.reshape(8, -1)}, {"training": True})  # BatchNorm1d: strided columns, two passes
+    x1 = x.reshape(8, -1)  # BatchNorm1d: strided columns, two passes
+    k.batch_norm_forward({"x": x1}, {"training": True})
+    k.batch_norm_backward({"x": x1}, {"training": True}, np.ones_like(x1))
     assert not calls
 
 
@@ -222,3 +227,18 @@ def test_row_buffering_changes_no_result_and_leaks_nowhere(threads, monkeypatch)
     monkeypatch.setattr(k, "row_buffering", lambda row: contextlib.nullcontext())
     for a, b_ in zip(capped, outputs()):
         np.testing.assert_array_equal(a, b_)
+
+
+def test_resident_backward_with_statistics_detached_is_rejected(fast, resident, monkeypatch):
+    """dx = gamma inv_std dy in training (the batch moments treated as constants) must be caught."""
+    real = k._resident_batch_norm_backward
+
+    def detached(x3, dy3, dx3, groups, gamma, eps, acc):
+        sums = real(x3, dy3, dx3, groups, gamma, eps, acc)
+        var = x3.astype(np.float64).var(axis=(0, 2))
+        dx3[...] = (gamma / np.sqrt(var + eps))[None, :, None] * dy3
+        return sums
+
+    monkeypatch.setattr(k, "_resident_batch_norm_backward", detached)
+    verdict = run_property(PROPERTIES["backward_matches_spec"], get_norm("batch_norm"), fast, "ci")
+    assert verdict.status == "failed", verdict
