@@ -353,14 +353,17 @@ def results_table(results: list[Result], title: str = "normspec bench"):
     table = Table(title=title)
     for name, justify in [("norm", "left"), ("pass", "left"), ("dtype", "left"), ("shape", "left"),
                           ("backend", "left"), ("median ms", "right"), ("IQR ms", "right"), ("GB/s", "right"),
-                          ("% copy", "right"), ("x fastest", "right")]:
+                          ("% copy", "right"), ("x fastest", "right"), ("steal", "right")]:
         table.add_column(name, justify=justify)
     for r in results:
         if r.skipped:
-            table.add_row(r.norm, r.pass_, r.dtype, r.shape, r.backend, "[dim]skipped[/]", "", "", "", "")
+            table.add_row(r.norm, r.pass_, r.dtype, r.shape, r.backend, "[dim]skipped[/]", "", "", "", "", "")
             continue
+        steal = "" if math.isnan(r.steal_pct) else f"{r.steal_pct:.0f}%"
+        if r.steal_pct > STEAL_WARN_PCT:
+            steal = f"[yellow]{steal}[/]"
         table.add_row(r.norm, r.pass_, r.dtype, r.shape, r.backend, f"{r.median_s * 1e3:.3f}", f"{r.iqr_s * 1e3:.3f}",
-                      f"{r.gbps:.2f}", f"{r.pct_copy:.0f}%", f"{r.ratio_to_fastest:.2f}")
+                      f"{r.gbps:.2f}", f"{r.pct_copy:.0f}%", f"{r.ratio_to_fastest:.2f}", steal)
     return table
 
 
