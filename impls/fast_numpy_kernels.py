@@ -437,10 +437,8 @@ def _channel_sum(t: np.ndarray) -> np.ndarray:
 
 def _channel_dot(a: np.ndarray, b: np.ndarray, slot: int) -> np.ndarray:
     """Per-channel sum of a * b for (na, nc, ns) tiles (row dot products, then a sum over na)."""
-    if a.shape[2] == 1:  # (na, nc, 1): BatchNorm1d on (N, C); multiply in cache, sum columns by BLAS
-        prod = _work(slot, a)
-        np.multiply(a, b, out=prod)
-        return _channel_sum(prod)
+    if a.shape[2] == 1:  # (na, nc, 1): BatchNorm1d on (N, C); column sums of products, no temporary
+        return np.einsum("ij,ij->j", a[:, :, 0], b[:, :, 0])
     dots = np.vecdot(a, b)  # (na, nc)
     return dots[0] if a.shape[0] == 1 else np.matmul(_ones(a.shape[0], dots.dtype), dots)
 
