@@ -73,11 +73,9 @@ class Roofline(_Base):
     track_forward_gbps.unit = "GB/s"
 
     def track_forward_pct_of_copy(self, *args):
-        """GB/s over np.copyto's, their samples taken alternately (bench.time_paired)."""
-        samples, copy_samples = common.bench.time_paired(self.p.call, common.bench.copy_call(self.p.input_bytes),
-                                                         self.p.backend.synchronize, repeats=3, min_sample_s=0.01)
-        seconds, copy_seconds = common.bench.median_iqr(samples)[0], common.bench.median_iqr(copy_samples)[0]
-        gbps = self.p.bytes / seconds / 1e9
-        return 100.0 * gbps / common.bench.copy_gbps(self.p.input_bytes, copy_seconds)
+        """GB/s over np.copyto's, their samples taken alternately (bench.time_against_copy)."""
+        samples, copy_gbps = common.bench.time_against_copy(self.p, common.bench.copy_call(self.p.input_bytes),
+                                                            repeats=3, min_sample_s=0.01)
+        return 100.0 * self.p.bytes / common.bench.median_iqr(samples)[0] / 1e9 / copy_gbps
 
     track_forward_pct_of_copy.unit = "% of np.copyto GB/s"

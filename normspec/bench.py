@@ -238,10 +238,12 @@ def copy_gbps(nbytes: int, seconds: float) -> float:
     return 2 * max(nbytes, 1) / seconds / 1e9
 
 
-def copy_bandwidth(nbytes: int, repeats: int = 5) -> float:
-    """GB/s of np.copyto between two preallocated arrays of `nbytes` (one read + one write per byte)."""
-    seconds, _ = median_iqr(time_call(copy_call(nbytes), repeats=repeats))
-    return copy_gbps(nbytes, seconds)
+def time_against_copy(p: Prepared, copy: Callable[[], None], *, repeats: int = 5,
+                      min_sample_s: float = 0.02) -> tuple[list[float], float]:
+    """(the prepared call's samples, np.copyto's GB/s from the samples paired with them)."""
+    samples, copy_samples = time_paired(p.call, copy, p.backend.synchronize, repeats=repeats,
+                                        min_sample_s=min_sample_s)
+    return samples, copy_gbps(p.input_bytes, median_iqr(copy_samples)[0])
 
 
 # ---------------------------------------------------------------------------- the run
@@ -311,15 +313,14 @@ def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None) -> list
                                 copies.clear()  # one pair of copy buffers alive at a time
                                 copies[p.input_bytes] = copy_call(p.input_bytes)
                             before = cpu_times()
-                            samples, copy_samples = time_paired(p.call, copies[p.input_bytes], backend.synchronize,
-                                                                repeats=plan.repeats, min_sample_s=plan.min_sample_s)
+                            samples, r.copy_gbps = time_against_copy(p, copies[p.input_bytes], repeats=plan.repeats,
+                                                                     min_sample_s=plan.min_sample_s)
                             r.steal_pct = steal_pct(before, cpu_times())
                             del p.call
                             r.median_s, r.iqr_s = median_iqr(samples)
                             r.repeats = len(samples)
                             r.bytes, r.input_bytes = p.bytes, p.input_bytes
                             r.gbps = p.bytes / r.median_s / 1e9
-                            r.copy_gbps = copy_gbps(p.input_bytes, median_iqr(copy_samples)[0])
                             r.pct_copy = 100.0 * r.gbps / r.copy_gbps
                         group.append(r)
                     timed = [g.median_s for g in group if not g.skipped]

@@ -19,26 +19,20 @@ numpy:fast does while its tiles run).
 from __future__ import annotations
 
 import argparse
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from normspec.bench import cpu_times, steal_pct
+from normspec.bench import cpu_times, median_iqr, steal_pct, time_call
 
 STOLEN: list[float] = []  # the hypervisor's steal time during each timing, in percent
 
 
 def median_ms(call, repeats: int) -> float:
-    call()
-    samples = []
     before = cpu_times()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
+    seconds, _ = median_iqr(time_call(call, repeats=repeats, min_sample_s=0.0))
     STOLEN.append(steal_pct(before, cpu_times()))
-    return 1e3 * float(np.median(samples))
+    return 1e3 * seconds
 
 
 def steal_note() -> str:
