@@ -142,15 +142,15 @@ def accumulation_dtype(dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
 
 
-_ONES: dict[tuple[int, str], np.ndarray] = {}
+_ONES: dict[tuple[int, str, float], np.ndarray] = {}
 
 
-def _ones(n: int, dtype: np.dtype) -> np.ndarray:
-    """A read-only ones vector for BLAS sums, made once per (length, dtype)."""
-    key = (n, np.dtype(dtype).str)
+def _ones(n: int, dtype: np.dtype, value: float = 1.0) -> np.ndarray:
+    """A read-only vector of n copies of `value` (1 by default) for BLAS sums, made once per key."""
+    key = (n, np.dtype(dtype).str, value)
     ones = _ONES.get(key)
     if ones is None:
-        ones = np.ones(n, dtype=dtype)
+        ones = np.full(n, value, dtype=dtype)
         ones.flags.writeable = False
         if len(_ONES) < 64:
             _ONES[key] = ones
@@ -186,10 +186,18 @@ _UNIT_ROUNDOFF = {np.dtype(t).str: _unit_roundoff(t) for t in (np.float16, np.fl
 
 
 def _exact_constant_rows(tile: np.ndarray, mean: np.ndarray, sq: np.ndarray, centred: np.ndarray, count: int) -> None:
-    """Rows of `tile` whose values are all equal get mean = that value, zero centred values and sq."""
+    """Rows of `tile` whose values are all equal get mean = that value, zero centred values and sq.
+
+    Candidates are rows with sq <= c mean^2, c = count (CONSTANT_SLACK u)^2. Since every mean^2 is at
+    most sum(mean^2), a tile whose smallest sq exceeds c sum(mean^2) has none: two small calls
+    settle the usual case (NaN or overflow in either falls through to the row-by-row test).
+    """
     u = _UNIT_ROUNDOFF.get(centred.dtype.str) or _unit_roundoff(centred.dtype)
+    c = count * (CONSTANT_SLACK * u) ** 2
+    if sq.min() > c * float(np.vecdot(mean, mean)):
+        return
     threshold = np.multiply(mean, mean)
-    threshold *= count * (CONSTANT_SLACK * u) ** 2
+    threshold *= c
     for r in np.flatnonzero(sq <= threshold):
         row = tile[r]
         lo = row.min()
@@ -205,15 +213,16 @@ def _exact_constant_rows(tile: np.ndarray, mean: np.ndarray, sq: np.ndarray, cen
 SUM_CHUNK = 4096
 
 
-def row_sums(t: np.ndarray) -> np.ndarray:
-    """Sums of the rows of a contiguous (rows, k) array, in its dtype (BLAS matrix-vector products)."""
+def row_sums(t: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Sums of the rows of a contiguous (rows, k) array times `scale`, in its dtype (BLAS
+    matrix-vector products; scale=1/k gives the means without a separate division)."""
     rows, k = t.shape
     if k > 2 * SUM_CHUNK:
         chunk = next((d for d in range(SUM_CHUNK, SUM_CHUNK // 4, -1) if k % d == 0), None)
         if chunk is not None:
-            parts = np.matmul(t.reshape(-1, chunk), _ones(chunk, t.dtype)).reshape(rows, -1)
+            parts = np.matmul(t.reshape(-1, chunk), _ones(chunk, t.dtype, scale)).reshape(rows, -1)
             return np.matmul(parts, _ones(parts.shape[1], t.dtype))
-    return np.matmul(t, _ones(k, t.dtype))
+    return np.matmul(t, _ones(k, t.dtype, scale))
 
 
 # ------------------------------------------------------------------ row-wise: LayerNorm, RMSNorm
@@ -243,8 +252,7 @@ def _add_column_sums(total: np.ndarray, w: np.ndarray) -> None:
 def row_stats_tile(t: np.ndarray, centred: np.ndarray):
     """(mean, inv_std numerator: sum of squared deviations) per row of tile `t`; t - mean left in `centred`."""
     m = t.shape[1]
-    mean = row_sums(t)
-    mean /= m
+    mean = row_sums(t, 1.0 / m)
     np.subtract(t, mean[:, None], out=centred)
     sq = np.vecdot(centred, centred)
     _exact_constant_rows(t, mean, sq, centred, m)
@@ -252,9 +260,37 @@ def row_stats_tile(t: np.ndarray, centred: np.ndarray):
 
 
 def _inv_std(sq: np.ndarray, m: int, eps) -> np.ndarray:
-    sq /= m
-    sq += eps
-    return np.reciprocal(np.sqrt(sq, out=sq), out=sq)
+    """1 / sqrt(sq / m + eps), in place, as sqrt(m) / sqrt(sq + m eps): three small ufuncs."""
+    sq += m * eps
+    np.sqrt(sq, out=sq)
+    return np.divide(sq.dtype.type(math.sqrt(m)), sq, out=sq)
+
+
+# NumPy's iterator pays about 0.1 us per row it steps over, which on 1024-wide rows makes a
+# per-column ufunc (t * gamma) 40% dearer than a scalar one. Per-column vectors repeated k times
+# let such ufuncs run over k consecutive rows as one row of k * m values.
+LONG_ROW = 8192
+
+
+class _Columns:
+    """Per-column vectors (gamma, beta; None for absent) of rows of length m, with their k-fold
+    repeats for views of k rows as one."""
+
+    def __init__(self, m: int, *vectors):
+        self.m, self.k = m, max(1, LONG_ROW // m)
+        self.vectors = vectors
+        self.repeated = tuple(None if v is None or self.k == 1 else np.tile(v, self.k) for v in vectors)
+
+    def parts(self, *tiles):
+        """[(views of `tiles`, vectors)]: their rows in multiples of k as (rows / k, k m), then the rest."""
+        rows = tiles[0].shape[0]
+        head = rows - rows % self.k if self.k > 1 else 0
+        out = []
+        if head:
+            out.append(([t[:head].reshape(head // self.k, self.k * self.m) for t in tiles], self.repeated))
+        if head < rows:
+            out.append(([t[head:] for t in tiles], self.vectors))
+        return out
 
 
 def layer_norm_forward(x, weight, bias, normalized_shape, eps):
@@ -266,6 +302,7 @@ def layer_norm_forward(x, weight, bias, normalized_shape, eps):
     gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
     beta = None if bias is None else np.ascontiguousarray(bias, dtype=acc).reshape(m)
     eps = acc.type(eps)
+    columns = _Columns(m, gamma, beta)
 
     def work(rows):
         t = _load(x2[rows[0]:rows[1]], 0, acc)
@@ -273,20 +310,23 @@ def layer_norm_forward(x, weight, bias, normalized_shape, eps):
         d = out if out.dtype == acc else _work(1, t)  # centre straight into the output tile
         _, sq = row_stats_tile(t, d)
         np.multiply(d, _inv_std(sq, m, eps)[:, None], out=d)
-        _affine_rows_out(d, gamma, beta, out)
+        _affine_rows_out(d, columns, out)
 
     _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes, row=m)
     return y.reshape(x.shape)
 
 
-def _affine_rows_out(d, gamma, beta, out):
-    """out = d * gamma + beta (either optional), d modified in place, written once into `out`."""
-    if gamma is not None:
-        np.multiply(d, gamma, out=d)
-    if beta is not None:
-        np.add(d, beta, out=out, casting="unsafe")
-    elif d is not out:
-        np.copyto(out, d, casting="unsafe")
+def _affine_rows_out(d, columns: _Columns, out):
+    """out = d * gamma + beta (either optional, as `columns` holds them), d modified in place,
+    written once into `out`."""
+    separate = d is not out
+    for (dv, ov), (gamma, beta) in columns.parts(d, out):
+        if gamma is not None:
+            np.multiply(dv, gamma, out=dv)
+        if beta is not None:
+            np.add(dv, beta, out=ov, casting="unsafe")
+        elif separate:
+            np.copyto(ov, dv, casting="unsafe")
 
 
 def layer_norm_backward(x, weight, dy, normalized_shape, eps):
@@ -347,6 +387,7 @@ def rms_norm_forward(x, weight, normalized_shape, eps):
     y = new_output(x2.shape, x.dtype)
     gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
     eps = acc.type(rms_eps(eps, acc))
+    columns = _Columns(m, gamma, None)
 
     def work(rows):
         t = _load(x2[rows[0]:rows[1]], 0, acc)
@@ -354,12 +395,11 @@ def rms_norm_forward(x, weight, normalized_shape, eps):
         out = y[rows[0]:rows[1]]
         if acc == x.dtype:  # scale straight into the output, finish the affine there while it is in cache
             np.multiply(t, inv, out=out)
-            if gamma is not None:
-                np.multiply(out, gamma, out=out)
+            _affine_rows_out(out, columns, out)
         else:
             d = _work(1, t)
             np.multiply(t, inv, out=d)
-            _affine_rows_out(d, gamma, None, out)
+            _affine_rows_out(d, columns, out)
 
     _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes, row=m)
     return y.reshape(x.shape)
@@ -575,16 +615,21 @@ def folded_affine(mean, var, weight, bias, eps, batch: bool):
     error, u (|x scale| + |mean scale| + |beta|), is within the error model's |mean|/s term. Batch
     channels whose variance is exactly 0 (all values equal: `channel_moments` gives their exact
     mean) get scale 0 and shift beta, so they come out exactly beta, as x - mean = 0 would give
-    (the folded form alone does not: pytorch#5410).
+    (the folded form alone does not: pytorch#5410). Called once per channel group, so it keeps
+    to a few small ufuncs.
     """
-    c = mean.shape[0]
-    gamma = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64).reshape(-1)
-    beta = np.zeros(c) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
-    scale = gamma / np.sqrt(var + eps)
-    shift = beta - mean * scale
+    scale = np.sqrt(var + eps)
+    np.divide(1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(-1), scale, out=scale)
+    shift = np.multiply(mean, scale)
+    if bias is None:
+        np.negative(shift, out=shift)
+    else:
+        np.subtract(np.asarray(bias, dtype=np.float64).reshape(-1), shift, out=shift)
     if batch:
-        constant = var == 0
-        scale[constant], shift[constant] = 0.0, beta[constant]
+        constant = np.flatnonzero(var == 0)
+        if constant.size:
+            scale[constant] = 0.0
+            shift[constant] = 0.0 if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)[constant]
     return scale, shift
 
 
@@ -621,7 +666,9 @@ def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
     """Batch statistics and normalization per group of whole channels, each group read from DRAM once.
 
     The group is gathered channel-major, (channels, N, S), so each channel is one contiguous row of
-    N * S values: its moments are two BLAS calls and its affine map two scalar-operand ufuncs.
+    N * S values: its moments are two BLAS calls and its affine map two scalar-operand ufuncs, in
+    place. The result is copied out row by row: memcpy's string stores write y without first
+    reading it into cache, which a ufunc writing y directly would (read-for-ownership).
     """
     n, c, s = x3.shape
     count = n * s
@@ -632,12 +679,12 @@ def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
         np.copyto(t, x3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")  # the gather: the only read of x
         rows = t.reshape(c1 - c0, count)
         mean, m2 = row_moments(rows)
-        var = m2 / count
+        var = np.divide(m2, count, out=m2)
         scale, shift = folded_affine(mean, var, None if weight is None else weight[c0:c1],
                                      None if bias is None else bias[c0:c1], eps, True)
         np.multiply(rows, scale.astype(acc)[:, None], out=rows)
-        out = y3[:, c0:c1].transpose(1, 0, 2)
-        np.add(t, shift.astype(acc)[:, None, None], out=out, casting="unsafe")  # the only write of y
+        np.add(rows, shift.astype(acc)[:, None], out=rows)
+        np.copyto(y3[:, c0:c1].transpose(1, 0, 2), t, casting="unsafe")  # the only write of y
         return mean, var
 
     parts = _map_tiles(work, groups, x3.nbytes)
