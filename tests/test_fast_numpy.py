@@ -242,3 +242,48 @@ def test_resident_backward_with_statistics_detached_is_rejected(fast, resident, 
     monkeypatch.setattr(k, "_resident_batch_norm_backward", detached)
     verdict = run_property(PROPERTIES["backward_matches_spec"], get_norm("batch_norm"), fast, "ci")
     assert verdict.status == "failed", verdict
+
+
+@pytest.mark.parametrize("shape", [(259, 1024), (300, 64), (3, 5, 48), (5, 10000)])
+def test_per_column_ufuncs_over_k_rows_change_no_result(shape, monkeypatch):
+    """gamma and beta applied over k rows at once (then the ragged rest) give bitwise the row-by-row result."""
+    rng = np.random.default_rng(6)
+    m = shape[-1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    w, b = rng.uniform(0.5, 2, m).astype(np.float32), rng.normal(size=m).astype(np.float32)
+    x16 = x.astype(np.float16)
+
+    def outputs():
+        return (k.layer_norm_forward(x, w, b, (m,), 1e-5).copy(), k.rms_norm_forward(x, w, (m,), None).copy(),
+                k.layer_norm_forward(x16, w, b, (m,), 1e-5).copy(), k.layer_norm_forward(x, None, b, (m,), 1e-5).copy())
+
+    columns = k._Columns(m, w, b)
+    rows = int(np.prod(shape[:-1]))
+    assert [p[0][0].shape for p in columns.parts(np.empty((rows, m)))] == (
+        [(rows // columns.k, columns.k * m)] * (rows >= columns.k) + [(rows % columns.k, m)] * (rows % columns.k > 0))
+    long_rows = outputs()
+    monkeypatch.setattr(k, "LONG_ROW", 1)
+    for a, b_ in zip(long_rows, outputs()):
+        np.testing.assert_array_equal(a, b_)
+
+
+def test_constant_row_pre_test_lets_every_constant_row_through():
+    """The two-call pre-test may only skip tiles that have no candidate row: a constant row among
+    spread ones, with a large mean (the case where an inexact mean matters most), still gets exact values."""
+    rng = np.random.default_rng(7)
+    t = rng.standard_normal((8, 1000)).astype(np.float32)
+    t[3] = 1234.5678
+    mean = k.row_sums(t, 1 / 1000)
+    centred = t - mean[:, None]
+    assert centred[3].any()  # the BLAS mean of the constant row is inexact: the case needs the fix
+    sq = np.vecdot(centred, centred)
+    k._exact_constant_rows(t, mean, sq, centred, 1000)
+    assert mean[3] == np.float32(1234.5678) and sq[3] == 0 and not centred[3].any()
+    assert (sq[np.arange(8) != 3] > 100).all()  # the spread rows are left alone
+
+
+def test_skipping_the_constant_row_check_is_rejected(fast, monkeypatch):
+    """Without the exact mean of constant rows, x - mean is rounding noise scaled by 1/sqrt(eps), not 0."""
+    monkeypatch.setattr(k, "_exact_constant_rows", lambda tile, mean, sq, centred, count: None)
+    verdict = run_property(PROPERTIES["constant_group_gives_beta"], get_norm("layer_norm"), fast, "ci")
+    assert verdict.status == "failed", verdict
