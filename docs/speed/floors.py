@@ -6,7 +6,9 @@ A normalization kernel written in NumPy (like `numpy:fast`) pays for one read of
 write of y to DRAM, and k passes over cache-resident tiles (ufuncs and BLAS calls), spread over
 the threads. This script times each of those alone, over as many bytes as the input, next to
 `np.copyto` of the whole array (the bench's yardstick), and prints the pass budget that is left
-for a kernel to reach 50% of copy, so that a design can be costed before it is written.
+for a kernel to reach 50% of copy, so that a design can be costed before it is written. Last, it
+times numpy:fast's own LayerNorm, RMSNorm and BatchNorm2d forward on one thread and on all of them:
+half the one-thread time is what perfect two-thread scaling would give, next to the 50% target.
 
 Two effects set the ceiling. np.copyto of a large array uses non-temporal stores (no read for
 ownership of the destination); a tile written by a ufunc or a per-tile copy cannot, so DRAM
@@ -24,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from normspec.bench import cpu_times, median_iqr, steal_pct, time_call
+from normspec.impls import fast_numpy_kernels
 
 STOLEN: list[float] = []  # the hypervisor's steal time during each timing, in percent
 
@@ -116,6 +119,32 @@ def main() -> None:
           "where it is high, the two-thread rows say more about the neighbours than about the kernel.")
     print(f"50% of copy = {2 * copy_ms:.1f} ms. Above the two-thread floor ({floor:.1f} ms) that leaves at most "
           f"{max(budget, 0):.1f} thread-ms of in-cache work, about {max(budget, 0) / scalar_ms:.1f} scalar-operand passes.")
+    kernels_against_target(x, args.repeats)
+
+
+def kernels_against_target(x: np.ndarray, repeats: int) -> None:
+    """numpy:fast forward on one thread and on all, each next to a copy of the same array."""
+    k = fast_numpy_kernels
+    tokens = x.reshape(-1, 1024)
+    cnn = x.reshape(-1, 64, 64, 64)
+    gamma, beta = np.full(1024, 1.5, np.float32), np.full(1024, 0.25, np.float32)
+    cases = [("LayerNorm, (tokens, 1024)", lambda: k.layer_norm_forward(tokens, gamma, beta, (1024,), 1e-5)),
+             ("RMSNorm, (tokens, 1024)", lambda: k.rms_norm_forward(tokens, gamma, (1024,), None)),
+             ("BatchNorm2d, (N, 64, 64, 64)", lambda: k.batch_norm_forward({"x": cnn}, {"training": True}))]
+    y = np.empty_like(x)
+    threads = k.THREADS
+    print(f"numpy:fast forward, {x.nbytes // 2**20} MiB float32{'':17s} {'1 thread':>9s} {f'{threads} threads':>10s} "
+          f"{'best':>6s} {'50%':>6s}  (ms; best = 1 thread / {threads}; 50% = 2 x copy, copy timed alongside)")
+    try:
+        for label, call in cases:
+            copy_ms = median_ms(lambda: np.copyto(y, x), repeats)
+            k.THREADS = 1
+            one = median_ms(call, repeats)
+            k.THREADS = threads
+            many = median_ms(call, repeats)
+            print(f"{label:50s} {one:9.1f} {many:10.1f} {one / threads:6.1f} {2 * copy_ms:6.1f}{steal_note()}")
+    finally:
+        k.THREADS = threads
 
 
 if __name__ == "__main__":
