@@ -134,7 +134,7 @@ def kernels_against_target(x: np.ndarray, repeats: int) -> None:
     y = np.empty_like(x)
     threads = k.THREADS
     print(f"numpy:fast forward, {x.nbytes // 2**20} MiB float32{'':17s} {'1 thread':>9s} {f'{threads} threads':>10s} "
-          f"{'best':>6s} {'50%':>6s}  (ms; best = 1 thread / {threads}; 50% = 2 x copy, copy timed alongside)")
+          f"{'best':>6s} {'50%':>6s} {'steal':>6s}")
     try:
         for label, call in cases:
             copy_ms = median_ms(lambda: np.copyto(y, x), repeats)
@@ -145,6 +145,8 @@ def kernels_against_target(x: np.ndarray, repeats: int) -> None:
             print(f"{label:50s} {one:9.1f} {many:10.1f} {one / threads:6.1f} {2 * copy_ms:6.1f}{steal_note()}")
     finally:
         k.THREADS = threads
+    print(f"ms; best = the one-thread time / {threads}, what perfect scaling would give; 50% = twice a copy of the\n"
+          f"same array timed just before; steal during the {threads}-thread timing.")
 
 
 if __name__ == "__main__":
