@@ -52,23 +52,33 @@ _local = threading.local()
 def _map_tiles(work, tiles, nbytes: int, row: int | None = None) -> list:
     """[work(tile) for tile in tiles], on THREADS threads when the input is large enough.
 
-    `row` is the length of the tiles' contiguous rows: the ufunc buffer is capped at it while the
-    tiles run (`row_buffering`).
+    Threads take the next tile as they finish one (the calling thread is one of them), so a CPU
+    the hypervisor lends elsewhere for a while delays only the tile it holds; a fixed split would
+    leave the other threads idle at the end. Results keep tile order. `row` is the length of the
+    tiles' contiguous rows: the ufunc buffer is capped at it while the tiles run (`row_buffering`).
     """
     global _executor
     tiles = list(tiles)
-
-    def run(chunk):
-        with row_buffering(row):
-            return [work(t) for t in chunk]
-
     if THREADS == 1 or len(tiles) < 2 or nbytes < PARALLEL_MIN_BYTES:
-        return run(tiles)
+        with row_buffering(row):
+            return [work(t) for t in tiles]
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="normspec-fast")
-    per = -(-len(tiles) // THREADS)  # contiguous runs of tiles: each thread streams its own region
-    chunks = [tiles[i:i + per] for i in range(0, len(tiles), per)]
-    return [r for part in _executor.map(run, chunks) for r in part]
+        _executor = ThreadPoolExecutor(max_workers=THREADS - 1, thread_name_prefix="normspec-fast")
+    results: list = [None] * len(tiles)
+    order = iter(range(len(tiles)))  # shared; next() on it is atomic under the GIL
+
+    def run():
+        with row_buffering(row):
+            for i in order:
+                results[i] = work(tiles[i])
+
+    helpers = [_executor.submit(run) for _ in range(min(THREADS, len(tiles)) - 1)]
+    try:
+        run()
+    finally:
+        for done in helpers:
+            done.result()
+    return results
 
 
 # NumPy's buffered ufunc iterator grows its inner loop across rows shorter than the ufunc buffer
