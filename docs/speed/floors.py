@@ -7,8 +7,9 @@ write of y to DRAM, and k passes over cache-resident tiles (ufuncs and BLAS call
 the threads. This script times each of those alone, over as many bytes as the input, next to
 `np.copyto` of the whole array (the bench's yardstick), and prints the pass budget that is left
 for a kernel to reach 50% of copy, so that a design can be costed before it is written. Last, it
-times numpy:fast's own LayerNorm, RMSNorm and BatchNorm2d forward on one thread and on all of them:
-half the one-thread time is what perfect two-thread scaling would give, next to the 50% target.
+times numpy:fast's own LayerNorm, RMSNorm and BatchNorm2d forward on one thread and on all of them
+(half the one-thread time is what perfect two-thread scaling would give, next to the 50% target),
+and LayerNorm once more as two forked processes on the two halves of the rows, which share no GIL.
 
 Two effects set the ceiling. np.copyto of a large array uses non-temporal stores (no read for
 ownership of the destination); a tile written by a ufunc or a per-tile copy cannot, so DRAM
@@ -21,6 +22,9 @@ numpy:fast does while its tiles run).
 from __future__ import annotations
 
 import argparse
+import mmap
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -120,6 +124,7 @@ def main() -> None:
     print(f"50% of copy = {2 * copy_ms:.1f} ms. Above the two-thread floor ({floor:.1f} ms) that leaves at most "
           f"{max(budget, 0):.1f} thread-ms of in-cache work, about {max(budget, 0) / scalar_ms:.1f} scalar-operand passes.")
     kernels_against_target(x, args.repeats)
+    threads_against_processes(x, args.repeats)
 
 
 def kernels_against_target(x: np.ndarray, repeats: int) -> None:
@@ -147,6 +152,56 @@ def kernels_against_target(x: np.ndarray, repeats: int) -> None:
         k.THREADS = threads
     print(f"ms; best = the one-thread time / {threads}, what perfect scaling would give; 50% = twice a copy of the\n"
           f"same array timed just before; steal during the {threads}-thread timing.")
+
+
+def threads_against_processes(x: np.ndarray, repeats: int) -> None:
+    """numpy:fast LayerNorm forward on two threads, then as two forked processes, each normalizing
+    half the rows into shared memory: the difference is what the threads lose to the GIL."""
+    k = fast_numpy_kernels
+    if not hasattr(os, "fork") or k.THREADS != 2:
+        return
+    rows = x.size // 1024
+    shared = [np.frombuffer(mmap.mmap(-1, x.nbytes), dtype=np.float32).reshape(rows, 1024) for _ in range(2)]
+    xs, ys = shared
+    xs[...] = x.reshape(rows, 1024)
+    ys[...] = 0
+    gamma, beta = np.full(1024, 1.5, np.float32), np.full(1024, 0.25, np.float32)
+    threads_ms = median_ms(lambda: k.layer_norm_forward(xs, gamma, beta, (1024,), 1e-5), repeats)
+
+    def child(half: int, ready: int, go: int, done: int) -> None:
+        part = slice(half * rows // 2, (half + 1) * rows // 2)
+        k.THREADS = 1
+        k.new_output = lambda shape, dtype: ys[part]  # this process's half of the shared output
+        k.layer_norm_forward(xs[part], gamma, beta, (1024,), 1e-5)  # warm its scratch buffers
+        os.write(ready, b"r")
+        os.read(go, 1)
+        k.layer_norm_forward(xs[part], gamma, beta, (1024,), 1e-5)
+        os.write(done, b"d")
+
+    samples = []
+    for _ in range(repeats):
+        (ready_r, ready_w), (go_r, go_w), (done_r, done_w) = os.pipe(), os.pipe(), os.pipe()
+        pids = []
+        for half in (0, 1):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    child(half, ready_w, go_r, done_w)
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        os.read(ready_r, 1), os.read(ready_r, 1)
+        start = time.perf_counter()
+        os.write(go_w, b"gg")
+        os.read(done_r, 1), os.read(done_r, 1)
+        samples.append(time.perf_counter() - start)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, go_r, go_w, done_r, done_w):
+            os.close(fd)
+    processes_ms = 1e3 * float(np.median(samples))
+    print(f"LayerNorm forward on 2 threads {threads_ms:.1f} ms; as 2 processes on the halves of the rows "
+          f"{processes_ms:.1f} ms (no shared GIL)")
 
 
 if __name__ == "__main__":
