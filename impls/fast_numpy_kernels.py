@@ -196,20 +196,28 @@ def _unit_roundoff(dtype) -> float:
 _UNIT_ROUNDOFF = {np.dtype(t).str: _unit_roundoff(t) for t in (np.float16, np.float32, np.float64)}
 
 
-def _exact_constant_rows(tile: np.ndarray, mean: np.ndarray, sq: np.ndarray, centred: np.ndarray, count: int) -> None:
-    """Rows of `tile` whose values are all equal get mean = that value, zero centred values and sq.
+def constant_row_candidates(mean: np.ndarray, sq: np.ndarray, count: int) -> np.ndarray:
+    """Rows that may hold one value repeated: sq <= c mean^2, c = count (CONSTANT_SLACK u)^2.
 
-    Candidates are rows with sq <= c mean^2, c = count (CONSTANT_SLACK u)^2. Since every mean^2 is at
-    most sum(mean^2), a tile whose smallest sq exceeds c sum(mean^2) has none: two small calls
-    settle the usual case (NaN or overflow in either falls through to the row-by-row test).
+    Every mean^2 is at most sum(mean^2), so when the smallest sq exceeds c sum(mean^2) there are
+    none: two small calls settle the usual case (NaN or overflow in either falls through to the
+    row-by-row test).
     """
-    u = _UNIT_ROUNDOFF.get(centred.dtype.str) or _unit_roundoff(centred.dtype)
+    u = _UNIT_ROUNDOFF.get(sq.dtype.str) or _unit_roundoff(sq.dtype)
     c = count * (CONSTANT_SLACK * u) ** 2
-    if sq.min() > c * float(np.vecdot(mean, mean)):
-        return
+    if np.minimum.reduce(sq) > c * float(np.vecdot(mean, mean)):
+        return _NO_ROWS
     threshold = np.multiply(mean, mean)
     threshold *= c
-    for r in np.flatnonzero(sq <= threshold):
+    return np.flatnonzero(sq <= threshold)
+
+
+_NO_ROWS = np.empty(0, dtype=np.intp)
+
+
+def _exact_constant_rows(tile: np.ndarray, mean: np.ndarray, sq: np.ndarray, centred: np.ndarray, count: int) -> None:
+    """Rows of `tile` whose values are all equal get mean = that value, zero centred values and sq."""
+    for r in constant_row_candidates(mean, sq, count):
         row = tile[r]
         lo = row.min()
         if lo == row.max():
@@ -285,10 +293,10 @@ def row_stats_tile(t: np.ndarray, centred: np.ndarray, values: np.ndarray | None
 
 
 def _inv_std(sq: np.ndarray, m: int, eps) -> np.ndarray:
-    """1 / sqrt(sq / m + eps), in place, as sqrt(m) / sqrt(sq + m eps): three small ufuncs."""
-    sq += m * eps
-    np.sqrt(sq, out=sq)
-    return np.divide(sq.dtype.type(math.sqrt(m)), sq, out=sq)
+    """1 / sqrt(sq / m + eps) as sqrt(m) / sqrt(sq + m eps), a new array (sq is kept): three small ufuncs."""
+    inv = np.add(sq, m * eps)
+    np.sqrt(inv, out=inv)
+    return np.divide(inv.dtype.type(math.sqrt(m)), inv, out=inv)
 
 
 # NumPy's iterator pays about 0.1 us per row it steps over, which on 1024-wide rows makes a
@@ -309,17 +317,26 @@ class _Columns:
     def parts(self, *tiles):
         """[(views of `tiles`, vectors)]: their rows in multiples of k as (rows / k, k m), then the rest."""
         rows = tiles[0].shape[0]
-        head = rows - rows % self.k if self.k > 1 else 0
+        k = self.k
+        if k > 1 and rows % k == 0:  # the usual tile: one view, made with as little Python as possible
+            shape = (rows // k, k * self.m)
+            return [([t.reshape(shape) for t in tiles], self.repeated)]
+        head = rows - rows % k if k > 1 else 0
         out = []
         if head:
-            out.append(([t[:head].reshape(head // self.k, self.k * self.m) for t in tiles], self.repeated))
+            out.append(([t[:head].reshape(head // k, k * self.m) for t in tiles], self.repeated))
         if head < rows:
             out.append(([t[head:] for t in tiles], self.vectors))
         return out
 
 
 def layer_norm_forward(x, weight, bias, normalized_shape, eps):
-    """y = (x - mean) / sqrt(var + eps) * gamma + beta per row (Ba et al. 2016, eq. 4), one DRAM pass."""
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta per row (Ba et al. 2016, eq. 4), one DRAM pass.
+
+    Each tile is copied into its output tile (or cast into a buffer) and normalized in place there
+    with a handful of calls; the Python work per tile holds the GIL the other tile threads wait for,
+    so the constant-row rule is applied once per call, to the rows all tiles flag (`_constant_rows_to_beta`).
+    """
     m = _check_suffix(x, normalized_shape)
     acc = accumulation_dtype(x.dtype)
     x2 = np.ascontiguousarray(x).reshape(-1, m)
@@ -328,21 +345,35 @@ def layer_norm_forward(x, weight, bias, normalized_shape, eps):
     beta = None if bias is None else np.ascontiguousarray(bias, dtype=acc).reshape(m)
     eps = acc.type(eps)
     columns = _Columns(m, gamma, beta)
+    direct = y.dtype == acc
+    to_mean = _ones(m, acc, 1.0 / m)
 
     def work(rows):
         src, out = x2[rows[0]:rows[1]], y[rows[0]:rows[1]]
-        if out.dtype == acc:  # copy first (`_copy_into`), then every step in place in the output tile
-            _, sq = row_stats_tile(_copy_into(out, src), out, values=src)
-        else:
-            t = _load(src, 0, acc)
-            out_acc = _work(1, t)
-            _, sq = row_stats_tile(t, out_acc)
-        d = out if out.dtype == acc else out_acc
+        d = _copy_into(out, src) if direct else _load(src, 0, acc)  # a private tile in the accumulation dtype
+        mean = np.matmul(d, to_mean)
+        np.subtract(d, mean[:, None], out=d)
+        sq = np.vecdot(d, d)
         np.multiply(d, _inv_std(sq, m, eps)[:, None], out=d)
         _affine_rows_out(d, columns, out)
+        return mean, sq
 
-    _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes, row=m)
+    parts = _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes, row=m)
+    _constant_rows_to_beta(x2, y, parts, beta, m)
     return y.reshape(x.shape)
+
+
+def _constant_rows_to_beta(x2, y, parts, beta, m) -> None:
+    """Rows of x whose values are all equal get y = beta exactly, as x - mean = 0 gives (the tiles'
+    mean is a rounded sum, so their centred values are rounding noise scaled by 1/sqrt(eps))."""
+    if len(parts) == 1:
+        mean, sq = parts[0]
+    else:
+        mean, sq = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    for r in constant_row_candidates(mean, sq, m):
+        row = x2[r]
+        if row.min() == row.max():
+            y[r] = 0 if beta is None else beta
 
 
 def _affine_rows_out(d, columns: _Columns, out):

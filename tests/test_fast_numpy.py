@@ -288,6 +288,26 @@ def test_constant_row_pre_test_lets_every_constant_row_through():
 
 def test_skipping_the_constant_row_check_is_rejected(fast, monkeypatch):
     """Without the exact mean of constant rows, x - mean is rounding noise scaled by 1/sqrt(eps), not 0."""
-    monkeypatch.setattr(k, "_exact_constant_rows", lambda tile, mean, sq, centred, count: None)
+    monkeypatch.setattr(k, "_constant_rows_to_beta", lambda x2, y, parts, beta, m: None)
     verdict = run_property(PROPERTIES["constant_group_gives_beta"], get_norm("layer_norm"), fast, "ci")
     assert verdict.status == "failed", verdict
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_constant_rows_across_many_tiles_come_out_exactly_beta(dtype, with_bias, monkeypatch):
+    """The constant-row rule, applied once per call to the rows every tile flagged, reaches rows in any tile."""
+    monkeypatch.setattr(k, "TILE_BYTES", 16 * 1000 * 4)  # 16 rows a tile
+    monkeypatch.setattr(k, "THREADS", 2)
+    monkeypatch.setattr(k, "PARALLEL_MIN_BYTES", 0)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((300, 1000)).astype(dtype)
+    constant = [0, 17, 150, 299]
+    x[constant] = np.array([1234.5, -0.1, 3.3, 7e3])[:, None].astype(dtype)
+    w, b = rng.uniform(0.5, 2, 1000).astype(np.float32), rng.normal(size=1000).astype(np.float32)
+    y = k.layer_norm_forward(x, w, b if with_bias else None, (1000,), 1e-5)
+    expected = b.astype(dtype) if with_bias else np.zeros(1000, dtype)
+    for r in constant:
+        np.testing.assert_array_equal(y[r], expected)
+    spread = np.setdiff1d(np.arange(300), constant)
+    assert np.abs(y[spread].astype(np.float64)).max() > 1  # the other rows are normalized, not touched
