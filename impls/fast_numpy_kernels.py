@@ -543,12 +543,13 @@ def _channel_dot(a: np.ndarray, b: np.ndarray, slot: int) -> np.ndarray:
     return dots[0] if a.shape[0] == 1 else np.matmul(_ones(a.shape[0], dots.dtype), dots)
 
 
-def one_pass_is_accurate(m2: np.ndarray, mean: np.ndarray, count: int) -> bool:
+def one_pass_is_accurate(m2: np.ndarray, mean: np.ndarray, count: int, count_mean2: np.ndarray | None = None) -> bool:
     """True when every channel has var >= mean^2, where one-pass M2 loses at most a factor 2 in accuracy.
 
-    (All-zero channels pass with M2 = 0 exactly; constant nonzero ones fail and go two-pass.)
+    `count_mean2`, count mean^2, may be passed where it is already formed. (All-zero channels pass
+    with M2 = 0 exactly; constant nonzero ones fail and go two-pass.)
     """
-    return bool((m2 >= count * mean * mean).all())
+    return bool((m2 >= (count * mean * mean if count_mean2 is None else count_mean2)).all())
 
 
 def tile_moments(t: np.ndarray):
@@ -707,26 +708,29 @@ def _check_batch_size(x3, inputs, params) -> None:
 
 
 def row_moments(t: np.ndarray):
-    """(mean, M2) per row of a contiguous (rows, k) array, as float64 arrays: two BLAS calls.
+    """(mean, M2, one_pass) per row of a contiguous (rows, k) array, mean and M2 as float64 arrays.
 
     Sums are matrix-vector products with ones and sums of squares row dot products, both over the
-    array as it streams in; the one-pass M2 is kept only under the same var >= mean^2 guard as
-    `tile_moments` (`one_pass_is_accurate`), else it is redone two-pass. Rows whose values are all
+    array as it streams in; the one-pass M2 = sum x^2 - sum x mean is kept only under the same
+    var >= mean^2 guard as `tile_moments` (`one_pass_is_accurate`, given the product sum x mean
+    already formed), else it is redone two-pass and `one_pass` is False. Rows whose values are all
     equal fail that guard (unless all zero, which one pass gets exactly), so the two-pass branch
-    gives them their exact mean and M2 = 0.
+    gives them their exact mean and M2 = 0. The few small calls matter: they run once per group
+    of channels, holding the GIL the other tile threads wait for.
     """
     k = t.shape[1]
     tsum = row_sums(t).astype(np.float64)
     mean = tsum / k
     m2 = np.vecdot(t, t).astype(np.float64)
-    m2 -= tsum * mean
-    if one_pass_is_accurate(m2, mean, k):
-        return mean, m2
+    sum_mean = np.multiply(tsum, mean, out=tsum)  # (sum x)^2 / k = k mean^2
+    m2 -= sum_mean
+    if one_pass_is_accurate(m2, mean, k, sum_mean):
+        return mean, m2, True
     d = _work(1, t)
     np.subtract(t, mean.astype(t.dtype)[:, None], out=d)
     m2 = np.vecdot(d, d).astype(np.float64)
     _exact_constant_channels(t[None], mean, m2, k)
-    return mean, m2
+    return mean, m2, False
 
 
 def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
@@ -745,10 +749,12 @@ def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
         t = _scratch(5, (c1 - c0) * count, acc).reshape(c1 - c0, n, s)
         np.copyto(t, x3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")  # the gather: the only read of x
         rows = t.reshape(c1 - c0, count)
-        mean, m2 = row_moments(rows)
+        mean, m2, one_pass = row_moments(rows)
         var = np.divide(m2, count, out=m2)
+        # The constant-channel rule is needed only where the two-pass branch ran: a one-pass var of
+        # exactly 0 is an all-zero channel (sum x^2 = 0), whose folded map already gives beta.
         scale, shift = folded_affine(mean, var, None if weight is None else weight[c0:c1],
-                                     None if bias is None else bias[c0:c1], eps, True)
+                                     None if bias is None else bias[c0:c1], eps, not one_pass)
         np.multiply(rows, scale.astype(acc)[:, None], out=rows)
         np.add(rows, shift.astype(acc)[:, None], out=rows)
         np.copyto(y3[:, c0:c1].transpose(1, 0, 2), t, casting="unsafe")  # the only write of y
@@ -817,7 +823,7 @@ def _resident_batch_norm_backward(x3, dy3, dx3, groups, gamma, eps, acc):
         t = _scratch(5, (c1 - c0) * count, acc).reshape(c1 - c0, n, s)
         np.copyto(t, x3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")
         xhat = t.reshape(c1 - c0, count)
-        mean, m2 = row_moments(xhat)
+        mean, m2, _ = row_moments(xhat)
         inv_std = 1.0 / np.sqrt(m2 / count + eps)
         np.subtract(xhat, mean.astype(acc)[:, None], out=xhat)
         np.multiply(xhat, inv_std.astype(acc)[:, None], out=xhat)
