@@ -733,6 +733,29 @@ def row_moments(t: np.ndarray):
     return mean, m2, False
 
 
+# Groups of one channel (BatchNorm2d with N * S above half of RESIDENT_BYTES) take the channel's
+# moments and folded affine map in Python floats: the same float64 operations in the same order as
+# `row_moments` and `folded_affine` (so bitwise the same result), without the dozen small NumPy
+# calls per group that hold the GIL the other tile threads wait for.
+SCALAR_EPILOGUE = True
+
+
+def _one_channel_affine(row: np.ndarray, weight, bias, c: int, eps):
+    """(mean, var, scale, shift) of the one channel in `row` (1, N * S), as float64 arrays of one value
+    and Python floats, when its one-pass moments pass the var >= mean^2 guard; else None."""
+    k = row.shape[1]
+    tsum = float(row_sums(row)[0])
+    mean = tsum / k
+    sum_mean = tsum * mean
+    m2 = float(np.vecdot(row, row)[0]) - sum_mean
+    if not m2 >= sum_mean:  # the guard of `one_pass_is_accurate` (NaN fails it too)
+        return None
+    var = m2 / k
+    scale = (1.0 if weight is None else float(weight[c])) / math.sqrt(var + eps)
+    shift = -(mean * scale) if bias is None else float(bias[c]) - mean * scale
+    return np.array((mean,)), np.array((var,)), scale, shift
+
+
 def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
     """Batch statistics and normalization per group of whole channels, each group read from DRAM once.
 
@@ -749,14 +772,20 @@ def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
         t = _scratch(5, (c1 - c0) * count, acc).reshape(c1 - c0, n, s)
         np.copyto(t, x3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")  # the gather: the only read of x
         rows = t.reshape(c1 - c0, count)
-        mean, m2, one_pass = row_moments(rows)
-        var = np.divide(m2, count, out=m2)
-        # The constant-channel rule is needed only where the two-pass branch ran: a one-pass var of
-        # exactly 0 is an all-zero channel (sum x^2 = 0), whose folded map already gives beta.
-        scale, shift = folded_affine(mean, var, None if weight is None else weight[c0:c1],
-                                     None if bias is None else bias[c0:c1], eps, not one_pass)
-        np.multiply(rows, scale.astype(acc)[:, None], out=rows)
-        np.add(rows, shift.astype(acc)[:, None], out=rows)
+        single = _one_channel_affine(rows, weight, bias, c0, eps) if c1 - c0 == 1 and SCALAR_EPILOGUE else None
+        if single is not None:
+            mean, var, scale, shift = single
+            np.multiply(rows, acc.type(scale), out=rows)
+            np.add(rows, acc.type(shift), out=rows)
+        else:
+            mean, m2, one_pass = row_moments(rows)
+            var = np.divide(m2, count, out=m2)
+            # The constant-channel rule is needed only where the two-pass branch ran: a one-pass var of
+            # exactly 0 is an all-zero channel (sum x^2 = 0), whose folded map already gives beta.
+            scale, shift = folded_affine(mean, var, None if weight is None else weight[c0:c1],
+                                         None if bias is None else bias[c0:c1], eps, not one_pass)
+            np.multiply(rows, scale.astype(acc)[:, None], out=rows)
+            np.add(rows, shift.astype(acc)[:, None], out=rows)
         np.copyto(y3[:, c0:c1].transpose(1, 0, 2), t, casting="unsafe")  # the only write of y
         return mean, var
 

@@ -311,3 +311,26 @@ def test_constant_rows_across_many_tiles_come_out_exactly_beta(dtype, with_bias,
         np.testing.assert_array_equal(y[r], expected)
     spread = np.setdiff1d(np.arange(300), constant)
     assert np.abs(y[spread].astype(np.float64)).max() > 1  # the other rows are normalized, not touched
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_one_channel_groups_in_python_floats_match_the_array_epilogue_bitwise(affine, monkeypatch):
+    """The scalar epilogue of one-channel groups repeats row_moments and folded_affine exactly: same
+    y, mean and var to the bit, on ordinary, ill-conditioned (two-pass fallback), constant and zero channels."""
+    monkeypatch.setattr(k, "PARALLEL_MIN_BYTES", 0)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((16, 5, 32, 32)).astype(np.float32)
+    x[:, 1] += 1e4  # var far below mean^2: the one-pass guard fails, two-pass runs
+    x[:, 2] = 3.25  # constant
+    x[:, 3] = 0.0  # all zero: one-pass, var exactly 0
+    inputs = {"x": x, "running_mean": np.zeros(5, np.float32), "running_var": np.ones(5, np.float32)}
+    if affine:
+        inputs.update(weight=rng.uniform(0.5, 2, 5).astype(np.float32), bias=rng.normal(size=5).astype(np.float32))
+    monkeypatch.setattr(k, "RESIDENT_BYTES", 16 * 32 * 32 * 4)  # one channel per group
+    params = {"training": True, "momentum": 0.1, "eps": 1e-5}
+    scalar = {key: v.copy() for key, v in k.batch_norm_forward(inputs, params).items()}
+    monkeypatch.setattr(k, "SCALAR_EPILOGUE", False)
+    arrays = k.batch_norm_forward(inputs, params)
+    for key in scalar:
+        np.testing.assert_array_equal(scalar[key], arrays[key])
+    assert (scalar["y"][:, 2] == (inputs["bias"][2] if affine else 0)).all()
