@@ -280,15 +280,14 @@ def _add_column_sums(total: np.ndarray, w: np.ndarray) -> None:
     np.add(total, w[0] if w.shape[0] == 1 else np.matmul(_ones(w.shape[0], w.dtype), w), out=total)
 
 
-def row_stats_tile(t: np.ndarray, centred: np.ndarray, values: np.ndarray | None = None):
+def row_stats_tile(t: np.ndarray, centred: np.ndarray):
     """(mean, inv_std numerator: sum of squared deviations) per row of tile `t`; t - mean left in
-    `centred`, which may be t itself. `values` holds the tile's values if t does not (for the
-    constant-row check, which reads them after centring)."""
+    `centred`, with constant rows made exact tile by tile (the backward's use: it needs them centred)."""
     m = t.shape[1]
     mean = row_sums(t, 1.0 / m)
     np.subtract(t, mean[:, None], out=centred)
     sq = np.vecdot(centred, centred)
-    _exact_constant_rows(t if values is None else values, mean, sq, centred, m)
+    _exact_constant_rows(t, mean, sq, centred, m)
     return mean, sq
 
 
