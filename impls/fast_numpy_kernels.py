@@ -365,6 +365,8 @@ def layer_norm_forward(x, weight, bias, normalized_shape, eps):
 def _constant_rows_to_beta(x2, y, parts, beta, m) -> None:
     """Rows of x whose values are all equal get y = beta exactly, as x - mean = 0 gives (the tiles'
     mean is a rounded sum, so their centred values are rounding noise scaled by 1/sqrt(eps))."""
+    if not parts:  # no rows at all
+        return
     if len(parts) == 1:
         mean, sq = parts[0]
     else:

@@ -328,9 +328,23 @@ def test_one_channel_groups_in_python_floats_match_the_array_epilogue_bitwise(af
         inputs.update(weight=rng.uniform(0.5, 2, 5).astype(np.float32), bias=rng.normal(size=5).astype(np.float32))
     monkeypatch.setattr(k, "RESIDENT_BYTES", 16 * 32 * 32 * 4)  # one channel per group
     params = {"training": True, "momentum": 0.1, "eps": 1e-5}
+    taken = []
+    scalar_epilogue = k._one_channel_affine
+    monkeypatch.setattr(k, "_one_channel_affine", lambda *a: taken.append(scalar_epilogue(*a)) or taken[-1])
     scalar = {key: v.copy() for key, v in k.batch_norm_forward(inputs, params).items()}
+    # channels 0, 3 and 4 take the scalar epilogue; 1 (ill-conditioned) and 2 (constant) fall back
+    assert len(taken) == 5 and sum(t is not None for t in taken) == 3
     monkeypatch.setattr(k, "SCALAR_EPILOGUE", False)
     arrays = k.batch_norm_forward(inputs, params)
     for key in scalar:
         np.testing.assert_array_equal(scalar[key], arrays[key])
     assert (scalar["y"][:, 2] == (inputs["bias"][2] if affine else 0)).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (3, 0, 8)])
+def test_row_norms_of_inputs_without_rows_are_empty(shape):
+    """No rows means no tiles: the per-call constant-row rule must have nothing to do, not fail."""
+    x = np.zeros(shape, np.float32)
+    w = np.ones(8, np.float32)
+    assert k.layer_norm_forward(x, w, w, (8,), 1e-5).shape == shape
+    assert k.rms_norm_forward(x, w, (8,), None).shape == shape
