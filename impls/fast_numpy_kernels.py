@@ -11,7 +11,7 @@ vector (np.dot), which run near cache bandwidth. Per tile:
     Y = T                 memcpy into the output tile (the only DRAM read and write)
     s = Y @ (1/m)         row means (BLAS matrix-vector product, in cache from here on)
     Y -= s                centred values                          (two-pass variance)
-    q = sum_rows(Y * Y)   np.vecdot (BLAS dot per row)
+    q = sum_rows(Y * Y)   BLAS dot per row (`row_dots`)
     Y *= 1/sqrt(q/m+eps); Y *= gamma; Y += beta
 
 so LayerNorm and RMSNorm forward touch DRAM as often as a copy does. BatchNorm needs its
@@ -30,6 +30,7 @@ exactly beta. Inputs are never written; non-contiguous inputs are made contiguou
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -205,7 +206,7 @@ def constant_row_candidates(mean: np.ndarray, sq: np.ndarray, count: int) -> np.
     """
     u = _UNIT_ROUNDOFF.get(sq.dtype.str) or _unit_roundoff(sq.dtype)
     c = count * (CONSTANT_SLACK * u) ** 2
-    if np.minimum.reduce(sq) > c * float(np.vecdot(mean, mean)):
+    if np.minimum.reduce(sq) > c * float(np.dot(mean, mean)):
         return _NO_ROWS
     threshold = np.multiply(mean, mean)
     threshold *= c
@@ -226,12 +227,40 @@ def _exact_constant_rows(tile: np.ndarray, mean: np.ndarray, sq: np.ndarray, cen
             centred[r] = 0
 
 
-# Matrix-vector products (row and column sums with a ones vector) go through np.dot, not np.matmul:
-# both call BLAS gemv (bitwise the same result), but np.matmul and np.vecdot hold the GIL while
-# BLAS runs (numpy/numpy#11821; measured with numpy 2.4), so the other tile threads cannot even
-# start their next call, while np.dot releases it. Measured on this project's 2-vCPU host (64 MB
-# float32, 2 threads, paired runs): LayerNorm forward 13.2 -> 11.1 ms (lower quartile).
+# NumPy's generalized ufuncs (np.matmul, np.vecdot) release the GIL only when they produce more
+# than 500 values (the threshold of its loops; measured with numpy 2.4, cf. numpy/numpy#11821):
+# over a tile of 256 rows they hold it while BLAS runs, so the other tile threads cannot even
+# start their next call. np.dot calls the same BLAS gemv (bitwise the same result) with the GIL
+# released, so matrix-vector products go through it, and row dot products through `row_dots`.
+# Measured on this project's 2-vCPU host (64 MB float32 forward, 2 threads, paired runs, lower
+# quartile): LayerNorm 14.4 -> 12.5 ms and BatchNorm2d 13.7 -> 11.0 ms from np.dot alone.
 gemv = np.dot
+GUFUNC_GIL_FREE_OUTPUTS = 501
+ROW_DOT_MIN_PIECE = 64
+
+
+def row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row dot products of two C-contiguous (rows, k) arrays, in their dtype (BLAS), GIL released.
+
+    One row is a 1-D np.dot; up to 500 rows are split into p equal pieces each, so that np.vecdot
+    makes more than 500 (of at least ROW_DOT_MIN_PIECE values) and the p partial sums of a row are
+    added. Where no such split exists it is plain np.vecdot (correct, holding the GIL)."""
+    rows, k = a.shape
+    if rows == 1:
+        return np.dot(a[0], b[0]).reshape(1)
+    p = _row_pieces(rows, k) if a.flags.c_contiguous and b.flags.c_contiguous else 1
+    if p == 1:
+        return np.vecdot(a, b)
+    shape = (rows, p, k // p)
+    return np.add.reduce(np.vecdot(a.reshape(shape), b.reshape(shape)), axis=1)
+
+
+@functools.lru_cache(maxsize=256)
+def _row_pieces(rows: int, k: int) -> int:
+    if rows >= GUFUNC_GIL_FREE_OUTPUTS:
+        return 1
+    least = -(-GUFUNC_GIL_FREE_OUTPUTS // rows)
+    return next((p for p in range(least, k // ROW_DOT_MIN_PIECE + 1) if k % p == 0), 1)
 
 
 # BLAS sums with a ones vector stream the ones vector too: over rows longer than this, each row is
@@ -294,7 +323,7 @@ def row_stats_tile(t: np.ndarray, centred: np.ndarray):
     m = t.shape[1]
     mean = row_sums(t, 1.0 / m)
     np.subtract(t, mean[:, None], out=centred)
-    sq = np.vecdot(centred, centred)
+    sq = row_dots(centred, centred)
     _exact_constant_rows(t, mean, sq, centred, m)
     return mean, sq
 
@@ -360,7 +389,7 @@ def layer_norm_forward(x, weight, bias, normalized_shape, eps):
         d = _copy_into(out, src) if direct else _load(src, 0, acc)  # a private tile in the accumulation dtype
         mean = gemv(d, to_mean)
         np.subtract(d, mean[:, None], out=d)
-        sq = np.vecdot(d, d)
+        sq = row_dots(d, d)
         np.multiply(d, _inv_std(sq, m, eps)[:, None], out=d)
         _affine_rows_out(d, columns, out)
         return mean, sq
@@ -422,7 +451,7 @@ def layer_norm_backward(x, weight, dy, normalized_shape, eps):
         _add_column_sums(dbeta, dyt)
         g = dyt if gamma is None else np.multiply(dyt, gamma, out=_work(3, t))
         mean_g = (gemv(g, ones) / m)[:, None]
-        mean_gx = (np.vecdot(g, xhat) / m)[:, None]
+        mean_gx = (row_dots(g, xhat) / m)[:, None]
         np.multiply(xhat, mean_gx, out=w)
         np.subtract(g, w, out=w)
         np.subtract(w, mean_g, out=w)
@@ -462,12 +491,12 @@ def rms_norm_forward(x, weight, normalized_shape, eps):
         src, out = x2[rows[0]:rows[1]], y[rows[0]:rows[1]]
         if acc == x.dtype:  # copy first (`_copy_into`), then scale and finish the affine in place
             t = _copy_into(out, src)
-            np.multiply(t, _inv_std(np.vecdot(t, t), m, eps)[:, None], out=t)
+            np.multiply(t, _inv_std(row_dots(t, t), m, eps)[:, None], out=t)
             _affine_rows_out(t, columns, t)
         else:
             t = _load(src, 0, acc)
             d = _work(1, t)
-            np.multiply(t, _inv_std(np.vecdot(t, t), m, eps)[:, None], out=d)
+            np.multiply(t, _inv_std(row_dots(t, t), m, eps)[:, None], out=d)
             _affine_rows_out(d, columns, out)
 
     _map_tiles(work, _row_tiles(x2.shape[0], m, acc), x2.nbytes, row=m)
@@ -487,7 +516,7 @@ def rms_norm_backward(x, weight, dy, normalized_shape, eps):
     def tile(rows, dgamma):
         t = _load(x2[rows[0]:rows[1]], 0, acc)
         dyt = _load(dy2[rows[0]:rows[1]], 1, acc)
-        inv = _inv_std(np.vecdot(t, t), m, eps)  # 1/r per row
+        inv = _inv_std(row_dots(t, t), m, eps)  # 1/r per row
         w = _work(2, t)
         if gamma is not None:
             np.multiply(t, inv[:, None], out=w)      # x / r
@@ -496,7 +525,7 @@ def rms_norm_backward(x, weight, dy, normalized_shape, eps):
             g = np.multiply(dyt, gamma, out=_work(3, t))
         else:
             g = dyt
-        coef = np.vecdot(g, t)
+        coef = row_dots(g, t)
         coef *= inv * inv / m                         # sum(g x) / (m r^2)
         np.multiply(t, coef[:, None], out=w)
         np.subtract(g, w, out=w)
@@ -548,7 +577,11 @@ def _channel_dot(a: np.ndarray, b: np.ndarray, slot: int) -> np.ndarray:
     """Per-channel sum of a * b for (na, nc, ns) tiles (row dot products, then a sum over na)."""
     if a.shape[2] == 1:  # (na, nc, 1): BatchNorm1d on (N, C); column sums of products, no temporary
         return np.einsum("ij,ij->j", a[:, :, 0], b[:, :, 0])
-    dots = np.vecdot(a, b)  # (na, nc)
+    na, nc, ns = a.shape
+    if a.flags.c_contiguous and b.flags.c_contiguous:  # one (na nc, ns) row_dots, the GIL released
+        dots = row_dots(a.reshape(na * nc, ns), b.reshape(na * nc, ns)).reshape(na, nc)
+    else:
+        dots = np.vecdot(a, b)  # (na, nc)
     return dots[0] if a.shape[0] == 1 else gemv(_ones(a.shape[0], dots.dtype), dots)
 
 
@@ -730,14 +763,14 @@ def row_moments(t: np.ndarray):
     k = t.shape[1]
     tsum = row_sums(t).astype(np.float64)
     mean = tsum / k
-    m2 = np.vecdot(t, t).astype(np.float64)
+    m2 = row_dots(t, t).astype(np.float64)
     sum_mean = np.multiply(tsum, mean, out=tsum)  # (sum x)^2 / k = k mean^2
     m2 -= sum_mean
     if one_pass_is_accurate(m2, mean, k, sum_mean):
         return mean, m2, True
     d = _work(1, t)
     np.subtract(t, mean.astype(t.dtype)[:, None], out=d)
-    m2 = np.vecdot(d, d).astype(np.float64)
+    m2 = row_dots(d, d).astype(np.float64)
     _exact_constant_channels(t[None], mean, m2, k)
     return mean, m2, False
 
@@ -756,7 +789,7 @@ def _one_channel_affine(row: np.ndarray, weight, bias, c: int, eps):
     tsum = float(row_sums(row)[0])
     mean = tsum / k
     sum_mean = tsum * mean
-    m2 = float(np.dot(row[0], row[0])) - sum_mean  # what np.vecdot gives, bitwise, with the GIL released
+    m2 = float(np.dot(row[0], row[0])) - sum_mean  # as row_dots does for one row (bitwise)
     if not m2 >= sum_mean:  # the guard of `one_pass_is_accurate` (NaN fails it too)
         return None
     var = m2 / k
@@ -869,7 +902,7 @@ def _resident_batch_norm_backward(x3, dy3, dx3, groups, gamma, eps, acc):
         np.copyto(g, dy3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")
         rows = g.reshape(c1 - c0, count)
         sum_dy = row_sums(rows).astype(np.float64)
-        sum_dy_xhat = np.vecdot(rows, xhat).astype(np.float64)
+        sum_dy_xhat = row_dots(rows, xhat).astype(np.float64)
         np.multiply(xhat, (sum_dy_xhat / count).astype(acc)[:, None], out=xhat)
         np.subtract(rows, xhat, out=rows)
         np.subtract(rows, (sum_dy / count).astype(acc)[:, None], out=rows)

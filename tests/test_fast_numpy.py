@@ -348,3 +348,21 @@ def test_row_norms_of_inputs_without_rows_are_empty(shape):
     w = np.ones(8, np.float32)
     assert k.layer_norm_forward(x, w, w, (8,), 1e-5).shape == shape
     assert k.rms_norm_forward(x, w, (8,), None).shape == shape
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 4096), (2, 1024), (256, 1024), (255, 1000), (501, 64), (7, 97), (3, 2**18)])
+def test_row_dots_are_row_dot_products_whatever_the_split(rows, cols):
+    """row_dots splits rows into pieces (so NumPy's vecdot releases the GIL) and adds the pieces' sums
+    back: each result is within the tolerance model's bound for a dot product of `cols` terms."""
+    from normspec.properties.tolerance import _reduction
+    rng = np.random.default_rng(rows * cols)
+    a, b = rng.standard_normal((2, rows, cols)).astype(np.float32)
+    pieces = k._row_pieces(rows, cols)
+    got = k.row_dots(a, b)
+    exact = np.einsum("ij,ij->i", a.astype(np.float64), b.astype(np.float64))
+    bound = _reduction(cols, "float32") * np.einsum("ij,ij->i", np.abs(a).astype(np.float64), np.abs(b))
+    assert got.shape == (rows,) and got.dtype == np.float32
+    assert np.all(np.abs(got - exact) <= bound), (pieces, np.max(np.abs(got - exact) / bound))
+    strided = k.row_dots(a[:, ::2], b[:, ::2])  # not contiguous: no split, still right
+    exact = np.einsum("ij,ij->i", a[:, ::2].astype(np.float64), b[:, ::2].astype(np.float64))
+    assert np.all(np.abs(strided - exact) <= bound)

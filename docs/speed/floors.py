@@ -11,13 +11,15 @@ times numpy:fast's own LayerNorm, RMSNorm and BatchNorm2d forward on one thread 
 (half the one-thread time is what perfect two-thread scaling would give, next to the 50% target),
 and LayerNorm once more as two forked processes on the two halves of the rows, which share no GIL.
 
-Two effects set the ceiling. np.copyto of a large array uses non-temporal stores (no read for
+Three effects set the ceiling. np.copyto of a large array uses non-temporal stores (no read for
 ownership of the destination); a tile written by a ufunc or a per-tile copy cannot, so DRAM
 moves three bytes per output byte instead of two. And on rows shorter than NumPy's ufunc
 buffer (8192 elements), its buffered iterator copies broadcast operands (a per-row scalar, a
 per-column vector) into the buffer to grow the inner loop, so those ufuncs run at a fraction of
 the speed of a scalar one, unless the buffer is capped at the row length (np.setbufsize, as
-numpy:fast does while its tiles run).
+numpy:fast does while its tiles run). A third is the GIL: the tile threads share it, and a call
+that holds it while it works (np.matmul and np.vecdot over 500 values or fewer) stalls the other
+threads; the script times each tile call on one thread and on two.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import mmap
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from threading import Thread
 
 import numpy as np
 
@@ -98,8 +101,9 @@ def main() -> None:
         (f"ufunc, per-row scalar ({args.row}-wide rows)", lambda i: np.multiply(rows2d, per_row, out=rows2d)),
         (f"ufunc, per-column vector, ufunc buffer capped at the row", capped(lambda i: np.multiply(rows2d, per_column, out=rows2d))),
         (f"ufunc, per-row scalar, ufunc buffer capped at the row", capped(lambda i: np.multiply(rows2d, per_row, out=rows2d))),
-        ("BLAS row sums (matmul with ones)", lambda i: np.matmul(rows2d, per_column)),
+        ("BLAS row sums (np.dot with ones)", lambda i: np.dot(rows2d, per_column)),
         ("BLAS sums of squares (np.vecdot)", lambda i: np.vecdot(rows2d, rows2d)),
+        ("BLAS sums of squares (numpy:fast row_dots)", lambda i: fast_numpy_kernels.row_dots(rows2d, rows2d)),
     ]
     copy_ms = median_ms(dram[0][1], args.repeats)
     print(f"{args.mb} MiB float32, {args.tile_kib} KiB tiles, median of {args.repeats}")
@@ -123,8 +127,43 @@ def main() -> None:
           "where it is high, the two-thread rows say more about the neighbours than about the kernel.")
     print(f"50% of copy = {2 * copy_ms:.1f} ms. Above the two-thread floor ({floor:.1f} ms) that leaves at most "
           f"{max(budget, 0):.1f} thread-ms of in-cache work, about {max(budget, 0) / scalar_ms:.1f} scalar-operand passes.")
+    calls_against_the_gil(args.row)
     kernels_against_target(x, args.repeats)
     threads_against_processes(x, args.repeats)
+
+
+def calls_against_the_gil(row: int, calls: int = 2000) -> None:
+    """Each tile call run on two threads at once (private 1 MiB tiles) against one thread: a call that
+    holds the GIL while it works gets no faster on two (x1), one that releases it nearly twice as fast."""
+    tiles = 2**18 // row
+    cases = [("np.matmul(tile, v)", lambda t, v: np.matmul(t, v)), ("np.dot(tile, v)", lambda t, v: np.dot(t, v)),
+             ("np.vecdot(tile, tile)", lambda t, v: np.vecdot(t, t)),
+             ("row_dots(tile, tile)", lambda t, v: fast_numpy_kernels.row_dots(t, t)),
+             ("np.multiply(tile, 1.0, out=tile)", lambda t, v: np.multiply(t, 1.0, out=t))]
+
+    def loop(call):
+        t, v = np.ones((tiles, row), np.float32), np.ones(row, np.float32)
+        for _ in range(calls):
+            call(t, v)
+
+    def wall(call, threads: int) -> float:
+        best = float("inf")
+        for _ in range(3):
+            workers = [Thread(target=loop, args=(call,)) for _ in range(threads)]
+            start = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    print(f"tile calls on 2 threads against 1 ({tiles} x {row} float32 tiles){'':13s} {'us/call':>8s} {'2 threads':>10s}")
+    for label, call in cases:
+        one = wall(call, 1)
+        print(f"{label:62s} {1e6 * one / calls:8.1f} {2 * one / wall(call, 2):9.2f}x")
+    print("x ~1: the call holds the GIL (NumPy's gufuncs do when they make 500 values or fewer), so the\n"
+          "other tile threads wait; numpy:fast uses np.dot and row_dots, which release it.")
 
 
 def kernels_against_target(x: np.ndarray, repeats: int) -> None:
