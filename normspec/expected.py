@@ -71,6 +71,25 @@ EXPECTED_FAILURES += [
 ]
 
 
+# SyncBatchNorm on torch:cpu in float16/bfloat16: each rank's weight and bias gradient comes back
+# from PyTorch's backward in the parameters' dtype, so it is rounded once per rank before the
+# ranks' gradients are summed (as data-parallel training's all-reduce of .grad does). With
+# cancellation between ranks that rounding is u_half * sum_r |partial_r|, not u_half * |total|:
+# bfloat16, dbias[0] = 0.0195 with the batch split (3, 1) and 0.0156 split (1, 3) (rank partials
+# -2.5625 and 2.578); float16, dweight 6.2x outside the bound against the unsplit spec. Found by
+# rank_split_invariance and sync_equals_unsplit_norm; no upstream report found.
+EXPECTED_FAILURES += [
+    ExpectedFailure(
+        property=name, norm="sync_batch_norm", backend="torch:cpu",
+        dtypes=("float16", "bfloat16"), when=r"^d(weight|bias)\[",
+        reason="each rank's weight/bias gradient is rounded to float16/bfloat16 (the parameters' dtype) "
+               "before the ranks' gradients are summed, so with cancellation between ranks the sum "
+               "misses the global one by up to u_half * the sum of |rank partials|",
+    )
+    for name in ("rank_split_invariance", "sync_equals_unsplit_norm")
+]
+
+
 def expected_failure(prop: str, norm: str, backend: str, message: str = "",
                      dtype: str | None = None) -> ExpectedFailure | None:
     """The entry covering this result; with an empty message (a pass), any entry for the triple."""

@@ -233,7 +233,11 @@ def test_sync_property_rejects_unweighted_rank_means_in_real_distributed_run(siz
 @pytest.mark.parametrize("backend", [NumpyBackend, TorchCPUBackend])
 @pytest.mark.parametrize("prop", ["sync_equals_unsplit_norm", "rank_split_invariance"])
 def test_properties_accept_reference_backends(backend, prop):
-    v = verdict(prop, backend(), "dev")
+    from normspec.expected import expected_failure
+    b = backend()
+    v = verdict(prop, b, "dev")
+    if v.status == "failed" and expected_failure(prop, RECORD.name, b.name, v.message, v.dtype):
+        pytest.xfail(v.message)  # a documented torch:cpu deviation (normspec/expected.py)
     assert v.status == "passed", v
 
 
@@ -308,3 +312,30 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purposes
         return f.read().split()[2] != "Z"
+
+
+def test_torch_half_parameter_gradients_depend_on_the_split_as_documented():
+    """The expected failure in normspec/expected.py, reproduced directly: in bfloat16, torch:cpu rounds each
+    rank's dbias to the parameters' dtype before the ranks are summed, so splits (3, 1) and (1, 3) of one
+    batch give dbias 2^-8 apart (0.0195 and 0.0156), where the global sum of the (rounded) dy is 0.0195.
+    When PyTorch stops rounding per rank, this test fails and the expected-failure entry can go."""
+    from normspec.expected import expected_failure
+    dy = np.random.default_rng(12832404).standard_normal((4, 2, 2))
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.standard_normal((4, 2, 2)), "weight": np.ones(2), "bias": np.zeros(2),
+              "running_mean": np.zeros(2), "running_var": np.ones(2)}
+
+    def dbias(backend, sizes):
+        params = {"rank_sizes": sizes, "training": False, "eps": 1e-5}
+        inputs = {k: backend.native(v, "bfloat16") for k, v in arrays.items()}
+        grads = backend.gradients("sync_batch_norm", inputs, params, backend.native(dy, "bfloat16"), ("bias",))
+        return backend.to_numpy(grads["bias"])[0]
+
+    torch_cpu = TorchCPUBackend()
+    exact = float(torch.tensor(dy).to(torch.bfloat16).double()[:, 0].sum())
+    assert exact == 0.01953125 == dbias(torch_cpu, (3, 1))
+    assert dbias(torch_cpu, (1, 3)) == 0.015625  # rank partials -2.5625 and 2.578125, each rounded to bfloat16
+    message = "dbias[0]=np.float64(0.015625), but should be np.float64(0.01953125) ± 0.00255"
+    assert expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", message, "bfloat16")
+    assert not expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", message, "float32")
+    assert not expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", "dx[0]=" + message[8:], "bfloat16")
