@@ -111,7 +111,9 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
         out["weight"] = SAFETY * (u * gp * (absdy * cond).sum(axis=c.param_axes)
                                   + v * np.abs(ref_grads.get("weight", 0.0))) + tiny
         out["bias"] = SAFETY * (u * gp * absdy.sum(axis=c.param_axes) + v * np.abs(ref_grads.get("bias", 0.0))) + tiny
-    return Bounds(out)
+    # (a result whose exact value lies past the dtype's largest finite value rounds to +-inf: a
+    # constant channel with eps = 1e-8 gives float16 dx = 66527 > 65504)
+    return Bounds({k: _overflow_allowed(val, {**reference, **(ref_grads or {})}.get(k), dtype) for k, val in out.items()})
 
 
 # ---------------------------------------------------------------- response normalizations

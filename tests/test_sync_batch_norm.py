@@ -339,3 +339,16 @@ def test_torch_half_parameter_gradients_depend_on_the_split_as_documented():
     assert expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", message, "bfloat16")
     assert not expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", message, "float32")
     assert not expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", "dx[0]=" + message[8:], "bfloat16")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+@pytest.mark.filterwarnings("ignore:Using `assume` outside a property-based test")
+def test_gradient_past_the_dtype_range_may_round_to_infinity():
+    """Found by CI's random draws: a constant channel with eps = 1e-8 has exact float16 dx = 66527, past
+    float16's largest value 65504, so the correctly rounded result is inf; the moment bounds admit it,
+    as the tolerance model does for every result whose exact value lies past the dtype's range."""
+    x = np.full((3, 1, 4, 4), 0.93209836)
+    case = Case("sync_batch_norm", {"x": x, "weight": np.array([-2.77890657]), "bias": np.array([0.25146044])},
+                {"rank_sizes": (1, 1, 1), "training": False, "eps": 1e-08})
+    draws = [("case", case), ("dtype", "float16"), ("layout", "contiguous"), ("dy_seed", 0)]
+    replay("sync_equals_unsplit_norm", RECORD, NumpyBackend(), draws)
