@@ -442,11 +442,6 @@ def lp_batch_norm_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bou
     return Bounds({k: _overflow_allowed(val, {**reference, **(ref_grads or {})}.get(k), dtype) for k, val in b.items()})
 
 
-# Largest finite value of each storage dtype: a result whose magnitude is beyond it rounds to +-inf.
-_MAX_FINITE = {"float64": 1.7976931348623157e308, "float32": 3.4028234663852886e38, "float16": 65504.0,
-               "bfloat16": 3.3895313892515355e38}
-
-
 def _overflow_allowed(bound, expected, dtype):
     """Where |expected| + bound reaches past the dtype's largest finite value, a correct result may
     round to +-inf (eps outside a root gives 1/eps = 1e5 > float16's 65504): the bound there admits
@@ -455,7 +450,7 @@ def _overflow_allowed(bound, expected, dtype):
         return bound
     expected = np.asarray(expected, dtype=np.float64)
     bound = np.broadcast_to(bound, expected.shape)
-    return np.where(np.abs(expected) + bound > _MAX_FINITE[dtype], np.inf, bound)
+    return np.where(np.abs(expected) + bound > MAX_FINITE[dtype], np.inf, bound)
 
 
 def _group_norms(a: np.ndarray) -> np.ndarray:
