@@ -42,6 +42,9 @@ def cmd_check(args) -> int:
             v.reproducer = str(write_reproducer(v, Path(args.report_dir)))
     console.print(matrix_table(verdicts))
     print_details(console, verdicts)
+    for backend in p.backends:
+        for line in backend.notes():
+            console.print(f"[dim]{line}[/]", highlight=False)
     counts = summary(verdicts)
     console.print(" ".join(f"{n} {k}" for k, n in counts.items()) + f" in {seconds:.1f}s (profile {args.profile})",
                   highlight=False)

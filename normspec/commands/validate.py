@@ -34,25 +34,55 @@ def cmd_validate(args) -> int:
         if not args.quiet and not o.verdict.reason.startswith("not applicable: does not apply"):
             console.print(f"[dim]{o.verdict.property}: {o.status} ({o.verdict.seconds:.1f}s)[/]", highlight=False)
 
-    try:
-        result = validate(args.target, as_norm=args.as_norm, kind=args.kind, profile=args.profile,
-                          example_timeout=args.example_timeout, run_timeout=args.run_timeout,
-                          properties=split_names(args.property) or None, dtypes=split_names(args.dtype) or None,
-                          fail_fast=args.fail_fast, on_result=progress)
-    except UsageError as exc:
-        print(f"normspec validate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    reproducers = write_reproducers(result, report_dir)
-    print_report(console, result, reproducers)
+    from normspec.validate.runner import COMPILE_EXAMPLE_TIMEOUT, compile_differences
+
+    runs = [False, True] if args.compile else [False]
+    results = []
+    for compiled in runs:
+        if compiled:
+            console.print("\n[bold]under torch.compile[/] (Inductor, dynamic shapes)", highlight=False)
+        try:
+            results.append(validate(
+                args.target, as_norm=args.as_norm, kind=args.kind, profile=args.profile,
+                example_timeout=max(args.example_timeout, COMPILE_EXAMPLE_TIMEOUT) if compiled else args.example_timeout,
+                run_timeout=args.run_timeout, properties=split_names(args.property) or None,
+                dtypes=split_names(args.dtype) or None, fail_fast=args.fail_fast, compile=compiled,
+                on_result=progress))
+        except UsageError as exc:
+            print(f"normspec validate: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    reports = []
+    for result in results:
+        reproducers = write_reproducers(result, report_dir / "compiled" if result.compiled else report_dir)
+        if result.compiled:
+            console.print("\n[bold]--- the same candidate under torch.compile ---[/]", highlight=False)
+        print_report(console, result, reproducers)
+        reports.append((result, reproducers))
+    if args.compile:
+        diffs = compile_differences(results[0], results[1])
+        if diffs:
+            console.print("\n[bold yellow]eager vs compiled differences[/] (torch.compile changes these verdicts):",
+                          highlight=False)
+            for name, eager, compiled in diffs:
+                console.print(f"  {name}: eager {eager}, compiled {compiled}", highlight=False)
+        else:
+            console.print("\neager and compiled verdicts agree on every property", highlight=False)
     if args.json:
-        text = to_json(result, reproducers)
+        import json
+
+        docs = [json.loads(to_json(r, rep)) for r, rep in reports]
+        if args.compile:
+            docs[0]["compiled"] = docs[1]
+            docs[0]["compile_differences"] = [dict(property=n, eager=e, compiled=c)
+                                              for n, e, c in compile_differences(results[0], results[1])]
+        text = json.dumps(docs[0], indent=2, default=str)
         if to_stdout:
             sys.stdout.write(text + "\n")
         else:
             Path(args.json).write_text(text)
     if args.junit_xml:
-        Path(args.junit_xml).write_text(to_junit(result, reproducers))
-    return EXIT_OK if result.accepted else EXIT_FAILED
+        Path(args.junit_xml).write_text(to_junit(*reports[-1]) if not args.compile else to_junit(*reports[0]))
+    return EXIT_OK if all(r.accepted for r in results) else EXIT_FAILED
 
 
 def register(sub) -> None:
@@ -75,6 +105,9 @@ def register(sub) -> None:
                    help=f"seconds one call of the candidate may take (default {EXAMPLE_TIMEOUT:.0f})")
     v.add_argument("--run-timeout", type=float, default=RUN_TIMEOUT,
                    help=f"seconds the whole validation may take (default {RUN_TIMEOUT:.0f})")
+    v.add_argument("--compile", action="store_true",
+                   help="also validate the candidate under torch.compile (Inductor, dynamic shapes) and report "
+                        "where eager and compiled verdicts differ; accepted only if both runs are")
     v.add_argument("--fail-fast", action="store_true", help="stop at the first failing property")
     v.add_argument("--quiet", action="store_true", help="no per-property progress lines")
     v.set_defaults(func=cmd_validate)

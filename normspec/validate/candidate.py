@@ -87,6 +87,7 @@ class Worker:
     process: Any = None
     conn: Any = None
     starts: int = 0
+    compile: bool = False  # run the candidate under torch.compile (`normspec validate --compile`)
 
     @property
     def log_path(self) -> str:
@@ -95,7 +96,7 @@ class Worker:
     def start(self) -> None:
         """A fresh interpreter (`python -m normspec.validate.worker`), talking over a socket pair."""
         parent, child = socket.socketpair()
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "NORMSPEC_VALIDATE_COMPILE": "1" if self.compile else "0"}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "normspec.validate.worker", str(child.fileno()), self.target, self.cwd,

@@ -28,6 +28,7 @@ from normspec.validate.steps import VALIDATE_PROPERTIES
 DEFAULT_PROFILE = "ci"
 EXAMPLE_TIMEOUT = 20.0  # seconds one call of the candidate may take
 RUN_TIMEOUT = 300.0  # seconds the whole validation may take
+COMPILE_EXAMPLE_TIMEOUT = 180.0  # under --compile a call may include a (re)compilation
 
 
 class UsageError(ValueError):
@@ -62,6 +63,7 @@ class ValidationResult:
     seconds: float = 0.0
     first_counterexample_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    compiled: bool = False  # validated under torch.compile
 
     @property
     def failures(self) -> list[Outcome]:
@@ -73,6 +75,13 @@ class ValidationResult:
 
 
 # ------------------------------------------------------------------ the target
+
+def compile_differences(eager: ValidationResult, compiled: ValidationResult) -> list[tuple[str, str, str]]:
+    """(property, eager status, compiled status) where the two runs disagree: what torch.compile changes."""
+    before = {o.verdict.property: o.status for o in eager.outcomes}
+    return [(o.verdict.property, before.get(o.verdict.property, "-"), o.status) for o in compiled.outcomes
+            if before.get(o.verdict.property, "-") != o.status]
+
 
 def check_target_syntax(target: str) -> None:
     if ":" not in target or not target.rsplit(":", 1)[1]:
@@ -264,14 +273,16 @@ def record_calls(p, view: NormRecord, backend: CandidateBackend, draws) -> list[
 def validate(target: str, *, as_norm: str | None = None, kind: str | None = None, profile: str = DEFAULT_PROFILE,
              example_timeout: float = EXAMPLE_TIMEOUT, run_timeout: float = RUN_TIMEOUT,
              properties: list[str] | None = None, dtypes: list[str] | None = None,
-             scratch: str | None = None, fail_fast: bool = False,
+             scratch: str | None = None, fail_fast: bool = False, compile: bool = False,
              on_result: Callable[[Outcome], None] = lambda o: None) -> ValidationResult:
-    """Validate TARGET; raises UsageError for a target that cannot be validated as given."""
+    """Validate TARGET; raises UsageError for a target that cannot be validated as given.
+
+    With `compile`, the candidate runs under torch.compile (see `adapters.compiled`)."""
     check_target_syntax(target)
     start = time.monotonic()
     deadline = start + run_timeout
-    result = ValidationResult(target=target, profile=profile)
-    worker = Worker(target, scratch or scratch_dir())
+    result = ValidationResult(target=target, profile=profile, compiled=compile)
+    worker = Worker(target, scratch or scratch_dir(), compile=compile)
     try:
         worker.start()
         try:
@@ -305,10 +316,14 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         elif kind and kind != info["kind"]:
             raise UsageError(f"{target} is a torch.nn.Module subclass, so --kind must be 'module', not {kind!r}")
         result.kind = info["kind"]
+        if compile and result.kind == "spec":
+            raise UsageError(f"{target} is a NumPy spec-signature function: only torch drop-ins can run under "
+                             f"torch.compile (drop --compile)")
         view = restricted_record(record, result.kind, info["ranks"])
         backend = CandidateBackend(worker, norm, result.kind, record.outputs, ranks=info["ranks"],
                                    dtypes=tuple(dtypes or ALL_DTYPES), layouts=ALL_LAYOUTS,
-                                   example_timeout=example_timeout, deadline=deadline)
+                                   example_timeout=example_timeout, deadline=deadline,
+                                   name="candidate[compiled]" if compile else "candidate")
         try:
             accepted, refused, aborts = probe(backend, record, case)
         except CandidateAbort as abort:
