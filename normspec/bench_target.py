@@ -79,7 +79,12 @@ class TargetBackend(TorchBackend):
 
     def gradients(self, norm, inputs, params, dy, wrt):
         if self.kind == "functional":
-            return super().gradients(norm, inputs, params, dy, wrt)
+            leaves = {r: (t.detach().requires_grad_(True) if t is not None and r in wrt else t)
+                      for r, t in inputs.items()}
+            y = self._forward(leaves, params, grad=True)["y"]
+            roles = [r for r in wrt if leaves.get(r) is not None]
+            got = torch.autograd.grad(y, [leaves[r] for r in roles], grad_outputs=dy, allow_unused=True)
+            return {r: (g if g is not None else torch.zeros_like(leaves[r])) for r, g in zip(roles, got)}
         x = inputs["x"].detach().requires_grad_("x" in wrt)
         module = self._module(inputs, params)
         y = self._forward({**inputs, "x": x}, params, grad=True)["y"]
