@@ -44,8 +44,8 @@ class Backend(abc.ABC):
     dtypes: tuple[str, ...] = ("float64",)
     layouts: tuple[str, ...] = ("contiguous",)
     kernels: Mapping[str, Kernel] = {}
-    # An opt-in backend runs only when named (`--backend NAME`): it is too slow for the default
-    # matrix (e.g. torch:inductor compiles for minutes); the default run lists it as skipped.
+    # An opt-in backend runs only when named (`--backend NAME`): too slow for the default matrix
+    # (torch:inductor and jax compile per guard/shape); the default run lists it as skipped.
     opt_in: bool = False
     # False for forward-only engines: properties that need gradients are skipped, saying so.
     differentiates: bool = True
@@ -111,7 +111,7 @@ def available_backends(names: list[str] | None = None) -> tuple[dict[str, Backen
         try:
             factory = ep.load()
             if not names and getattr(factory, "opt_in", False):
-                absent[name] = f"opt-in (slow): select it with --backend {name}"
+                absent[name] = f"opt-in (not in the default selection): select it with --backend {name}"
                 continue
             backend = factory()
         except BackendUnavailable as exc:

@@ -141,6 +141,7 @@ class JaxBackend(Backend):
     name = "jax"
     dtypes = JAX_DTYPES
     layouts = ("contiguous",)
+    opt_in = True  # the default `normspec check` keeps its time budget; `--backend NAME` selects it
 
     def __init__(self):
         if jax is None:
