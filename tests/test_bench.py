@@ -83,7 +83,6 @@ def test_byte_model_batch_norm_known_case():
     assert p.bytes == 2 * (96 + 12 + 96 + 6)
 
 
-@pytest.mark.skipif("rms_norm" not in norms(), reason="rms_norm is not registered")
 def test_byte_model_rms_norm_known_case():
     """(16, 64) float64 with gamma: reads x (1024) and gamma (64), writes y (1024)."""
     p = bench.prepare(get_norm("rms_norm"), _numpy(), (16, 64), "float64", "forward")
