@@ -378,3 +378,26 @@ def test_row_dots_are_row_dot_products_whatever_the_split(rows, cols):
     strided = reductions.row_dots(a[:, ::2], b[:, ::2])  # not contiguous: no split, still right
     exact = np.einsum("ij,ij->i", a[:, ::2].astype(np.float64), b[:, ::2].astype(np.float64))
     assert np.all(np.abs(strided - exact) <= bound)
+
+
+def _tunables_bound_twice(modules) -> list[str]:
+    """Upper-case module settings (TILE_BYTES, THREADS, ...) bound in more than one of `modules`."""
+    seen: dict[str, str] = {}
+    twice = []
+    for module in modules:
+        for name in vars(module):
+            if name.isupper() and not name.startswith("_"):
+                if name in seen:
+                    twice.append(f"{name}: {seen[name]} and {module.__name__}")
+                seen[name] = module.__name__
+    return twice
+
+
+def test_each_tunable_is_bound_in_one_module_only():
+    """Tests and docs/speed/floors.py set tunables on the module that reads them; a second binding (say
+    `from .runtime import TILE_BYTES` in batch_norm) would make such a setting silently miss that module."""
+    assert not _tunables_bound_twice([runtime, reductions, row_norms, batch_norm])
+    import types
+    copied = types.ModuleType("copied")
+    copied.TILE_BYTES = runtime.TILE_BYTES
+    assert _tunables_bound_twice([runtime, copied]) == ["TILE_BYTES: normspec.impls.fast_numpy.runtime and copied"]

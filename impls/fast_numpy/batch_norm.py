@@ -15,8 +15,8 @@ import numpy as np
 
 from normspec.impls.fast_numpy.reductions import (channel_dot, channel_moments, channel_sum, row_dots, row_moments,
                                                   row_sums)
-from normspec.impls.fast_numpy.runtime import (Columns, accumulation_dtype, channel_row, channel_tiles, copy_into,
-                                               load, map_tiles, new_output, scratch, scratch_like)
+from normspec.impls.fast_numpy.runtime import (Columns, accumulation_dtype, channel_row, channel_tiles, concatenated,
+                                               copy_into, load, map_tiles, new_output, scratch, scratch_like)
 
 
 # A group of whole channels whose batch, N * S values, fits in RESIDENT_BYTES is gathered into a
@@ -47,6 +47,30 @@ def _bn_geometry(x):
     return np.ascontiguousarray(x).reshape(n, c, -1)
 
 
+def _per_channel(v, dtype=None):
+    """A per-channel parameter or statistic as a 1-D array (None stays None)."""
+    return None if v is None else np.asarray(v, dtype=dtype).reshape(-1)
+
+
+def _gather(a3, c0: int, c1: int, slot: int, acc) -> np.ndarray:
+    """Channels c0..c1 of the (N, C, S) array a3, channel-major, (c1 - c0, N, S), in a scratch buffer in `acc`."""
+    n, _, s = a3.shape
+    t = scratch(slot, (c1 - c0) * n * s, acc).reshape(c1 - c0, n, s)
+    np.copyto(t, a3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")
+    return t
+
+
+def _resident_plan(x3, inputs, params, acc, buffers: int):
+    """The groups of the cache-resident path (`_resident_groups`) when batch statistics are used and the
+    channels fit, the batch size then checked; else None (the two-pass path, which checks it itself)."""
+    if not _uses_batch_stats(inputs, params):
+        return None
+    groups = _resident_groups(*x3.shape, acc, buffers=buffers)
+    if groups is not None:
+        _check_batch_size(x3, inputs, params)
+    return groups
+
+
 def _uses_batch_stats(inputs, params) -> bool:
     has_running = inputs.get("running_mean") is not None and inputs.get("running_var") is not None
     return params.get("training", True) or not has_running
@@ -59,8 +83,7 @@ def _bn_statistics(x3, inputs, params):
         _check_batch_size(x3, inputs, params)
         mean, var = channel_moments(x3)
     else:
-        mean = np.asarray(inputs["running_mean"], dtype=np.float64).reshape(-1)
-        var = np.asarray(inputs["running_var"], dtype=np.float64).reshape(-1)
+        mean, var = _per_channel(inputs["running_mean"], np.float64), _per_channel(inputs["running_var"], np.float64)
     return mean, var, batch
 
 
@@ -99,17 +122,18 @@ def folded_affine(mean, var, weight, bias, eps, batch: bool):
     to a few small ufuncs.
     """
     scale = np.sqrt(var + eps)
-    np.divide(1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(-1), scale, out=scale)
+    beta = _per_channel(bias, np.float64)
+    np.divide(1.0 if weight is None else _per_channel(weight, np.float64), scale, out=scale)
     shift = np.multiply(mean, scale)
-    if bias is None:
+    if beta is None:
         np.negative(shift, out=shift)
     else:
-        np.subtract(np.asarray(bias, dtype=np.float64).reshape(-1), shift, out=shift)
+        np.subtract(beta, shift, out=shift)
     if batch:
         constant = np.flatnonzero(var == 0)
         if constant.size:
             scale[constant] = 0.0
-            shift[constant] = 0.0 if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)[constant]
+            shift[constant] = 0.0 if beta is None else beta[constant]
     return scale, shift
 
 
@@ -155,8 +179,7 @@ def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
 
     def work(tile):
         _, _, c0, c1 = tile
-        t = scratch(5, (c1 - c0) * count, acc).reshape(c1 - c0, n, s)
-        np.copyto(t, x3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")  # the gather: the only read of x
+        t = _gather(x3, c0, c1, 5, acc)  # the only read of x
         rows = t.reshape(c1 - c0, count)
         single = _one_channel_affine(rows, weight, bias, c0, eps) if c1 - c0 == 1 and SCALAR_EPILOGUE else None
         if single is not None:
@@ -175,8 +198,7 @@ def _resident_batch_norm(x3, y3, groups, weight, bias, eps, acc):
         np.copyto(y3[:, c0:c1].transpose(1, 0, 2), t, casting="unsafe")  # the only write of y
         return mean, var
 
-    parts = map_tiles(work, groups, x3.nbytes)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return concatenated(map_tiles(work, groups, x3.nbytes))
 
 
 def batch_norm_forward(inputs, params):
@@ -190,12 +212,10 @@ def batch_norm_forward(inputs, params):
     acc = accumulation_dtype(x.dtype)
     eps = params.get("eps", 1e-5)
     y = new_output(x3.shape, x.dtype)
-    groups = _resident_groups(*x3.shape, acc) if _uses_batch_stats(inputs, params) else None
+    groups = _resident_plan(x3, inputs, params, acc, buffers=1)
     if groups is not None:
-        _check_batch_size(x3, inputs, params)
-        weight, bias = inputs.get("weight"), inputs.get("bias")
-        mean, var = _resident_batch_norm(x3, y, groups, None if weight is None else np.asarray(weight).reshape(-1),
-                                         None if bias is None else np.asarray(bias).reshape(-1), eps, acc)
+        mean, var = _resident_batch_norm(x3, y, groups, _per_channel(inputs.get("weight")),
+                                         _per_channel(inputs.get("bias")), eps, acc)
     else:
         mean, var, batch = _bn_statistics(x3, inputs, params)
         scale, shift = folded_affine(mean, var, inputs.get("weight"), inputs.get("bias"), eps, batch)
@@ -235,15 +255,12 @@ def _resident_batch_norm_backward(x3, dy3, dx3, groups, gamma, eps, acc):
 
     def work(tile):
         _, _, c0, c1 = tile
-        t = scratch(5, (c1 - c0) * count, acc).reshape(c1 - c0, n, s)
-        np.copyto(t, x3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")
-        xhat = t.reshape(c1 - c0, count)
+        xhat = _gather(x3, c0, c1, 5, acc).reshape(c1 - c0, count)
         mean, m2, _ = row_moments(xhat)
         inv_std = 1.0 / np.sqrt(m2 / count + eps)
         np.subtract(xhat, mean.astype(acc)[:, None], out=xhat)
         np.multiply(xhat, inv_std.astype(acc)[:, None], out=xhat)
-        g = scratch(6, (c1 - c0) * count, acc).reshape(c1 - c0, n, s)
-        np.copyto(g, dy3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")
+        g = _gather(dy3, c0, c1, 6, acc)
         rows = g.reshape(c1 - c0, count)
         sum_dy = row_sums(rows).astype(np.float64)
         sum_dy_xhat = row_dots(rows, xhat).astype(np.float64)
@@ -254,8 +271,7 @@ def _resident_batch_norm_backward(x3, dy3, dx3, groups, gamma, eps, acc):
                     out=dx3[:, c0:c1].transpose(1, 0, 2), casting="unsafe")
         return sum_dy, sum_dy_xhat
 
-    parts = map_tiles(work, groups, x3.nbytes)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return concatenated(map_tiles(work, groups, x3.nbytes))
 
 
 def batch_norm_backward(inputs, params, dy):
@@ -271,10 +287,9 @@ def batch_norm_backward(inputs, params, dy):
     acc = accumulation_dtype(x.dtype)
     n, c, s = x3.shape
     weight = inputs.get("weight")
-    gamma = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64).reshape(-1)
-    groups = _resident_groups(n, c, s, acc, buffers=2) if _uses_batch_stats(inputs, params) else None
+    gamma = np.ones(c) if weight is None else _per_channel(weight, np.float64)
+    groups = _resident_plan(x3, inputs, params, acc, buffers=2)
     if groups is not None:
-        _check_batch_size(x3, inputs, params)
         dx = new_output(x3.shape, x.dtype)
         sum_dy, sum_dy_xhat = _resident_batch_norm_backward(x3, dy3, dx, groups, gamma, params.get("eps", 1e-5), acc)
         return {"x": dx.reshape(x.shape), "weight": sum_dy_xhat, "bias": sum_dy}

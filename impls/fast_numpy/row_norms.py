@@ -14,8 +14,8 @@ import numpy as np
 
 from normspec.impls.fast_numpy.reductions import (add_column_sums, constant_row_candidates, exact_constant_rows,
                                                   gemv, row_dots, row_sums)
-from normspec.impls.fast_numpy.runtime import (Columns, accumulation_dtype, copy_into, load, map_tiles, new_output,
-                                               ones_vector, row_blocks, row_tiles, scratch_like)
+from normspec.impls.fast_numpy.runtime import (Columns, accumulation_dtype, concatenated, copy_into, load, map_tiles,
+                                               new_output, ones_vector, row_blocks, row_tiles, scratch_like)
 
 
 def _check_suffix(x: np.ndarray, normalized_shape) -> int:
@@ -24,6 +24,34 @@ def _check_suffix(x: np.ndarray, normalized_shape) -> int:
     if k == 0 or tuple(x.shape[x.ndim - k:]) != shape:
         raise ValueError(f"normalized_shape {shape} must be a non-empty suffix of the input shape {x.shape}")
     return math.prod(shape)
+
+
+def _rows(x, weight, normalized_shape):
+    """The setup every row kernel shares: (m, accumulation dtype, x as a contiguous (rows, m) array, a new
+    output of that shape in x's dtype, gamma as a length-m vector in the accumulation dtype or None)."""
+    m = _check_suffix(x, normalized_shape)
+    acc = accumulation_dtype(x.dtype)
+    x2 = np.ascontiguousarray(x).reshape(-1, m)
+    out = new_output(x2.shape, x.dtype)
+    gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
+    return m, acc, x2, out, gamma
+
+
+def _column_sums_by_block(tile, count: int, x2, m: int, acc) -> list[np.ndarray]:
+    """Runs tile(rows, *sums) over every tile of rows, where each block of tiles (`row_blocks`) has its own
+    `count` float64 column sums for the tiles to add to; returns those summed over the blocks in block
+    order, so the result is bitwise the same whatever the thread count."""
+    def block(tiles):
+        sums = [np.zeros(m) for _ in range(count)]
+        for rows in tiles:
+            tile(rows, *sums)
+        return sums
+
+    totals = [np.zeros(m) for _ in range(count)]
+    for partial in map_tiles(block, row_blocks(x2.shape[0], m, acc), x2.nbytes, row=m):
+        for total, part in zip(totals, partial):
+            total += part
+    return totals
 
 
 def row_stats_tile(t: np.ndarray, centred: np.ndarray):
@@ -51,11 +79,7 @@ def layer_norm_forward(x, weight, bias, normalized_shape, eps):
     with a handful of calls; the Python work per tile holds the GIL the other tile threads wait for,
     so the constant-row rule is applied once per call, to the rows all tiles flag (`_constant_rows_to_beta`).
     """
-    m = _check_suffix(x, normalized_shape)
-    acc = accumulation_dtype(x.dtype)
-    x2 = np.ascontiguousarray(x).reshape(-1, m)
-    y = new_output(x2.shape, x.dtype)
-    gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
+    m, acc, x2, y, gamma = _rows(x, weight, normalized_shape)
     beta = None if bias is None else np.ascontiguousarray(bias, dtype=acc).reshape(m)
     eps = acc.type(eps)
     columns = Columns(m, gamma, beta)
@@ -82,10 +106,7 @@ def _constant_rows_to_beta(x2, y, parts, beta, m) -> None:
     mean is a rounded sum, so their centred values are rounding noise scaled by 1/sqrt(eps))."""
     if not parts:  # no rows at all
         return
-    if len(parts) == 1:
-        mean, sq = parts[0]
-    else:
-        mean, sq = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    mean, sq = parts[0] if len(parts) == 1 else concatenated(parts)
     for r in constant_row_candidates(mean, sq, m):
         row = x2[r]
         if row.min() == row.max():
@@ -107,12 +128,8 @@ def _affine_rows_out(d, columns: Columns, out):
 
 def layer_norm_backward(x, weight, dy, normalized_shape, eps):
     """dx = inv_std (g - mean g - xhat mean(g xhat)), g = gamma dy; dgamma = sum dy xhat; dbeta = sum dy."""
-    m = _check_suffix(x, normalized_shape)
-    acc = accumulation_dtype(x.dtype)
-    x2 = np.ascontiguousarray(x).reshape(-1, m)
+    m, acc, x2, dx, gamma = _rows(x, weight, normalized_shape)
     dy2 = np.ascontiguousarray(dy).reshape(-1, m)
-    dx = new_output(x2.shape, x.dtype)
-    gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
     eps = acc.type(eps)
     ones = ones_vector(m, acc)
 
@@ -135,17 +152,7 @@ def layer_norm_backward(x, weight, dy, normalized_shape, eps):
         np.subtract(w, mean_g, out=w)
         np.multiply(w, inv_std, out=dx[rows[0]:rows[1]], casting="unsafe")
 
-    def block(tiles):
-        dgamma, dbeta = np.zeros(m), np.zeros(m)
-        for rows in tiles:
-            tile(rows, dgamma, dbeta)
-        return dgamma, dbeta
-
-    partials = map_tiles(block, row_blocks(x2.shape[0], m, acc), x2.nbytes, row=m)
-    dgamma, dbeta = np.zeros(m), np.zeros(m)
-    for pg, pb in partials:
-        dgamma += pg
-        dbeta += pb
+    dgamma, dbeta = _column_sums_by_block(tile, 2, x2, m, acc)
     shape = tuple(int(s) for s in normalized_shape)
     return {"x": dx.reshape(x.shape), "weight": dgamma.reshape(shape), "bias": dbeta.reshape(shape)}
 
@@ -157,11 +164,7 @@ def rms_eps(eps, acc: np.dtype) -> float:
 
 def rms_norm_forward(x, weight, normalized_shape, eps):
     """y = x / sqrt(mean(x^2) + eps) * gamma (Zhang & Sennrich 2019, eq. 4), one DRAM pass."""
-    m = _check_suffix(x, normalized_shape)
-    acc = accumulation_dtype(x.dtype)
-    x2 = np.ascontiguousarray(x).reshape(-1, m)
-    y = new_output(x2.shape, x.dtype)
-    gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
+    m, acc, x2, y, gamma = _rows(x, weight, normalized_shape)
     eps = acc.type(rms_eps(eps, acc))
     columns = Columns(m, gamma, None)
 
@@ -183,12 +186,8 @@ def rms_norm_forward(x, weight, normalized_shape, eps):
 
 def rms_norm_backward(x, weight, dy, normalized_shape, eps):
     """dx = (g - x sum(g x)/(m r^2)) / r, r = sqrt(mean x^2 + eps), g = gamma dy; dgamma = sum dy x/r."""
-    m = _check_suffix(x, normalized_shape)
-    acc = accumulation_dtype(x.dtype)
-    x2 = np.ascontiguousarray(x).reshape(-1, m)
+    m, acc, x2, dx, gamma = _rows(x, weight, normalized_shape)
     dy2 = np.ascontiguousarray(dy).reshape(-1, m)
-    dx = new_output(x2.shape, x.dtype)
-    gamma = None if weight is None else np.ascontiguousarray(weight, dtype=acc).reshape(m)
     eps = acc.type(rms_eps(eps, acc))
 
     def tile(rows, dgamma):
@@ -209,17 +208,8 @@ def rms_norm_backward(x, weight, dy, normalized_shape, eps):
         np.subtract(g, w, out=w)
         np.multiply(w, inv[:, None], out=dx[rows[0]:rows[1]], casting="unsafe")
 
-    def block(tiles):
-        dgamma = np.zeros(m)
-        for rows in tiles:
-            tile(rows, dgamma)
-        return dgamma
-
-    partials = map_tiles(block, row_blocks(x2.shape[0], m, acc), x2.nbytes, row=m)
+    (dgamma,) = _column_sums_by_block(tile, 1, x2, m, acc)
     grads = {"x": dx.reshape(x.shape)}
     if weight is not None:
-        dgamma = np.zeros(m)
-        for pg in partials:
-            dgamma += pg
         grads["weight"] = dgamma.reshape(weight.shape)
     return grads

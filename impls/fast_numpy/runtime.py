@@ -62,6 +62,11 @@ def map_tiles(work, tiles, nbytes: int, row: int | None = None) -> list:
     return results
 
 
+def concatenated(parts: list) -> tuple:
+    """The per-tile results of `map_tiles`, tuples of arrays, joined into one array per position in tile order."""
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
 # NumPy's buffered ufunc iterator grows its inner loop across rows shorter than the ufunc buffer
 # (8192 elements by default) and, to do so, copies broadcast operands (a per-row scalar, a
 # per-column vector) into the buffer element by element: on 1024-wide rows, `t * r[:, None]` and
