@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
+from normspec.library.conditioning import Conditioning
 
 # Traits the properties key on: the single vocabulary, name -> meaning. A norm family that
 # needs a new trait declares it with `register_trait` in its record module.
@@ -38,27 +39,6 @@ def register_trait(name: str, meaning: str) -> str:
 
 
 @dataclass(frozen=True)
-class Conditioning:
-    """What the tolerance model needs about one case (see `normspec.properties.tolerance`).
-
-    All arrays broadcast against the input x. `count` is the length of the statistics'
-    reduction (1 when the statistics are given, e.g. eval-mode running stats);
-    `param_axes` are the axes summed to form the weight/bias gradients.
-    """
-
-    xhat: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    count: int
-    gamma: np.ndarray
-    beta: np.ndarray
-    stats_axes: tuple[int, ...]
-    param_axes: tuple[int, ...]
-    batch_stats: bool
-    running_var_scale: float = 1.0  # n/(n-1) when the running variance is fed the unbiased estimate
-
-
-@dataclass(frozen=True)
 class NormRecord:
     name: str
     family: str
@@ -69,7 +49,7 @@ class NormRecord:
     traits: frozenset[str]
     # Tolerance: mean/variance normalizers give `conditioning` and get the shared moment model;
     # others give `error_model(case, dtype, ref, dy, ref_grads) -> tolerance.Bounds`, written in
-    # `normspec.properties.tolerance` from the same terms (unit roundoff x condition).
+    # `normspec.library.tolerance` from the same terms (unit roundoff x condition).
     conditioning: Callable[[Case], Conditioning] | None = None
     error_model: Callable[..., object] | None = None
     differentiable: tuple[str, ...] = ("x", "weight", "bias")

@@ -10,8 +10,8 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.properties import tolerance
+from normspec.library.case import Case
+from normspec.library import tolerance
 from normspec.properties.agreement import where
 from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, traits
 from normspec.properties.invariance import MAX_FINITE

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import FailedHealthCheck, Unsatisfiable
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.impls.base import Backend
-from normspec.properties import tolerance
+from normspec.library import tolerance
 from normspec.registry import NormRecord
 
 

@@ -11,8 +11,8 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.properties import tolerance
+from normspec.library.case import Case
+from normspec.library import tolerance
 from normspec.properties.agreement import where
 from normspec.properties.hygiene import assert_raises_clearly
 from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, traits

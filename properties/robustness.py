@@ -10,7 +10,7 @@ from normspec.properties.agreement import compare_outputs, where
 from normspec.properties.core import Context, assert_close, assert_equal, prop, traits
 from normspec.properties.core import representable
 from normspec.properties.statistics import batch_stats_case
-from normspec.properties.tolerance import compute_roundoff
+from normspec.library.tolerance import compute_roundoff
 
 
 @prop("robustness", applies=traits("moment_normalizer"))

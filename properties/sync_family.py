@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.properties.agreement import where
 from normspec.properties.core import Context, PropertyFailure, assert_close, prop, traits
 from normspec.registry import get_norm

@@ -10,11 +10,11 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.properties.agreement import compare_outputs, where
 from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop
 from normspec.properties.invariance import _fits, _on_grid, MAX_FINITE
-from normspec.properties.tolerance import SAFETY, TINY, compute_roundoff, storage_roundoff
+from normspec.library.tolerance import SAFETY, TINY, compute_roundoff, storage_roundoff
 from normspec.registry import get_norm
 from normspec.spec.norm_prop import RELU_MEAN, RELU_STD
 from normspec.spec.spectral_norm import weight_matrix

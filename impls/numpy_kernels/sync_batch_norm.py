@@ -19,7 +19,7 @@ def _geometry(x):
 
 
 def shards(x, params):
-    from normspec.norms.sync_batch_norm import split_batch
+    from normspec.spec.sync_batch_norm import split_batch
 
     return split_batch(x, params)
 

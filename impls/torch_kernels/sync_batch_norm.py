@@ -161,7 +161,7 @@ def rank_task(payload):
 # ---------------------------------------------------------------- in the caller
 
 def _shards(t, params):
-    from normspec.norms.sync_batch_norm import split_batch
+    from normspec.spec.sync_batch_norm import split_batch
 
     return split_batch(t, params)
 

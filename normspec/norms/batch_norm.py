@@ -6,10 +6,11 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.registry import Conditioning, NormRecord, register
+from normspec.library.case import Case
+from normspec.library.conditioning import Conditioning
+from normspec.registry import NormRecord, register
 from normspec.spec import batch_norm, batch_norm_backward, moments
-from normspec.properties.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
+from normspec.library.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
 
 momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
 

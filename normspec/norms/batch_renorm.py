@@ -6,11 +6,11 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.batch_renorm import batch_renorm, batch_renorm_backward
-from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
-from normspec.properties.tolerance import batch_renorm_bounds
+from normspec.library.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.library.tolerance import batch_renorm_bounds
 
 RENORM = register_trait("renorm", "Batch Renorm: r, d corrections against moving mean/std, rmax = 1, dmax = 0 is BatchNorm")
 POPULATION = register_trait(

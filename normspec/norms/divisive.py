@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.properties import tolerance
-from normspec.properties.strategies import affine_vector, eps_values, grouped_values
+from normspec.library.case import Case
+from normspec.library import tolerance
+from normspec.library.strategies import affine_vector, eps_values, grouped_values
 from normspec.registry import NormRecord, register
 from normspec.spec.divisive import BORDERS, divisive_norm, divisive_norm_backward, divisive_parts
 

@@ -6,12 +6,13 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.registry import Conditioning, NormRecord, register
+from normspec.library.case import Case
+from normspec.library.conditioning import Conditioning
+from normspec.registry import NormRecord, register
 from normspec.spec.group_norm import group_axes, group_norm, group_norm_backward
 from normspec.spec.moments import moments
-from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
-from normspec.properties.tolerance import reshaped_moment_bounds
+from normspec.library.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.library.tolerance import reshaped_moment_bounds
 
 
 @st.composite

@@ -6,11 +6,12 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.registry import Conditioning, NormRecord, register, register_trait
+from normspec.library.case import Case
+from normspec.library.conditioning import Conditioning
+from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.instance_norm import instance_norm, instance_norm_backward, uses_input_stats
 from normspec.spec.moments import moments
-from normspec.properties.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
+from normspec.library.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
 
 register_trait("per_instance_running_stats",
                "running statistics are fed the batch-mean of per-instance statistics; eval uses them per channel")

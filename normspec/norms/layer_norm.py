@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.registry import Conditioning, NormRecord, register
+from normspec.library.case import Case
+from normspec.library.conditioning import Conditioning
+from normspec.registry import NormRecord, register
 from normspec.spec import layer_norm, layer_norm_backward, moments
-from normspec.properties.strategies import affine_vector, eps_values, grouped_values
+from normspec.library.strategies import affine_vector, eps_values, grouped_values
 
 
 @st.composite

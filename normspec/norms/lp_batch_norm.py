@@ -6,11 +6,11 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.lp_batch_norm import lp_batch_norm, lp_batch_norm_backward, lp_scale
-from normspec.properties.strategies import affine_vector, eps_values, grouped_values, seeds
-from normspec.properties.tolerance import lp_batch_norm_bounds
+from normspec.library.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.library.tolerance import lp_batch_norm_bounds
 from normspec.norms.batch_renorm import EXACT_SCALE, POPULATION
 
 LP_SCALE = register_trait("lp_scale", "BatchNorm with the standard deviation replaced by an Lp estimate; p = 2 is BatchNorm")

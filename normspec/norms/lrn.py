@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.properties import tolerance
-from normspec.properties.strategies import grouped_values
+from normspec.library.case import Case
+from normspec.library import tolerance
+from normspec.library.strategies import grouped_values
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.lrn import (LRN_CONVENTIONS, SPATIAL_REDUCTIONS, lrn_window, matconvnet_window, response_backward,
                                response_forward, response_gradient_magnitude, spatial_window)

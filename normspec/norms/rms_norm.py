@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.registry import NormRecord, register
 from normspec.spec.rms_norm import resolve_eps, rms, rms_norm, rms_norm_backward
-from normspec.properties.strategies import affine_vector, eps_values, grouped_values
-from normspec.properties.tolerance import rms_bounds
+from normspec.library.strategies import affine_vector, eps_values, grouped_values
+from normspec.library.tolerance import rms_bounds
 
 
 @st.composite

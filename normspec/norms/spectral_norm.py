@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.norms.weight_norm import WEIGHT_REPARAMETRIZATION, dims_for, layer_weight_shape, weight_shapes, weight_values
-from normspec.properties import tolerance
-from normspec.properties.strategies import seeds
+from normspec.library import tolerance
+from normspec.library.strategies import seeds
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.spectral_norm import power_iteration, spectral_norm, spectral_norm_backward, weight_matrix
 

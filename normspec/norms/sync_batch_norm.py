@@ -12,12 +12,13 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.properties.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
-from normspec.properties.tolerance import growth
-from normspec.registry import Conditioning, NormRecord, register, register_trait
+from normspec.library.case import Case
+from normspec.library.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
+from normspec.library.tolerance import growth
+from normspec.library.conditioning import Conditioning
+from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.moments import moments
-from normspec.spec.sync_batch_norm import sync_batch_norm, sync_batch_norm_backward
+from normspec.spec.sync_batch_norm import rank_sizes_of, split_batch, sync_batch_norm, sync_batch_norm_backward
 
 RANK_SYNCHRONIZED = register_trait(
     "rank_synchronized",
@@ -26,25 +27,6 @@ RANK_SYNCHRONIZED = register_trait(
 )
 MIN_RANKS, MAX_RANKS = 2, 4
 momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
-
-
-def rank_sizes_of(params, n: int) -> tuple[int, ...]:
-    """The validated per-rank batch sizes of a call on a global batch of n samples."""
-    if "rank_sizes" not in params:
-        raise ValueError("sync_batch_norm needs the param rank_sizes (the per-rank batch sizes)")
-    sizes = tuple(params["rank_sizes"])
-    if not sizes or any(int(s) != s or s < 1 for s in sizes):
-        raise ValueError(f"rank_sizes must be positive integers, one per rank, got {sizes!r}")
-    if sum(sizes) != n:
-        raise ValueError(f"rank_sizes {sizes!r} sum to {sum(sizes)}, but the global batch has {n} samples")
-    return tuple(int(s) for s in sizes)
-
-
-def split_batch(x, params) -> list:
-    """The per-rank shards x[start_r:start_r + n_r] of the global batch (views, any array type)."""
-    sizes = rank_sizes_of(params, x.shape[0])
-    bounds = np.cumsum((0,) + sizes)
-    return [x[int(a):int(b)] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @st.composite

@@ -17,8 +17,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from normspec.case import Case
-from normspec.properties import tolerance
+from normspec.library.case import Case
+from normspec.library import tolerance
 from normspec.registry import get_norm
 from normspec.report import counterexample_text
 from normspec.validate import adapters

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from normspec.registry import Conditioning
+from normspec.library.conditioning import Conditioning
 
 SAFETY = 16.0
 
