@@ -17,6 +17,7 @@ from normspec.impls.fast_numpy.reductions import (channel_dot, channel_moments, 
                                                   row_sums)
 from normspec.impls.fast_numpy.runtime import (Columns, accumulation_dtype, channel_row, channel_tiles, concatenated,
                                                copy_into, load, map_tiles, new_output, scratch, scratch_like)
+from normspec.impls.running import running_update, uses_batch_statistics
 
 
 # A group of whole channels whose batch, N * S values, fits in RESIDENT_BYTES is gathered into a
@@ -63,7 +64,7 @@ def _gather(a3, c0: int, c1: int, slot: int, acc) -> np.ndarray:
 def _resident_plan(x3, inputs, params, acc, buffers: int):
     """The groups of the cache-resident path (`_resident_groups`) when batch statistics are used and the
     channels fit, the batch size then checked; else None (the two-pass path, which checks it itself)."""
-    if not _uses_batch_stats(inputs, params):
+    if not uses_batch_statistics(inputs, params):
         return None
     groups = _resident_groups(*x3.shape, acc, buffers=buffers)
     if groups is not None:
@@ -71,14 +72,9 @@ def _resident_plan(x3, inputs, params, acc, buffers: int):
     return groups
 
 
-def _uses_batch_stats(inputs, params) -> bool:
-    has_running = inputs.get("running_mean") is not None and inputs.get("running_var") is not None
-    return params.get("training", True) or not has_running
-
-
 def _bn_statistics(x3, inputs, params):
     """(mean, biased var, batch?) per channel in float64: the batch's or the running statistics."""
-    batch = _uses_batch_stats(inputs, params)
+    batch = uses_batch_statistics(inputs, params)
     if batch:
         _check_batch_size(x3, inputs, params)
         mean, var = channel_moments(x3)
@@ -228,20 +224,10 @@ def batch_norm_forward(inputs, params):
 
 
 def _running_update(inputs, params, mean, var, count):
-    """PyTorch's running-statistics update, with the momentum and variance conventions as params."""
-    rm, rv = inputs["running_mean"], inputs["running_var"]
-    momentum = params.get("momentum", 0.1)
-    if momentum is None:
-        factor = 1.0 / (params.get("num_batches_tracked", 0) + 1)
-    elif params.get("momentum_style", "new") == "decay":
-        factor = 1.0 - momentum
-    else:
-        factor = momentum
-    if params.get("running_var_style", "unbiased") == "unbiased":
-        var = var * (count / (count - 1))
-    new_rm = (1.0 - factor) * np.asarray(rm, dtype=np.float64) + factor * mean
-    new_rv = (1.0 - factor) * np.asarray(rv, dtype=np.float64) + factor * var
-    return new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
+    """PyTorch's running-statistics update, with the momentum and variance conventions as params
+    (`normspec.impls.running`, shared with the other backends), in the buffers' dtype."""
+    return running_update(inputs["running_mean"], inputs["running_var"], mean, var, count, params,
+                          lambda new, like: np.asarray(new, dtype=like.dtype))
 
 
 def _resident_batch_norm_backward(x3, dy3, dx3, groups, gamma, eps, acc):
