@@ -20,9 +20,9 @@ from normspec.impls.base import Backend, BackendUnavailable, Kernel
 
 INSTALL = "pip install 'normspec[jax]'"
 try:
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    import flax.linen as nn
 except ImportError as _exc:  # pragma: no cover - exercised where the extra is absent
     jax = None
     _IMPORT_ERROR = str(_exc)
@@ -121,7 +121,8 @@ def _batch_norm(params, roles):
 
 
 def _batch_norm_unsupported(params):
-    if params.get("training", True) and "momentum" in params and params.get("running_var_style", "unbiased") != "biased":
+    tracked_training = params.get("training", True) and "momentum" in params
+    if tracked_training and params.get("running_var_style", "unbiased") != "biased":
         return "flax BatchNorm updates the running variance with the biased batch variance"
     return None
 

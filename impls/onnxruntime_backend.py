@@ -17,7 +17,7 @@ Missing scale/bias inputs that ONNX requires are fed as ones/zeros (exact: y*1+0
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +25,8 @@ from normspec.impls.base import Backend, BackendUnavailable, Kernel
 
 try:
     import onnx
-    from onnx import TensorProto, helper
     import onnxruntime as ort
+    from onnx import helper
 except ImportError as _exc:  # pragma: no cover - exercised where the extra is absent
     onnx = ort = None
     _IMPORT_ERROR = str(_exc)
@@ -153,7 +153,8 @@ def _mvn_unsupported(params):
 
 
 def _batch_norm_unsupported(params):
-    if params.get("training", True) and "momentum" in params and params.get("running_var_style", "unbiased") != "biased":
+    tracked_training = params.get("training", True) and "momentum" in params
+    if tracked_training and params.get("running_var_style", "unbiased") != "biased":
         return "ONNX BatchNormalization (training_mode) updates the running variance with the biased batch variance"
     return None
 

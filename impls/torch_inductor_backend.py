@@ -13,6 +13,7 @@ Inductor generates its own reductions and fusions, so it is a different implemen
 from __future__ import annotations
 
 import time
+
 import torch
 
 from normspec.impls.base import BackendUnavailable, Kernel

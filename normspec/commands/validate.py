@@ -44,7 +44,8 @@ def cmd_validate(args) -> int:
         try:
             results.append(validate(
                 args.target, as_norm=args.as_norm, kind=args.kind, profile=args.profile,
-                example_timeout=max(args.example_timeout, COMPILE_EXAMPLE_TIMEOUT) if compiled else args.example_timeout,
+                example_timeout=(max(args.example_timeout, COMPILE_EXAMPLE_TIMEOUT) if compiled
+                                 else args.example_timeout),
                 run_timeout=args.run_timeout, properties=split_names(args.property) or None,
                 dtypes=split_names(args.dtype) or None, fail_fast=args.fail_fast, compile=compiled,
                 on_result=progress))
