@@ -74,11 +74,14 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb"
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
 
-def memory_size(text: str) -> int | None:
-    """Bytes from '4G', '512M', '2.5GiB' or a plain byte count; 'none' for no limit (argparse type)."""
+def memory_size(text: str) -> int | str | None:
+    """Bytes from '4G', '512M', '2.5GiB' or a plain byte count; 'none' for no limit, 'auto' for the
+    default (argparse type)."""
     t = text.strip().lower()
     if t in ("none", "off", "unlimited"):
         return None
+    if t == "auto":
+        return "auto"
     number = t.rstrip("kmgtib")
     unit = t[len(number):]
     try:

@@ -211,3 +211,24 @@ def correct_variant_backend(norm: str) -> NumpyBackend:
     backend.kernels = {**backend.kernels, norm: replace(backend.kernels[norm], forward=variant)}
     backend.name = "numpy+no_bug"
     return backend
+
+
+def reused_output_backend(norm: str = "layer_norm") -> NumpyBackend:
+    """A NumPy backend whose `norm` forward copies each result into one cached buffer per output,
+    shape and dtype and returns that buffer (a workspace reused across calls, as fused kernels with
+    preallocated outputs do): a second call overwrites the caller's first result."""
+    backend = NumpyBackend()
+    reference = backend.kernels[norm]
+    workspace: dict = {}
+
+    def forward(inputs, params):
+        out = reference.forward(inputs, params)
+        for name, value in out.items():
+            buffer = workspace.setdefault((name, value.shape, value.dtype), np.empty_like(value))
+            np.copyto(buffer, value)
+            out[name] = buffer
+        return out
+
+    backend.kernels = {**backend.kernels, norm: replace(reference, forward=forward)}
+    backend.name = "numpy+reused_output_buffer"
+    return backend

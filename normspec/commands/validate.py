@@ -32,7 +32,12 @@ def default_report_dir() -> Path:
 
 
 def check_outputs(args) -> None:
-    """Every output path is checked before any work (PathError: exit 2)."""
+    """Every output path and dtype is checked before any work (PathError: exit 2)."""
+    from normspec.validate.candidate import ALL_DTYPES
+
+    bad = [d for d in split_names(args.dtype) if d not in ALL_DTYPES]
+    if bad:
+        raise PathError(f"unknown dtype(s) {', '.join(bad)}; known: {', '.join(ALL_DTYPES)}")
     if args.json and args.json != "-":
         check_writable_file(args.json, "--json")
     if args.junit_xml:

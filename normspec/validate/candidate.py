@@ -48,11 +48,12 @@ class CandidateRaised(Exception):
     """The candidate raised (or broke the drop-in contract); ctx.run reports it as a failure."""
 
 
-@dataclass
+@dataclass(eq=False)
 class RemoteArray:
     values: np.ndarray  # float64, exactly the dtype-rounded values
     dtype: str
     layout: str = "contiguous"
+    shares_with: list = field(default_factory=list)  # earlier RemoteArrays whose memory the worker's array shares
 
     @property
     def shape(self):
@@ -304,6 +305,7 @@ class CandidateBackend(Backend):
         self.kernels = {norm: Kernel(forward=self._no_direct_call, unsupported=self._unsupported)}
         self.recording: list[dict] | None = None  # when a list, every call and its result is appended
         self.calls = 0
+        self.previous: dict[str, RemoteArray] = {}  # the last call's outputs, updated if the worker saw them change
 
     # -- Backend contract
     @staticmethod
@@ -328,6 +330,10 @@ class CandidateBackend(Backend):
 
     def forward(self, norm, inputs, params):
         return self._call(norm, inputs, params)["outputs"]
+
+    def shares_memory(self, a, b) -> bool:
+        """As the worker saw it: the candidate returned overlapping arrays in two calls."""
+        return any(x is a for x in getattr(b, "shares_with", ())) or any(x is b for x in getattr(a, "shares_with", ()))
 
     def gradients(self, norm, inputs, params, dy, wrt):
         return self._call(norm, inputs, params, dy=dy, wrt=wrt)["grads"]
@@ -373,7 +379,16 @@ class CandidateBackend(Backend):
         if self.recording is not None:
             self.recording.append({"msg": msg, "result": result})
         wrap = lambda v: RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
-        return {"outputs": {k: wrap(v) for k, v in result["outputs"].items()},
+        outputs = {k: wrap(v) for k, v in result["outputs"].items()}
+        previous = result.get("previous", {})
+        for name, now in previous.get("changed", {}).items():  # the second call wrote into the first's result
+            if name in self.previous:
+                self.previous[name].values = np.asarray(now, dtype=np.float64)
+        for new_name, old_name in previous.get("shared", []):
+            if new_name in outputs and old_name in self.previous:
+                outputs[new_name].shares_with.append(self.previous[old_name])
+        self.previous = dict(outputs)
+        return {"outputs": outputs,
                 "grads": {k: wrap(v) for k, v in result["grads"].items()},
                 "mutated": result["mutated"]}
 
