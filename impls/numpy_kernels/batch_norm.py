@@ -52,7 +52,8 @@ def _running_update(inputs, params, mean, var, count):
     acc = mean.dtype
     new_rm = (1 - factor) * rm.astype(acc) + factor * mean.reshape(-1)
     new_rv = (1 - factor) * rv.astype(acc) + factor * var
-    return new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
+    with np.errstate(over="ignore"):  # a running statistic past the dtype's range rounds to inf
+        return new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
 
 
 def forward(inputs, params):

@@ -32,8 +32,8 @@ def _write(path: str, text: str) -> None:
 
 def cmd_check(args) -> int:
     from normspec.matrix import SelectionError, plan, run_plan
-    from normspec.report import matrix_table, print_details, summary, summary_table, to_json, to_junit, \
-        write_reproducer
+    from normspec.report import (matrix_table, not_applicable, not_implemented, print_details, summary,
+                                 summary_table, to_json, to_junit, write_reproducer)
 
     try:
         p = plan(_split(args.norm), _split(args.backend), _split(args.property))
@@ -80,10 +80,14 @@ def cmd_check(args) -> int:
                       f"not shown ({len(warned)} distinct; listed under captured_warnings in --json)[/]",
                       highlight=False)
     counts = summary(verdicts)
-    done = f"{len(verdicts)} of {p.size} checks" if not complete else ""
-    console.print(" ".join(f"{n} {k}" for k, n in counts.items() if n or k in ("passed", "failed"))
-                  + f" in {seconds:.1f}s (profile {args.profile}" + (f"; {done}" if done else "") + ")",
-                  highlight=False)
+    na = sum(not_applicable(v) for v in verdicts)
+    missing = sum(not_implemented(v) for v in verdicts)
+    parts = [f"{counts['passed']} passed", f"{counts['failed']} failed", f"{counts['xfail']} xfail"]
+    parts += [f"{counts['xpass']} XPASS"] * bool(counts["xpass"])
+    parts += [f"{counts['skipped'] - na - missing} skipped"] * bool(counts["skipped"] - na - missing)
+    parts += [f"{na} not applicable", f"{missing} not implemented by the backend"]
+    done = f"; {len(verdicts)} of {p.size} checks" if not complete else ""
+    console.print(", ".join(parts) + f" in {seconds:.1f}s (profile {args.profile}{done})", highlight=False)
     if args.json:
         text = to_json(verdicts, seconds, args.profile, p.absent_backends, complete=complete, planned=p.size,
                        warnings=warned)

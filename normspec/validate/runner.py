@@ -68,6 +68,7 @@ class ValidationResult:
     output_bytes: int = 0  # what the candidate printed, and how much of it the capped log dropped
     output_dropped: int = 0
     scratch: str | None = None  # the worker's directory (with its log), when kept
+    captured_warnings: int = 0  # Python warnings raised in this process while properties ran (not shown)
 
     @property
     def failures(self) -> list[Outcome]:
@@ -362,7 +363,10 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
                             message=f"the whole-run time limit of {run_timeout:.0f}s was reached first")
                 outcome = Outcome(v, group=p.group)
             else:
-                outcome = run_one(p, record, view, backend, profile, torch_kind)
+                with warnings.catch_warnings(record=True) as caught:  # the properties' own arithmetic
+                    warnings.simplefilter("default")
+                    outcome = run_one(p, record, view, backend, profile, torch_kind)
+                result.captured_warnings += len(caught)
                 if outcome.status == "skipped" and not outcome.verdict.reason.startswith("not applicable"):
                     outcome.verdict.reason = f"not applicable: {outcome.verdict.reason}"
                 if outcome.status == "failed" and outcome.verdict.draws:
