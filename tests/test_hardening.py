@@ -390,3 +390,26 @@ def test_check_junit_xml_and_matrix_in_json(tmp_path):
     assert "numpy:fast does not implement 1 norm(s)" in r.stdout
     assert "skipped forward_matches_spec" not in r.stdout  # folded, not one line per property
     assert "checking" not in r.stdout  # no progress bar when not on a terminal
+
+
+def test_absent_backend_said_once_and_no_warning_reaches_the_terminal(monkeypatch, capsys):
+    from normspec.impls.base import BackendUnavailable, available_backends
+
+    def with_absent(names=None):
+        usable, absent = available_backends(["numpy"])
+        return usable, {"torch:cuda": str(BackendUnavailable("CUDA is not available"))}
+
+    monkeypatch.setattr(matrix, "available_backends", with_absent)
+
+    def noisy(*args, **kwargs):
+        import numpy as np
+
+        with np.errstate(over="warn"):  # (conftest silences NumPy; the CLI must not rely on that)
+            np.float16(60000.0) * np.float16(2.0)  # overflow: a RuntimeWarning raised inside the checked code
+        return Verdict("forward_matches_spec", "layer_norm", "numpy", "passed")
+
+    monkeypatch.setattr(matrix, "judge", noisy)
+    assert main(["check", "--norm", "layer_norm", "--property", "forward_matches_spec", "--hypothesis-db", "none"]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("torch:cuda") == 1
+    assert "RuntimeWarning" not in captured.err and "warning(s) raised inside the checked code" in captured.out

@@ -113,7 +113,7 @@ class CappedLog:
                     self._file.flush()
                 self.total += len(chunk)
                 self._tail += chunk[room:]
-                del self._tail[:-self.tail_size]
+                del self._tail[:len(self._tail) - self.tail_size]
 
     @property
     def dropped(self) -> int:
@@ -184,7 +184,12 @@ class Worker:
         finally:
             os.close(write_fd)
             child.close()
-        self.logs.append(CappedLog(read_fd, self.log_path))
+        try:  # restarts share one budget: the log never holds more than OUTPUT_HEAD from the starts
+            written = os.path.getsize(self.log_path)
+        except OSError:
+            written = 0
+        self.logs.append(CappedLog(read_fd, self.log_path, head=max(0, OUTPUT_HEAD - written),
+                                   tail=OUTPUT_TAIL if written < 2 * OUTPUT_HEAD else 0))
         self.conn = Connection(parent.detach())
         self.starts += 1
 

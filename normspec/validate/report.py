@@ -114,6 +114,7 @@ def to_json(result: ValidationResult, reproducers: dict[str, str]) -> str:
         "accepted": result.accepted and result.complete, "complete": result.complete,
         "seconds": round(result.seconds, 3),
         "candidate_output_bytes": result.output_bytes, "candidate_output_dropped_bytes": result.output_dropped,
+        "captured_warnings": result.captured_warnings,
         "first_counterexample_seconds": None if result.first_counterexample_s is None
         else round(result.first_counterexample_s, 3),
         "dtypes": list(result.dtypes), "layouts": list(result.layouts), "not_exercised": result.not_exercised,
