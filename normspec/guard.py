@@ -47,6 +47,8 @@ def install_signal_handlers() -> None:
 
     for s in (signal.SIGINT, signal.SIGTERM):
         try:
+            if signal.getsignal(s) is signal.SIG_IGN:  # e.g. nohup, or SIGINT of a shell's background job
+                continue
             signal.signal(s, handler)
         except ValueError:  # not the main thread (e.g. embedded): leave the defaults
             return

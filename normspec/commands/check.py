@@ -1,6 +1,7 @@
 """`normspec check`: every property x norm x backend; a summary per norm x backend, the matrix on request."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -9,8 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from normspec.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, split_names as _split
-from normspec.guard import (PathError, check_writable_dir, check_writable_file, configure_hypothesis, exit_status,
-                            interrupted_message)
+from normspec.guard import (PathError, cache_dir, check_writable_dir, check_writable_file, configure_hypothesis,
+                            exit_status, interrupted_message)
 from normspec.properties.core import PROFILES
 
 
@@ -20,7 +21,8 @@ def check_outputs(args) -> None:
         check_writable_file(args.json, "--json")
     if args.junit_xml:
         check_writable_file(args.junit_xml, "--junit-xml")
-    check_writable_dir(args.report_dir, "--report-dir")
+    if args.report_dir:
+        check_writable_dir(args.report_dir, "--report-dir")
     if args.hypothesis_db and args.hypothesis_db != "none":
         check_writable_dir(args.hypothesis_db, "--hypothesis-db")
 
@@ -68,9 +70,11 @@ def cmd_check(args) -> int:
             interrupted = exc
     seconds = time.perf_counter() - start
     complete = interrupted is None
+    report_dir = Path(args.report_dir) if args.report_dir else \
+        cache_dir() / "reports" / time.strftime(f"check-%Y%m%d-%H%M%S-{os.getpid()}")
     for v in verdicts:
         if v.status == "failed" and v.draws:
-            v.reproducer = str(write_reproducer(v, Path(args.report_dir)))
+            v.reproducer = str(write_reproducer(v, report_dir))
     if args.matrix:
         console.print(matrix_table(verdicts))
     console.print(summary_table(verdicts, title="normspec check" + ("" if complete else " (interrupted)")))
@@ -116,8 +120,8 @@ def register(sub) -> None:
                        help="also print the full matrix (a row per property, a column per norm x backend)")
     check.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
     check.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report to FILE")
-    check.add_argument("--report-dir", default="normspec-report",
-                       help="where reproducer scripts of failures go (created only when something fails)")
+    check.add_argument("--report-dir", help="where reproducer scripts of failures go (default: a new directory "
+                       "under ~/.cache/normspec/reports, created only when something fails)")
     check.add_argument("--hypothesis-db", metavar="DIR",
                        help="Hypothesis' example database (stored failures are replayed first on the next run); "
                             "default ~/.cache/normspec/hypothesis, 'none' for no database")

@@ -376,7 +376,8 @@ def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=N
     """Run one call. inputs: {role: (float64 values, dtype, layout)}; dy likewise (or None).
 
     Returns {"outputs": {name: float64}, "grads": {role: float64}, "mutated": {role: float64 after
-    the call}, "dtypes": {name: dtype}, "previous": what became of the previous call's outputs}. The caller's tensors (x, weight, bias, dy) are compared
+    the call}, "dtypes": {name: dtype}, "previous": what became of the previous call's outputs}.
+    The caller's tensors (x, weight, bias, dy) are compared
     bitwise before and after: a candidate that writes into them is reported through "mutated".
     """
     if unsupported(norm, kind, params):

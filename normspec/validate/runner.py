@@ -276,7 +276,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
     """Validate TARGET; raises UsageError for a target that cannot be validated as given.
 
     The candidate runs in a worker process group with `memory_limit` bytes of writable memory
-    ("auto": half the available memory, at most 4 GiB; None: no limit), in a scratch directory removed at the end unless `keep_temp` (or `scratch`
+    ("auto": half the available memory, at most 4 GiB; None: no limit), in a scratch directory
+    removed at the end unless `keep_temp` (or `scratch`
     is given). On KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) the worker's group is
     killed and the exception carries the results so far as `partial_result` (`complete` False).
     """
