@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.impls.base import Backend
 from normspec.registry import NormRecord
 

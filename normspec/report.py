@@ -10,7 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.properties import Verdict
 
 STYLE = {"passed": "green", "failed": "bold red", "xfail": "yellow", "xpass": "magenta", "skipped": "dim"}
@@ -120,7 +120,7 @@ counterexample Hypothesis found and raises the same PropertyFailure while the bu
 {message}
 import numpy as np
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.impls.base import available_backends
 from normspec.properties import replay
 from normspec.registry import get_norm

@@ -9,7 +9,7 @@ import pkgutil
 
 from normspec.properties.core import PROPERTIES, Property, PropertyFailure, Verdict, replay, run_property
 
-_SUPPORT = {"core", "tolerance", "strategies"}
+_SUPPORT = {"core"}
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     if _info.name not in _SUPPORT and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")

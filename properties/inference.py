@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.properties.agreement import where
 from normspec.properties.core import Context, assert_close, prop, traits
-from normspec.properties.tolerance import SAFETY, storage_roundoff
+from normspec.library.tolerance import SAFETY, storage_roundoff
 
 
 def _channel_shape(x):

@@ -44,6 +44,25 @@ class SyncBatchNormResult(NamedTuple):
     num_batches_tracked: int
 
 
+def rank_sizes_of(params, n: int) -> tuple[int, ...]:
+    """The validated per-rank batch sizes of a call on a global batch of n samples."""
+    if "rank_sizes" not in params:
+        raise ValueError("sync_batch_norm needs the param rank_sizes (the per-rank batch sizes)")
+    sizes = tuple(params["rank_sizes"])
+    if not sizes or any(int(s) != s or s < 1 for s in sizes):
+        raise ValueError(f"rank_sizes must be positive integers, one per rank, got {sizes!r}")
+    if sum(sizes) != n:
+        raise ValueError(f"rank_sizes {sizes!r} sum to {sum(sizes)}, but the global batch has {n} samples")
+    return tuple(int(s) for s in sizes)
+
+
+def split_batch(x, params) -> list:
+    """The per-rank shards x[start_r:start_r + n_r] of the global batch (views, any array type)."""
+    sizes = rank_sizes_of(params, x.shape[0])
+    bounds = np.cumsum((0,) + sizes)
+    return [x[int(a):int(b)] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _axes(x: np.ndarray) -> tuple[int, ...]:
     return (0,) + tuple(range(2, x.ndim))
 

@@ -354,7 +354,7 @@ def test_row_norms_of_inputs_without_rows_are_empty(shape):
 def test_row_dots_are_row_dot_products_whatever_the_split(rows, cols):
     """row_dots splits rows into pieces (so NumPy's vecdot releases the GIL) and adds the pieces' sums
     back: each result is within the tolerance model's bound for a dot product of `cols` terms."""
-    from normspec.properties.tolerance import _reduction
+    from normspec.library.tolerance import _reduction
     rng = np.random.default_rng(rows * cols)
     a, b = rng.standard_normal((2, rows, cols)).astype(np.float32)
     pieces = k._row_pieces(rows, cols)

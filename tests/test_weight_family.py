@@ -267,7 +267,7 @@ def test_property_accepts_reference_backends(prop, backend):
 def test_torch_weight_norm_dim_minus_one_is_the_recorded_finding():
     """PyTorch reads weight_norm's dim=-1 as the whole tensor: forward_matches_spec fails on it and
     the failure is covered by the expected-failure entry (and only that one)."""
-    from normspec.case import Case
+    from normspec.library.case import Case
     from normspec.properties.core import Context
 
     torch_cpu = REFERENCE_BACKENDS["torch:cpu"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.norms.weight_norm import WEIGHT_REPARAMETRIZATION, dims_for, layer_weight_shape, weight_shapes, weight_values
-from normspec.properties import tolerance
-from normspec.properties.strategies import affine_vector
+from normspec.library import tolerance
+from normspec.library.strategies import affine_vector
 from normspec.registry import NormRecord, register
 from normspec.spec.centered_weight_norm import centered_weight_norm, centered_weight_norm_backward
 from normspec.spec.weight_norm import g_shape
@@ -33,7 +33,7 @@ def centered_weight_norm_cases(draw, *, dim="draw", eps=None, learned_gain=None)
 
 
 def _kwargs(case):
-    return {k: case.params[k] for k in ("dim", "eps", "scale") if k in case.params}
+    return case.kwargs(*("dim", "eps", "scale"))
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -58,6 +58,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=centered_weight_norm_cases,
+    overrides=frozenset({'dim', 'eps', 'learned_gain'}),
     error_model=tolerance.centered_weight_norm_bounds,
     traits=frozenset({WEIGHT_REPARAMETRIZATION}),
     differentiable=("x", "weight"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
+from normspec.library.case import Case
 from normspec.norms.weight_norm import weight_values
-from normspec.properties import tolerance
-from normspec.properties.strategies import affine_vector, seeds, standard_values
+from normspec.library import tolerance
+from normspec.library.strategies import affine_vector, seeds, standard_values
 from normspec.registry import NormRecord, register
 from normspec.spec.norm_prop import norm_prop, norm_prop_backward
 
@@ -59,6 +59,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=norm_prop_cases,
+    overrides=frozenset({'activation', 'affine', 'out_features'}),
     error_model=tolerance.norm_prop_bounds,
     traits=frozenset({"batch_independent"}),
     differentiable=("x", "weight", "gamma", "bias"),

@@ -6,9 +6,9 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.case import Case
-from normspec.properties import tolerance
-from normspec.properties.strategies import affine_vector, centre_ratios, seeds, spreads, standard_values
+from normspec.library.case import Case
+from normspec.library import tolerance
+from normspec.library.strategies import affine_vector, centre_ratios, seeds, spreads, standard_values
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.weight_norm import g_shape, weight_norm, weight_norm_backward
 
@@ -88,6 +88,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=weight_norm_cases,
+    overrides=frozenset({'dim', 'min_rank'}),
     error_model=tolerance.weight_norm_bounds,
     traits=frozenset({WEIGHT_REPARAMETRIZATION}),
     differentiable=("x", "weight"),
