@@ -413,3 +413,23 @@ def test_absent_backend_said_once_and_no_warning_reaches_the_terminal(monkeypatc
     captured = capsys.readouterr()
     assert (captured.out + captured.err).count("torch:cuda") == 1
     assert "RuntimeWarning" not in captured.err and "warning(s) raised inside the checked code" in captured.out
+
+
+@pytest.mark.parametrize("total", [100, 1020, 5000])
+def test_capped_log_keeps_head_and_tail_and_counts_the_rest(total, tmp_path):
+    from normspec.validate.candidate import CappedLog
+
+    read_fd, write_fd = os.pipe()
+    path = tmp_path / "log"
+    log = CappedLog(read_fd, str(path), head=1000, tail=50)
+    data = bytes(i % 251 for i in range(total))
+    os.write(write_fd, data)
+    os.close(write_fd)
+    log.close()
+    kept = path.read_bytes()
+    assert log.total == total and log.dropped == max(0, total - 1050)
+    if total <= 1050:
+        assert kept == data  # nothing lost below the cap
+    else:
+        assert kept.startswith(data[:1000]) and kept.endswith(data[-50:])
+        assert f"{total - 1050} bytes of the candidate's output dropped".encode() in kept

@@ -113,7 +113,9 @@ class CappedLog:
                     self._file.flush()
                 self.total += len(chunk)
                 self._tail += chunk[room:]
-                del self._tail[:len(self._tail) - self.tail_size]
+                excess = len(self._tail) - self.tail_size
+                if excess > 0:
+                    del self._tail[:excess]
 
     @property
     def dropped(self) -> int:
