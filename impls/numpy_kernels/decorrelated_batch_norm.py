@@ -68,8 +68,11 @@ def backward(inputs, params, dy):
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     gs = params["group_size"]
-    dyw = dy if inputs.get("weight") is None else dy * inputs["weight"].astype(dy.dtype).reshape(shape)
-    g = _groups(dyw, gs, xc.dtype)
+    # gamma * dy in the accumulation dtype: rounded to float16 it errs by float16's roundoff,
+    # past the model's bound for a float32-accumulating kernel (found by the dev profile)
+    acc = xc.dtype
+    dyw = dy.astype(acc) if inputs.get("weight") is None else dy.astype(acc) * inputs["weight"].astype(acc).reshape(shape)
+    g = _groups(dyw, gs, acc)
     if batch:
         a = np.matmul(xc.transpose(0, 2, 1), g)
         a = (a + a.transpose(0, 2, 1)) * xc.dtype.type(0.5)
