@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+from bugs import reused_output_backend
 from rich.console import Console
 
 import normspec.matrix as matrix
-from bugs import reused_output_backend
 from normspec import guard
 from normspec.cli import main
 from normspec.properties import PROPERTIES, Verdict, run_property
@@ -281,6 +281,7 @@ def test_cwd_and_temp_dir_stay_clean(argv, tmp_path):
 
 def test_hypothesis_database_stores_failures_under_the_chosen_directory(tmp_path, monkeypatch):
     from bugs import buggy_backend
+
     from normspec.properties import core
 
     monkeypatch.chdir(tmp_path)

@@ -10,9 +10,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from normspec.cli import EXIT_OK, EXIT_USAGE, split_names as _split
-from normspec.guard import (PathError, available_memory, check_writable_dir, exit_status, human_bytes,
-                            interrupted_message)
+from normspec.cli import EXIT_OK, EXIT_USAGE
+from normspec.cli import split_names as _split
+from normspec.guard import (
+    PathError,
+    available_memory,
+    check_writable_dir,
+    exit_status,
+    human_bytes,
+    interrupted_message,
+)
 
 
 def cmd_bench(args) -> int:

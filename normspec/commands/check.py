@@ -9,9 +9,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from normspec.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, split_names as _split
-from normspec.guard import (PathError, cache_dir, check_writable_dir, check_writable_file, configure_hypothesis,
-                            exit_status, interrupted_message)
+from normspec.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from normspec.cli import split_names as _split
+from normspec.guard import (
+    PathError,
+    cache_dir,
+    check_writable_dir,
+    check_writable_file,
+    configure_hypothesis,
+    exit_status,
+    interrupted_message,
+)
 from normspec.properties.core import PROFILES
 
 
@@ -34,8 +42,17 @@ def _write(path: str, text: str) -> None:
 
 def cmd_check(args) -> int:
     from normspec.matrix import SelectionError, plan, run_plan
-    from normspec.report import (matrix_table, not_applicable, not_implemented, print_details, summary,
-                                 summary_table, to_json, to_junit, write_reproducer)
+    from normspec.report import (
+        matrix_table,
+        not_applicable,
+        not_implemented,
+        print_details,
+        summary,
+        summary_table,
+        to_json,
+        to_junit,
+        write_reproducer,
+    )
 
     try:
         p = plan(_split(args.norm), _split(args.backend), _split(args.property))

@@ -9,8 +9,17 @@ from pathlib import Path
 from rich.console import Console
 
 from normspec.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, split_names
-from normspec.guard import (PathError, cache_dir, check_writable_dir, check_writable_file, configure_hypothesis,
-                            exit_status, interrupted_message, memory_size, seconds)
+from normspec.guard import (
+    PathError,
+    cache_dir,
+    check_writable_dir,
+    check_writable_file,
+    configure_hypothesis,
+    exit_status,
+    interrupted_message,
+    memory_size,
+    seconds,
+)
 from normspec.properties.core import PROFILES
 
 HELP = """\

@@ -385,7 +385,9 @@ class CandidateBackend(Backend):
                 target.values = np.array(values, dtype=np.float64)
         if self.recording is not None:
             self.recording.append({"msg": msg, "result": result})
-        wrap = lambda v: RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
+        def wrap(v):
+            return RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
+
         outputs = {k: wrap(v) for k, v in result["outputs"].items()}
         previous = result.get("previous", {})
         for name, now in previous.get("changed", {}).items():  # the second call wrote into the first's result
