@@ -603,7 +603,7 @@ def mvn_bounds(centred: np.ndarray, mean: np.ndarray, sigma: np.ndarray, eps: fl
 # along the refreshed path. Where the function may be computed either way (a kernel may give y at a
 # refresh from the old parameters or the new ones), the bound covers both paths.
 
-def _refresh_sigma(x: np.ndarray, eps: float, dtype: str):
+def refresh_covariance(x: np.ndarray, eps: float, dtype: str):
     """(c', Sigma, eigenvalues ascending, ||dSigma||, rho) of the refresh fitted on x."""
     from normspec.spec.reparametrization import eigen, input_statistics
 
@@ -662,7 +662,7 @@ def whitened_linear_bounds(case, dtype: str, reference: dict, dy=None, ref_grads
     refresh = refreshes(p.get("training", True), p.get("step", 0), p.get("interval", 1))
     out = {}
     if refresh:
-        c1, sigma, lam, vecs, d_sigma, rho = _refresh_sigma(x, eps, dtype)
+        c1, sigma, lam, vecs, d_sigma, rho = refresh_covariance(x, eps, dtype)
         u1, v1, d1 = reference["whitening"], reference["new_weight"], reference["new_bias"]
         w = v @ u
         au1, av1 = np.abs(u1), np.abs(v1)
@@ -804,3 +804,44 @@ def raiko_tanh_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=None
         for role, err in grads.items():
             out[role] = SAFETY * (err + s * np.abs(ref_grads.get(role, 0.0))) + tiny
     return Bounds(out)
+
+
+_STATE_ROLES = {
+    "whitened_linear": {"running_mean": "running_mean", "whitening": "whitening", "new_weight": "weight",
+                        "new_bias": "bias"},
+    "mean_normalized_linear": {"running_mean": "running_mean", "new_bias": "bias"},
+    "raiko_tanh": {"alpha": "alpha", "beta": "beta", "new_shortcut": "shortcut", "new_out_bias": "out_bias"},
+}
+
+
+def refreshed_case(case, state: dict):
+    """The case with the refreshed state in place of the old parameters, evaluated without a refresh."""
+    arrays = {role: state[name] for name, role in _STATE_ROLES[case.norm].items()}
+    return case.with_arrays(**arrays).with_params(training=False)
+
+
+def refresh_preservation_bound(case, dtype: str, reference: dict, probe: np.ndarray, model, spec) -> np.ndarray:
+    """Bound on |layer_new(probe) - layer_old(probe)| for two evaluations by one implementation, the
+    new state being that implementation's refresh of `case` (reference: the spec's refresh): each
+    evaluation's forward bound, plus the refreshed state's errors carried to the output on the probe.
+    For the whitened layer the state's errors are carried jointly (V' U' is W up to the relative rho of
+    the covariance's condition; the per-entry errors of a PCA basis, which admit a flipped sign, cancel
+    in the product)."""
+    old = case.with_arrays(x=probe).with_params(training=False)
+    new = refreshed_case(old, reference)
+    total = model(old, dtype, spec(old))["y"] + model(new, dtype, spec(new))["y"]
+    fit = model(case, dtype, reference)
+    s = storage_roundoff(dtype)
+    ap = np.abs(probe)
+    if case.norm == "whitened_linear":
+        _, _, _, _, _, rho = refresh_covariance(case.x, case.params.get("eps", 1e-5), dtype)
+        u1, v1 = np.abs(reference["whitening"]), np.abs(reference["new_weight"])
+        mag = (ap + np.abs(reference["running_mean"])) @ u1.T @ v1.T
+        carried = SAFETY * (2 * rho + 2 * s) * mag + fit["new_bias"] + fit["running_mean"] @ (u1.T @ v1.T)
+    elif case.norm == "mean_normalized_linear":
+        carried = fit["new_bias"] + fit["running_mean"] @ np.abs(case.get("weight")).T
+    else:
+        a = np.abs(probe @ case.get("weight").T + case.get("bias"))
+        carried = (a * fit["alpha"] + fit["beta"]) @ np.abs(case.get("out_weight")).T \
+            + ap @ fit["new_shortcut"].T + fit["new_out_bias"]
+    return total + carried
