@@ -91,7 +91,7 @@ def refresh_whitens_input(ctx: Context) -> None:
 def raiko_units_centred(ctx: Context) -> None:
     """Right after a refresh each transformed unit f_i(a) = tanh(a) - alpha_i a - beta_i has zero mean
     output and zero mean slope f_i'(a) = 1 - tanh(a)^2 - alpha_i over the samples it was fitted on
-    (Raiko, Valpola & LeCun 2012, sec. 2, eqs. 3-4), evaluated in float64 with the backend's alpha',
+    (Raiko, Valpola & LeCun 2012, sec. 2), evaluated in float64 with the backend's alpha',
     beta' within their bounds. Taking the slope at the mean pre-activation, tanh'(mean a), instead of
     the mean slope fails it."""
     run = _refresh_run(ctx)
@@ -111,7 +111,7 @@ def raiko_units_centred(ctx: Context) -> None:
 @prop("identity", applies=named("whitened_linear"))
 def whitened_identity_is_linear(ctx: Context) -> None:
     """With U = I and c = 0 the whitened layer is the plain linear layer x V^T + d (Desjardins et al.
-    2015, eq. 6 with the identity reparametrization, the state PRONG starts from), on the backend's own
+    2015, sec. 3, with the identity reparametrization, the state PRONG starts from), on the backend's own
     output, within the forward bound. A kernel that drops or misplaces the bias fails it."""
     case = ctx.case(refresh=False, identity_whitening=True)
     dtype, layout = ctx.dtype(), ctx.layout()

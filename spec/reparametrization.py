@@ -17,12 +17,16 @@ that the function the layer computes is unchanged. Three members, fully connecte
   input, mu' = (1 - m) mu + m mean(x), and the bias compensates: b' = b + W (mu' - mu). It is the
   whitened layer with U = I (and the refresh's U' = I).
 - Raiko, Valpola & LeCun (AISTATS 2012, "Deep learning made easier by linear transformations in
-  perceptrons", sec. 2, eqs. 1-4): y = A f(B x + b) + C x + e with each hidden unit's nonlinearity
+  perceptrons", sec. 2): y = A f(B x + b) + C x + e with each hidden unit's nonlinearity
   f_i(a) = tanh(a) - alpha_i a - beta_i. At a refresh alpha_i = mean(tanh'(a_i)), beta_i =
   mean(tanh(a_i) - alpha_i a_i) over the data, so each unit's output and slope have zero mean there;
   the shortcut and the output bias compensate: C' = C + A diag(alpha' - alpha) B,
   e' = e + A ((alpha' - alpha) o b + beta' - beta). (The paper writes f = tanh(a) + alpha a + beta
   with alpha, beta of the opposite sign; the function is the same.)
+
+Sections are cited, not equation numbers: the papers' text was not retrievable where this spec was
+written, so the formulas above are the papers' constructions as the catalogue states them, derived
+here (each compensating update is checked to keep the function, in tests/test_reparam_family.py).
 
 Conventions (keywords): `training`, `step` and `interval` (the refresh happens in training when
 step % interval == 0: the update interval T), `eps` (added to the covariance's eigenvalues before
@@ -110,7 +114,7 @@ def _check_whitened(x, v, d, c, u):
 
 def whitened_linear(x, weight, bias, running_mean, whitening, *, training: bool = True, step: int = 0,
                     interval: int = 1, eps: float = 1e-5, method: str = "pca") -> dict[str, np.ndarray]:
-    """h = V U (x - c) + d (Desjardins et al. 2015, eq. 6); at a refresh also the new c', U', V', d'
+    """h = V U (x - c) + d (Desjardins et al. 2015, sec. 3); at a refresh also the new c', U', V', d'
     (Algorithm 1: W = V U, b = d - W c; c', U' from x; V' = W U'^-1, d' = b + W c')."""
     x, v, d, c, u = (as_float64(a) for a in (x, weight, bias, running_mean, whitening))
     _check_whitened(x, v, d, c, u)
@@ -191,8 +195,8 @@ def unit_statistics(a: np.ndarray):
 
 def raiko_tanh(x, weight, bias, out_weight, shortcut, out_bias, alpha, beta, *, training: bool = True,
                step: int = 0, interval: int = 1) -> dict[str, np.ndarray]:
-    """y = A f(B x + b) + C x + e, f(a) = tanh(a) - alpha a - beta (Raiko et al. 2012, eqs. 1-2); at a
-    refresh the new alpha', beta' (eqs. 3-4) and the compensating C', e' (sec. 2)."""
+    """y = A f(B x + b) + C x + e, f(a) = tanh(a) - alpha a - beta (Raiko et al. 2012, sec. 2); at a
+    refresh the new alpha', beta' and the compensating C', e' (sec. 2)."""
     arrays = [as_float64(a) for a in (x, weight, bias, out_weight, shortcut, out_bias, alpha, beta)]
     _check_raiko(*arrays)
     x, b_w, b, a_w, c_w, e, al, be = arrays
