@@ -127,10 +127,11 @@ def test_bad_input_is_refused_with_a_clear_message():
 # ---------------------------------------------------------------- seeded bugs
 
 
-def bug_backend(name: str, norm: str, forward) -> NumpyBackend:
+def bug_backend(name: str, norm: str, forward=None, backward=None) -> NumpyBackend:
     backend = NumpyBackend()
     original = NUMPY_KERNELS[norm]
-    backend.kernels = {**backend.kernels, norm: Kernel(forward=forward, backward=original.backward)}
+    backend.kernels = {**backend.kernels, norm: Kernel(forward=forward or original.forward,
+                                                      backward=backward or original.backward)}
     backend.name = f"numpy+{name}"
     return backend
 
@@ -211,6 +212,40 @@ def _raiko_slope_at_mean(inputs, params, out):
     return {**out, "alpha": al1.astype(dt), "beta": be1.astype(dt),
             "new_shortcut": (_f64(inputs["shortcut"]) + (aw * d_al) @ bw).astype(dt),
             "new_out_bias": (_f64(inputs["out_bias"]) + aw @ (d_al * b + d_be)).astype(dt)}
+
+
+def _whitened_unbiased(inputs, params):
+    """The refresh's covariance divided by N - 1 (np.cov's default) instead of N."""
+    out = NUMPY_KERNELS["whitened_linear"].forward(inputs, params)
+    if len(out) > 1:
+        x = _f64(inputs["x"])
+        n = x.shape[0]
+        scaled = x.mean(axis=0) + (x - x.mean(axis=0)) * np.sqrt(n / max(n - 1, 1))
+        refit = NUMPY_KERNELS["whitened_linear"].forward({**inputs, "x": scaled.astype(inputs["x"].dtype)}, params)
+        out = {**out, **{k: refit[k] for k in ("whitening", "new_weight")}}
+    return out
+
+
+def _raiko_backward_untransformed(inputs, params, dy):
+    """The backward of the plain tanh unit: g = (dy A) o tanh'(a), without the -alpha of the transform."""
+    grads = NUMPY_KERNELS["raiko_tanh"].backward(inputs, params, dy)
+    x, bw, b, aw = (_f64(inputs[r]) for r in ("x", "weight", "bias", "out_weight"))
+    g = (_f64(dy) @ aw) * (1 - np.tanh(x @ bw.T + b) ** 2)
+    dt = inputs["x"].dtype
+    return {**grads, "x": (g @ bw + _f64(dy) @ _f64(inputs["shortcut"])).astype(dt), "weight": (g.T @ x).astype(dt),
+            "bias": g.sum(axis=0).astype(dt)}
+
+
+AGREEMENT = [
+    ("forward_matches_spec", "whitened_linear", "unbiased_covariance", _whitened_unbiased, None),
+    ("backward_matches_spec", "raiko_tanh", "untransformed_slope", None, _raiko_backward_untransformed),
+]
+
+
+@pytest.mark.parametrize("prop,norm,bug,forward,backward", AGREEMENT, ids=[f"{p}-{n}-{b}" for p, n, b, *_ in AGREEMENT])
+def test_agreement_rejects_seeded_bug(prop, norm, bug, forward, backward):
+    verdict = run_property(PROPERTIES[prop], get_norm(norm), bug_backend(bug, norm, forward, backward), "ci")
+    assert verdict.status == "failed", f"{prop} did not catch {bug}: {verdict.status} {verdict.reason}"
 
 
 SEEDED = [
