@@ -48,7 +48,7 @@ def refresh_preserves_function(ctx: Context) -> None:
     old = fit.case.with_arrays(x=probe).with_params(training=False)
     new = tolerance.refreshed_case(old, fit.outputs)
     r_old, r_new = ctx.run(old, dtype, layout), ctx.run(new, dtype, layout)
-    bound = tolerance.refresh_preservation_bound(fit.case, dtype, ref, probe, ctx.record.error_model, ctx.record.reference)
+    bound = tolerance.refresh_preservation_bound(fit.case, dtype, ref, probe, ctx.record.bounds, ctx.record.reference)
     assert_close(r_new.outputs["y"], r_old.outputs["y"], bound, "y with the refreshed state",
                  where(ctx, fit) + " vs y with the old state, on the fitted samples and 4 new ones")
 
@@ -108,7 +108,7 @@ def raiko_units_centred(ctx: Context) -> None:
                  bounds["beta"] + np.abs(a).mean(axis=0) * bounds["alpha"] + slack, "mean f(a)", at)
 
 
-@prop("identity", applies=named("whitened_linear"))
+@prop("identities", applies=named("whitened_linear"))
 def whitened_identity_is_linear(ctx: Context) -> None:
     """With U = I and c = 0 the whitened layer is the plain linear layer x V^T + d (Desjardins et al.
     2015, sec. 3, with the identity reparametrization, the state PRONG starts from), on the backend's own
@@ -122,7 +122,7 @@ def whitened_identity_is_linear(ctx: Context) -> None:
                  "y(U = I, c = 0)", where(ctx, run) + " vs x V^T + d")
 
 
-@prop("identity", applies=named("mean_normalized_linear"))
+@prop("identities", applies=named("mean_normalized_linear"))
 def mean_normalized_is_whitened_with_identity(ctx: Context) -> None:
     """The mean-normalized layer W (x - mu) + b (Wiesler et al. 2014) is the whitened layer with U = I,
     V = W, d = b, c = mu (Desjardins et al. 2015), both computed by the same backend, within the sum of
@@ -137,6 +137,6 @@ def mean_normalized_is_whitened_with_identity(ctx: Context) -> None:
     ref, _ = ctx.reference(run)
     wl = get_norm("whitened_linear")
     rounded = other.case
-    bound = ctx.bounds(run, ref, {})["y"] + wl.error_model(rounded, dtype, wl.reference(rounded))["y"]
+    bound = ctx.bounds(run, ref, {})["y"] + wl.bounds(rounded, dtype, wl.reference(rounded))["y"]
     assert_close(run.outputs["y"], other.outputs["y"], bound, "mean_normalized_linear(x)",
                  where(ctx, run) + " vs whitened_linear(x; U = I)")

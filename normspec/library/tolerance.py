@@ -832,7 +832,8 @@ def refreshed_case(case, state: dict):
     return case.with_arrays(**arrays).with_params(training=False)
 
 
-def refresh_preservation_bound(case, dtype: str, reference: dict, probe: np.ndarray, model, spec) -> np.ndarray:
+def refresh_preservation_bound(case, dtype: str, reference: dict, probe: np.ndarray, model: BoundFn,
+                               spec) -> np.ndarray:
     """Bound on |layer_new(probe) - layer_old(probe)| for two evaluations by one implementation, the
     new state being that implementation's refresh of `case` (reference: the spec's refresh): each
     evaluation's forward bound, plus the refreshed state's errors carried to the output on the probe.
