@@ -43,7 +43,8 @@ def refresh_preserves_function(ctx: Context) -> None:
     ref, _ = ctx.reference(fit)
     x = fit.case.x
     rng = np.random.default_rng(ctx.seed("probe_seed"))
-    extra = x.mean(axis=0) + (x.std(axis=0) + np.abs(x.mean(axis=0)) * 1e-3 + 1e-3) * rng.standard_normal((4, x.shape[1]))
+    spread = x.std(axis=0) + np.abs(x.mean(axis=0)) * 1e-3 + 1e-3
+    extra = x.mean(axis=0) + spread * rng.standard_normal((4, x.shape[1]))
     probe = b.to_numpy(b.native(np.concatenate([x, extra]), dtype))
     old = fit.case.with_arrays(x=probe).with_params(training=False)
     new = tolerance.refreshed_case(old, fit.outputs)

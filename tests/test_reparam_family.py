@@ -65,7 +65,8 @@ def test_whitened_refresh_keeps_the_function_and_whitens(method):
     r = whitened_linear(**arrays, eps=eps, method=method)
     probe = np.random.default_rng(7).standard_normal((5, 3))
     before = whitened_linear(**{**arrays, "x": probe}, training=False)["y"]
-    after = whitened_linear(probe, r["new_weight"], r["new_bias"], r["running_mean"], r["whitening"], training=False)["y"]
+    after = whitened_linear(probe, r["new_weight"], r["new_bias"], r["running_mean"], r["whitening"],
+                            training=False)["y"]
     np.testing.assert_allclose(after, before, rtol=1e-10, atol=1e-10)
     z = (arrays["x"] - r["running_mean"]) @ r["whitening"].T
     np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-12)
@@ -85,7 +86,8 @@ def test_mean_normalized_is_whitened_with_identity_in_the_spec():
     w = whitened_linear(**{**arrays, "whitening": np.eye(3)}, training=False)
     np.testing.assert_allclose(r["y"], w["y"], rtol=1e-12)
     np.testing.assert_allclose(r["running_mean"], arrays["x"].mean(axis=0))
-    np.testing.assert_allclose(r["new_bias"], arrays["bias"] + arrays["weight"] @ (r["running_mean"] - arrays["running_mean"]))
+    shift = r["running_mean"] - arrays["running_mean"]
+    np.testing.assert_allclose(r["new_bias"], arrays["bias"] + arrays["weight"] @ shift)
 
 
 def test_raiko_refresh_keeps_the_function_and_centres_units():
@@ -252,14 +254,16 @@ SEEDED = [
     # (property, norm, bug name, forward)
     ("refresh_preserves_function", "whitened_linear", "no_compensation",
      _patched("whitened_linear", _keep(("new_weight", "weight"), ("new_bias", "bias")))),
-    ("refresh_preserves_function", "whitened_linear", "bias_with_old_mean", _patched("whitened_linear", _whitened_old_mean)),
+    ("refresh_preserves_function", "whitened_linear", "bias_with_old_mean",
+     _patched("whitened_linear", _whitened_old_mean)),
     ("refresh_preserves_function", "mean_normalized_linear", "no_compensation",
      _patched("mean_normalized_linear", _keep(("new_bias", "bias")))),
     ("refresh_preserves_function", "mean_normalized_linear", "bias_with_batch_mean",
      _patched("mean_normalized_linear", _mean_batch_mean)),
     ("refresh_preserves_function", "raiko_tanh", "no_compensation",
      _patched("raiko_tanh", _keep(("new_shortcut", "shortcut"), ("new_out_bias", "out_bias")))),
-    ("refresh_preserves_function", "raiko_tanh", "shortcut_only", _patched("raiko_tanh", _keep(("new_out_bias", "out_bias")))),
+    ("refresh_preserves_function", "raiko_tanh", "shortcut_only",
+     _patched("raiko_tanh", _keep(("new_out_bias", "out_bias")))),
     ("refresh_whitens_input", "whitened_linear", "covariance_without_eps", _whitened_no_eps),
     ("refresh_whitens_input", "mean_normalized_linear", "momentum_flipped", _mean_momentum_flipped),
     ("raiko_units_centred", "raiko_tanh", "slope_at_mean", _patched("raiko_tanh", _raiko_slope_at_mean)),
@@ -284,7 +288,8 @@ def test_covariance_without_eps_is_caught_on_a_nonsingular_covariance():
     original = record.cases
 
     def cases(**overrides):
-        return original(**{**overrides, "allow_constant": False, "eps": 0.5}).filter(lambda c: c.x.shape[0] > c.x.shape[1])
+        drawn = original(**{**overrides, "allow_constant": False, "eps": 0.5})
+        return drawn.filter(lambda c: c.x.shape[0] > c.x.shape[1])
 
     patched = replace(record, cases=cases)
     verdict = run_property(PROPERTIES["refresh_whitens_input"], patched,

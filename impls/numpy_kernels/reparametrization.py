@@ -11,7 +11,8 @@ from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 
 def _due(params) -> bool:
     interval, step = params.get("interval", 1), params.get("step", 0)
-    if not isinstance(interval, (int, np.integer)) or interval < 1 or not isinstance(step, (int, np.integer)) or step < 0:
+    integers = (int, np.integer)
+    if not isinstance(interval, integers) or interval < 1 or not isinstance(step, integers) or step < 0:
         raise ValueError(f"interval must be a positive integer and step a non-negative one, got {interval!r}, {step!r}")
     return bool(params.get("training", True)) and step % interval == 0
 

@@ -746,7 +746,8 @@ def mean_normalized_linear_bounds(case, dtype: str, reference: dict, dy=None, re
         ady = np.abs(dy)
         err_dw = (red_n + 2 * s) * (ady.T @ (ax + amu))
         if refresh:
-            err_dw = err_dw + (red_n + 2 * s) * (ady.T @ (ax + np.abs(mu1)) + np.outer(ady.sum(axis=0), amu + np.abs(mu1)))
+            path = ady.T @ (ax + np.abs(mu1)) + np.outer(ady.sum(axis=0), amu + np.abs(mu1))
+            err_dw = err_dw + (red_n + 2 * s) * path
         out["x"] = SAFETY * ((red_out + s) * (ady @ aw) + s * np.abs(ref_grads.get("x", 0.0))) + tiny
         out["weight"] = SAFETY * (err_dw + s * np.abs(ref_grads.get("weight", 0.0))) + tiny
         out["bias"] = SAFETY * (red_n * ady.sum(axis=0) + s * np.abs(ref_grads.get("bias", 0.0))) + tiny

@@ -37,7 +37,8 @@ def schedule(draw, *, refresh=None, training=None):
     training = draw(st.booleans(), label="training") if training is None else training
     if training:
         interval = max(interval, 2)
-        return True, interval * draw(st.integers(0, 2), label="period") + draw(st.integers(1, interval - 1), label="offset"), interval
+        offset = draw(st.integers(1, interval - 1), label="offset")
+        return True, interval * draw(st.integers(0, 2), label="period") + offset, interval
     return False, draw(st.integers(0, 6), label="step"), interval
 
 
