@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_weight_family import check_fd
 
 from normspec.expected import expected_failure
 from normspec.impls.base import Kernel, available_backends
@@ -13,11 +14,13 @@ from normspec.impls.numpy_backend import NUMPY_KERNELS, NumpyBackend
 from normspec.properties import PROPERTIES, run_property
 from normspec.registry import get_norm
 from normspec.spec.reparametrization import (
-    mean_normalized_linear, mean_normalized_linear_backward, raiko_tanh, raiko_tanh_backward, whitened_linear,
+    mean_normalized_linear,
+    mean_normalized_linear_backward,
+    raiko_tanh,
+    raiko_tanh_backward,
+    whitened_linear,
     whitened_linear_backward,
 )
-
-from test_weight_family import check_fd
 
 
 def _whitened_arrays(rng, n=6, n_in=3, n_out=2):

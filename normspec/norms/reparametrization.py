@@ -11,7 +11,11 @@ from normspec.library.case import Case
 from normspec.library.strategies import centre_ratios, eps_values, seeds, spreads, standard_values
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.reparametrization import (
-    mean_normalized_linear, mean_normalized_linear_backward, raiko_tanh, raiko_tanh_backward, whitened_linear,
+    mean_normalized_linear,
+    mean_normalized_linear_backward,
+    raiko_tanh,
+    raiko_tanh_backward,
+    whitened_linear,
     whitened_linear_backward,
 )
 
