@@ -105,6 +105,8 @@ GROUPS = {
     "identities": "identities between normalizations",
     "batch_family": "properties of BatchNorm's relatives (renorm, Lp, whitening, recurrent)",
     "synchronization": "SyncBatchNorm: the result does not depend on how the batch is cut",
+    "reparametrization": "layers reparametrized around refreshed statistics: a refresh keeps the function "
+                         "and gives the statistic it promises",
 }
 
 
