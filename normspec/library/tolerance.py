@@ -262,15 +262,22 @@ def spectral_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=N
     u, v = case.get("u"), case.get("v")
     err_u = err_v = 0.0
     if p.get("training", True):
+        v_first = p.get("power_iteration_order", "u_first") == "v_first"
         for _ in range(p.get("n_power_iterations", 1)):
+            if v_first:  # Algorithm 1 / the legacy hook: the v half-step comes first
+                b = w_mat.T @ u
+                step = _reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b) + 2 * _reduction(l, dtype)
+                err_v = (_tangent_gain(w_mat.T, u) * err_u if err_u else 0.0) + step
+                v = _normalize(b, eps)
             a = w_mat @ v
             step = _reduction(l, dtype) * np.linalg.norm(abs_w @ np.abs(v)) / np.linalg.norm(a) + 2 * _reduction(k, dtype)
             err_u = (_tangent_gain(w_mat, v) * err_v if err_v else 0.0) + step
             u = _normalize(a, eps)
-            b = w_mat.T @ u
-            step = _reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b) + 2 * _reduction(l, dtype)
-            err_v = _tangent_gain(w_mat.T, u) * err_u + step
-            v = _normalize(b, eps)
+            if not v_first:
+                b = w_mat.T @ u
+                step = _reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b) + 2 * _reduction(l, dtype)
+                err_v = _tangent_gain(w_mat.T, u) * err_u + step
+                v = _normalize(b, eps)
     wv = w_mat @ v
     sigma = float(u @ wv)
     d_sigma = (np.linalg.norm(wv) * err_u + np.linalg.norm(w_mat.T @ u) * err_v

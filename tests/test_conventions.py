@@ -1,0 +1,231 @@
+"""The frameworks' conventions in the spec (issue 14, item 4): each against an independent reference
+vector (a hand-computed value, a short NumPy expression of the framework's definition, or the
+framework function itself where it is installed: torch), its backward against finite differences,
+and a seeded wrong implementation that the properties reject while the reference backends pass."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normspec.impls.base import Kernel
+from normspec.impls.numpy_backend import NUMPY_KERNELS, NumpyBackend
+from normspec.impls.torch_backend import TorchCPUBackend
+from normspec.properties import PROPERTIES, run_property
+from normspec.registry import get_norm
+from normspec.spec.lp_batch_norm import gaussian_constant, linf_constant, lp_batch_norm
+from normspec.spec.mvn import mvn, mvn_backward
+from normspec.spec.rms_norm import rms_norm, rms_norm_backward
+from normspec.spec.spectral_norm import spectral_norm, spectral_norm_backward
+
+RNG = np.random.default_rng(14)
+
+
+def numeric_grad(f, a, dy, h=1e-6):
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        e = np.zeros_like(a)
+        e[i] = h
+        g[i] = ((f(a + e) - f(a - e)) * dy).sum() / (2 * h)
+    return g
+
+
+def np_kernel(norm):
+    NumpyBackend()
+    return NUMPY_KERNELS[norm]
+
+
+def buggy(norm, forward=None, backward=None):
+    b = NumpyBackend()
+    old = b.kernels[norm]
+    b.kernels = {**b.kernels, norm: Kernel(forward=forward or old.forward, backward=backward or old.backward,
+                                           unsupported=old.unsupported)}
+    b.name = f"buggy:{b.name}"
+    return b
+
+
+def _rejected(prop, norm, backend):
+    verdict = run_property(PROPERTIES[prop], get_norm(norm), backend, "thorough")
+    assert verdict.status == "failed", (prop, verdict.status, verdict.reason)
+
+
+def _accepted(prop, norm, backend):
+    verdict = run_property(PROPERTIES[prop], get_norm(norm), backend, "dev")
+    assert verdict.status == "passed", (prop, backend.name, verdict.message, verdict.reason)
+
+
+# ---------------------------------------------------------------- Lp-BN: the L-infinity constant
+
+def test_linf_constant_is_norm_matters_reference_code():
+    """eladhoffer/norm_matters, models/lp_norm.py, TopkBatchNorm2d: const = 0.5 (1 + (pi ln 4)^0.5)
+    / (2 ln m)^0.5 with m = A.size(0), the values per channel; 1.5434 x the extreme-value 1/sqrt(2 ln m)."""
+    for m in (2, 10, 1000):
+        assert linf_constant(m) == pytest.approx(0.5 * (1 + (math.pi * math.log(4)) ** 0.5) / (2 * math.log(m)) ** 0.5,
+                                                 rel=1e-15)
+        assert gaussian_constant(math.inf, m) == linf_constant(m)
+        assert linf_constant(m) / linf_constant(m, "extreme_value") == pytest.approx(1.5434, abs=1e-4)
+    with pytest.raises(ValueError):
+        linf_constant(10, "gumbel")
+
+
+def test_linf_batch_norm_matches_topk_batch_norm_forward():
+    """The training forward of TopkBatchNorm2d (with its eps outside, gamma 1, beta 0), written out
+    in NumPy from the reference code: (x - mean) / (mean(top_k |x - mean|) * const + eps)."""
+    x = RNG.normal(size=(4, 3, 2, 2)) * 2.0 + 1.0
+    k, eps = 2, 1e-5
+    t = np.moveaxis(x, 1, 0).reshape(3, -1).T  # (m, C), as their t.transpose(1, 0)
+    a = np.abs(t - t.mean(axis=0))
+    const = 0.5 * (1 + (np.pi * np.log(4)) ** 0.5) / ((2 * np.log(a.shape[0])) ** 0.5)
+    topk = -np.sort(-a, axis=0)[:k].mean(axis=0) * const
+    expected = (x - t.mean(axis=0).reshape(1, 3, 1, 1)) / (topk + eps).reshape(1, 3, 1, 1)
+    got = lp_batch_norm(x, p=math.inf, k=k, eps=eps).y
+    np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_old_linf_constant_is_rejected():
+    """A kernel with the extreme-value constant 1/sqrt(2 ln m) (normspec's former default) fails."""
+    def old_constant(inputs, params):
+        p = dict(params)
+        if math.isinf(p.get("p", 1.0)) and p.get("constant") is None:
+            x = inputs["x"]
+            p["constant"] = linf_constant(x.size // x.shape[1], "extreme_value")
+        return np_kernel("lp_batch_norm").forward(inputs, p)
+    _rejected("forward_matches_spec", "lp_batch_norm", buggy("lp_batch_norm", old_constant))
+
+
+# ---------------------------------------------------------------- RMSNorm: Gemma's (1 + w)
+
+def test_rms_norm_weight_offset_is_gemma():
+    """Hugging Face transformers' GemmaRMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w), in torch."""
+    x, w = RNG.normal(size=(3, 8)), RNG.normal(0, 0.3, 8)
+    xt, wt = torch.tensor(x), torch.tensor(w)
+    expected = (xt * torch.rsqrt(xt.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + wt)).numpy()
+    np.testing.assert_allclose(rms_norm(x, (8,), w, eps=1e-6, weight_offset=1.0), expected, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(rms_norm(x, (8,), 1.0 + w, eps=1e-6), expected, rtol=1e-13, atol=1e-14)
+
+
+def test_rms_norm_weight_offset_backward_matches_finite_differences():
+    x, w = RNG.normal(size=(3, 2, 4)), RNG.normal(0, 0.5, (2, 4))
+    dy = RNG.normal(size=x.shape)
+    f = lambda a, w=w: rms_norm(a, (2, 4), w, eps=1e-3, weight_offset=1.0)
+    g = rms_norm_backward(dy, x, (2, 4), w, eps=1e-3, weight_offset=1.0)
+    np.testing.assert_allclose(g["x"], numeric_grad(f, x, dy), atol=1e-7)
+    np.testing.assert_allclose(g["weight"], numeric_grad(lambda a: f(x, a), w, dy), atol=1e-7)
+
+
+def test_rms_norm_ignoring_weight_offset_is_rejected():
+    def plain_gain(inputs, params):
+        return np_kernel("rms_norm").forward(inputs, {**params, "weight_offset": 0.0})
+    _rejected("forward_matches_spec", "rms_norm", buggy("rms_norm", plain_gain))
+
+
+# ---------------------------------------------------------------- MVN over ONNX's axes
+
+def test_mvn_onnx_default_axes_hand_computed():
+    """Axes (0, 2, 3): one channel's values over the batch are [1, 3]: mean 2, sigma 1, y = -+1/(1 + 1e-9)."""
+    x = np.array([1.0, 3.0]).reshape(2, 1, 1, 1)
+    np.testing.assert_array_equal(mvn(x, axes=(0, 2, 3)).ravel(), np.array([-1.0, 1.0]) / (1.0 + 1e-9))
+
+
+def test_mvn_axes_match_onnx_function_body():
+    """ONNX MeanVarianceNormalization-13's function: (X - E[X]) / (sqrt(E[X^2] - E[X]^2) + 1e-9)
+    over `axes` (default [0, 2, 3]), written in NumPy; also axes [1], [-1] and [0, 1, 2, 3]."""
+    x = RNG.normal(size=(3, 4, 2, 5)) * 1.5 + 0.5
+    for axes in ((0, 2, 3), (1,), (-1,), (0, 1, 2, 3)):
+        ex = x.mean(axis=axes, keepdims=True)
+        expected = (x - ex) / (np.sqrt((x * x).mean(axis=axes, keepdims=True) - ex * ex) + 1e-9)
+        np.testing.assert_allclose(mvn(x, axes=axes), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(mvn(x, axes=(2, 3)), mvn(x))  # Caffe's default is axes (2, 3)
+    np.testing.assert_array_equal(mvn(x, axes=(1, 2, 3)), mvn(x, across_channels=True))
+
+
+@pytest.mark.parametrize("axes", [(0, 2, 3), (0,), (1, 3)])
+def test_mvn_axes_backward_matches_finite_differences(axes):
+    x = RNG.normal(size=(3, 2, 2, 3))
+    dy = RNG.normal(size=x.shape)
+    g = mvn_backward(dy, x, axes=axes, eps=1e-3)
+    np.testing.assert_allclose(g["x"], numeric_grad(lambda a: mvn(a, axes=axes, eps=1e-3), x, dy), atol=1e-7)
+
+
+def test_mvn_rejects_bad_axes():
+    for axes in ((), (4,), (1, 1), (0.5,)):
+        with pytest.raises(ValueError):
+            mvn(np.ones((2, 2, 2, 2)), axes=axes)
+
+
+def test_mvn_ignoring_axes_is_rejected():
+    def caffe_axes_only(inputs, params):
+        return np_kernel("mvn").forward(inputs, {k: v for k, v in params.items() if k != "axes"})
+    _rejected("forward_matches_spec", "mvn", buggy("mvn", caffe_axes_only))
+
+
+@pytest.mark.parametrize("backend", [NumpyBackend, TorchCPUBackend])
+def test_mvn_batch_independence_still_holds_without_batch_axes(backend):
+    _accepted("batch_independence", "mvn", backend())
+
+
+# ---------------------------------------------------------------- spectral norm: the two orders
+
+def _torch_sn(w, u, v, legacy, n=1):
+    """One training forward of the real torch module with our (u, v) state, on nn.Linear."""
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(w))
+    if legacy:
+        lin = torch.nn.utils.spectral_norm(lin, n_power_iterations=n)
+        lin.weight_u.copy_(torch.tensor(u))
+        lin.weight_v.copy_(torch.tensor(v))
+        y = lin(torch.eye(w.shape[1], dtype=torch.float64)).T  # x @ W^T with x = I: W_SN^T
+        return y.detach().numpy(), lin.weight_u.numpy().copy(), lin.weight_v.numpy().copy()
+    torch.nn.utils.parametrizations.spectral_norm(lin, n_power_iterations=n)
+    p = lin.parametrizations.weight[0]
+    p._u.copy_(torch.tensor(u))
+    p._v.copy_(torch.tensor(v))
+    y = lin.weight
+    return y.detach().numpy(), p._u.numpy().copy(), p._v.numpy().copy()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_spectral_norm_orders_match_torch(n):
+    """v_first = the legacy torch.nn.utils.spectral_norm, u_first = the parametrization (torch 2.13)."""
+    w = RNG.normal(size=(4, 6))
+    u, v = RNG.normal(size=4), RNG.normal(size=6)
+    u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)
+    for legacy, order in ((True, "v_first"), (False, "u_first")):
+        y, tu, tv = _torch_sn(w, u, v, legacy, n)
+        r = spectral_norm(w, u, v, n_power_iterations=n, power_iteration_order=order)
+        np.testing.assert_allclose(r.y, y, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(r.u, tu, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(r.v, tv, rtol=1e-12, atol=1e-14)
+    a = spectral_norm(w, u, v, power_iteration_order="v_first")
+    b = spectral_norm(w, u, v, power_iteration_order="u_first")
+    assert not np.allclose(a.y, b.y)  # the orders really differ after one step from a random start
+
+
+def test_spectral_norm_v_first_hand_computed():
+    """Algorithm 1 on W = diag(3, 1) from u = (1, 1)/sqrt(2): v = W^T u/|.| = (3, 1)/sqrt(10),
+    u = W v/|.| = (9, 1)/sqrt(82), sigma = u^T W v = 82/sqrt(820)."""
+    w = np.diag([3.0, 1.0])
+    r = spectral_norm(w, np.array([1.0, 1.0]) / np.sqrt(2), np.array([1.0, 0.0]), power_iteration_order="v_first")
+    np.testing.assert_allclose(r.v, np.array([3.0, 1.0]) / np.sqrt(10), rtol=1e-15)
+    np.testing.assert_allclose(r.u, np.array([9.0, 1.0]) / np.sqrt(82), rtol=1e-15)
+    assert r.sigma == pytest.approx(82 / np.sqrt(820), rel=1e-15)
+
+
+def test_spectral_norm_v_first_backward_matches_finite_differences():
+    """u, v are constants of the derivative (computed without gradient): d/dW of W/sigma(W; u, v)."""
+    w, dy = RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4))
+    u, v = RNG.normal(size=3), RNG.normal(size=4)
+    r = spectral_norm(w, u / np.linalg.norm(u), v / np.linalg.norm(v), power_iteration_order="v_first")
+    g = spectral_norm_backward(dy, w, r.u, r.v, training=False, power_iteration_order="v_first")
+    f = lambda a: spectral_norm(a, r.u, r.v, training=False).y
+    np.testing.assert_allclose(g["x"], numeric_grad(f, w, dy), atol=1e-7)
+
+
+def test_spectral_norm_ignoring_order_is_rejected():
+    def always_u_first(inputs, params):
+        return np_kernel("spectral_norm").forward(inputs, {**params, "power_iteration_order": "u_first"})
+    _rejected("forward_matches_spec", "spectral_norm", buggy("spectral_norm", always_u_first))
