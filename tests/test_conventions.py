@@ -5,6 +5,7 @@ and a seeded wrong implementation that the properties reject while the reference
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -229,3 +230,65 @@ def test_spectral_norm_ignoring_order_is_rejected():
     def always_u_first(inputs, params):
         return np_kernel("spectral_norm").forward(inputs, {**params, "power_iteration_order": "u_first"})
     _rejected("forward_matches_spec", "spectral_norm", buggy("spectral_norm", always_u_first))
+
+
+# ---------------------------------------------------------------- SyncBN: a rank with an empty batch
+
+def test_sync_batch_norm_empty_rank_is_batch_norm_of_the_rest():
+    """Hand-checkable: ranks (0, 2) on [[1], [3]] per channel: mean 2, biased var 1, y = -+1/sqrt(1 + eps)."""
+    from normspec.spec.sync_batch_norm import sync_batch_norm
+    x = np.array([[1.0], [3.0]])
+    r = sync_batch_norm([x[:0], x], eps=0.0)
+    assert r.ys[0].shape == (0, 1)
+    np.testing.assert_array_equal(r.ys[1].ravel(), [-1.0, 1.0])
+    with pytest.raises(ValueError, match="at least one needs data"):
+        sync_batch_norm([x[:0], x[:0]])
+
+
+def test_sync_batch_norm_empty_rank_draws_and_nan_bug():
+    """The record draws empty ranks; a kernel that lets an empty shard's NaN mean (0/0) into the
+    combination, instead of dropping it as PyTorch does, fails sync_equals_unsplit_norm."""
+    from hypothesis import given, settings
+    seen = []
+
+    @settings(max_examples=60, derandomize=True, database=None)
+    @given(get_norm("sync_batch_norm").cases())
+    def collect(case):
+        seen.append(0 in case.params["rank_sizes"])
+    collect()
+    assert any(seen) and not all(seen)
+
+    from normspec.impls.numpy_kernels import sync_batch_norm as np_sync
+
+    def nan_local(x_r):
+        axes = (0,) + tuple(range(2, x_r.ndim))
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the mean of an empty shard
+            xa = x_r.astype(np.float64 if x_r.dtype == np.float64 else np.float32)
+            mean = xa.mean(axis=axes)
+            return x_r.size // x_r.shape[1], mean, np.square(xa - mean.reshape((1, -1) + (1,) * (x_r.ndim - 2))).mean(axis=axes)
+
+    def forward(inputs, params):
+        old = np_sync.local_statistics, np_sync.combine
+        np_sync.local_statistics = nan_local
+        np_sync.combine = _combine_all
+        try:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np_sync.forward(inputs, params)
+        finally:
+            np_sync.local_statistics, np_sync.combine = old
+
+    _rejected("sync_equals_unsplit_norm", "sync_batch_norm", buggy("sync_batch_norm", forward))
+
+
+def _combine_all(gathered):
+    """Chan et al.'s merge over every rank, empty ones included (their 0 count, NaN mean)."""
+    n, mean, var = gathered[0]
+    m2 = var * n
+    for n_r, mean_r, var_r in gathered[1:]:
+        total = n + n_r
+        delta = mean_r - mean
+        mean = mean + delta * (n_r / total)
+        m2 = m2 + var_r * n_r + delta * delta * (n * n_r / total)
+        n = total
+    return n, mean, m2 / n
