@@ -292,3 +292,62 @@ def _combine_all(gathered):
         m2 = m2 + var_r * n_r + delta * delta * (n * n_r / total)
         n = total
     return n, mean, m2 / n
+
+
+# ---------------------------------------------------------------- BatchNorm: bias-corrected moving averages
+
+def _bn_steps(batches, **kw):
+    from normspec.spec.batch_norm import batch_norm
+    c = batches[0].shape[1]
+    rm, rv, t = np.full(c, 7.0), np.full(c, 9.0), 0  # initial buffers: weight 0 in the debiased average
+    for x in batches:
+        r = batch_norm(x, None, None, rm, rv, num_batches_tracked=t, moving_average="debiased", **kw)
+        rm, rv, t = r.running_mean, r.running_var, r.num_batches_tracked
+    return rm, rv
+
+
+def test_debiased_moving_average_is_caffe_batch_norm_layer():
+    """Caffe's BatchNormLayer::Forward_cpu, written out: blobs (mean_sum, var_sum, s) from 0,
+    s <- maf s + 1, mean_sum <- maf mean_sum + mu, var_sum <- maf var_sum + m/(m-1) var;
+    use_global_stats reads mean_sum/s and var_sum/s. Decay-style momentum = moving_average_fraction."""
+    batches = [RNG.normal(size=(4, 3, 2)) * (1 + i) + i for i in range(4)]
+    for maf in (0.999, 0.9, 0.5, 1.0):
+        mean_sum, var_sum, s = np.zeros(3), np.zeros(3), 0.0
+        for x in batches:
+            m = x.size // x.shape[1]
+            mu, var = x.mean(axis=(0, 2)), x.var(axis=(0, 2))
+            s = s * maf + 1
+            mean_sum = maf * mean_sum + mu
+            var_sum = maf * var_sum + m / (m - 1) * var
+        rm, rv = _bn_steps(batches, momentum=maf, momentum_style="decay", running_var_style="unbiased")
+        np.testing.assert_allclose(rm, mean_sum / s, rtol=1e-13)
+        np.testing.assert_allclose(rv, var_sum / s, rtol=1e-13)
+
+
+def test_debiased_moving_average_is_tf_zero_debias():
+    """TF's assign_moving_average(v, value, decay, zero_debias=True): biased <- biased - (biased -
+    value)(1 - decay) from 0, local_step += 1, v = biased / (1 - decay^local_step)."""
+    batches = [RNG.normal(size=(5, 2)) * 3 + i for i in range(5)]
+    decay = 0.99
+    biased, step = np.zeros(2), 0
+    for x in batches:
+        biased = biased - (biased - x.mean(axis=0)) * (1 - decay)
+        step += 1
+    rm, _ = _bn_steps(batches, momentum=decay, momentum_style="decay")
+    np.testing.assert_allclose(rm, biased / (1 - decay**step), rtol=1e-12)
+    rm_new, _ = _bn_steps(batches, momentum=1 - decay)  # the same with PyTorch's new-value momentum
+    np.testing.assert_allclose(rm_new, rm, rtol=1e-12)
+
+
+def test_debiased_needs_a_momentum():
+    from normspec.spec.batch_norm import batch_norm
+    with pytest.raises(ValueError, match="needs a momentum"):
+        batch_norm(np.ones((2, 2)), None, None, np.zeros(2), np.ones(2), momentum=None, moving_average="debiased")
+    with pytest.raises(ValueError, match="moving_average"):
+        batch_norm(np.ones((2, 2)), moving_average="adam")
+
+
+def test_plain_ema_for_debiased_is_rejected():
+    def plain(inputs, params):
+        return np_kernel("batch_norm").forward(inputs, {k: v for k, v in params.items() if k != "moving_average"})
+    _rejected("forward_matches_spec", "batch_norm", buggy("batch_norm", plain))

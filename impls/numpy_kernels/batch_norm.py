@@ -46,6 +46,9 @@ def _running_update(inputs, params, mean, var, count):
         factor = 1.0 - momentum
     else:
         factor = momentum
+    if params.get("moving_average", "ema") == "debiased" and momentum is not None:
+        # Caffe's sum/scale-factor pair, TF's zero-debiased EMA: weight a/(1 - (1 - a)^t) for the newest
+        factor = 1.0 / tracked if factor == 0 else factor / (1.0 - (1.0 - factor) ** tracked)
     var = var.reshape(-1)
     if params.get("running_var_style", "unbiased") == "unbiased":
         var = var * (count / (count - 1))

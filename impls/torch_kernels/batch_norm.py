@@ -23,6 +23,10 @@ def forward(inputs, params):
         momentum = 1.0 / (params.get("num_batches_tracked", 0) + 1)
     elif params.get("momentum_style", "new") == "decay":
         momentum = 1.0 - momentum
+    if params.get("moving_average", "ema") == "debiased" and params.get("momentum", 0.1) is not None:
+        # the bias-corrected average (Caffe, TF zero_debias) is an EMA whose factor is a/(1 - (1 - a)^t)
+        t = params.get("num_batches_tracked", 0) + 1
+        momentum = 1.0 / t if momentum == 0 else momentum / (1.0 - (1.0 - momentum) ** t)
     y = F.batch_norm(
         inputs["x"], rm, rv, inputs.get("weight"), inputs.get("bias"),
         training=training or rm is None, momentum=momentum, eps=params.get("eps", 1e-5),

@@ -46,11 +46,14 @@ def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=No
         if conventions:
             params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
             params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]), label="running_var_style")
+            if params["momentum"] is not None:
+                params["moving_average"] = draw(st.sampled_from(["ema", "ema", "debiased"]), label="moving_average")
     return Case("batch_norm", arrays, params)
 
 
 def _spec_kwargs(case: Case) -> dict:
-    keys = ("training", "momentum", "eps", "momentum_style", "running_var_style", "num_batches_tracked")
+    keys = ("training", "momentum", "eps", "momentum_style", "running_var_style", "num_batches_tracked",
+            "moving_average")
     return {k: case.params[k] for k in keys if k in case.params}
 
 
