@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import assume
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
@@ -30,7 +29,7 @@ def _batch_norm_run(ctx: Context, case: Case, dtype: str, layout: str, dy: np.nd
     run = ctx.run(case, dtype, layout, grads=True, dy=dy)
     ref = record.reference(run.case)
     ref_grads = record.reference_grad(run.case, run.dy)
-    return run, tolerance.moment_bounds(record.conditioning(run.case), dtype, ref, run.dy, ref_grads)
+    return run, record.bounds(run.case, dtype, ref, run.dy, ref_grads)
 
 
 def _own_bounds(ctx: Context, run, names=("y",)):
@@ -112,7 +111,6 @@ def _recurrent_vs_bn(ctx: Context, case: Case, to_bn, from_bn, state_to_bn, stat
     dtype = ctx.dtype()
     dy = _dy(ctx, case.x.shape)
     run = ctx.run(case, dtype, "contiguous", grads=True, dy=dy)
-    rec = ctx.record
     ref, ref_grads = ctx.reference(run)
     from normspec.norms.recurrent_batch_norm import population_bounds
     b = population_bounds(run.case, dtype, ref, run.dy, ref_grads)
@@ -135,7 +133,7 @@ def frame_wise_single_step_is_batch_norm(ctx: Context) -> None:
     (N, F) input of that step: output, gradients and running statistics (Cooijmans et al. 2017)."""
     running = ctx.draw(st.booleans(), "track_running_stats")
     case = ctx.case(statistics="frame", steps=1, t_max=1, track_running_stats=running)
-    assume(case.params["training"] or running or case.x.shape[0] > 1)
+    ctx.assume(case.params["training"] or running or case.x.shape[0] > 1, "eval without running statistics needs more than one sample")
     _recurrent_vs_bn(ctx, case, lambda a: a[:, 0, :], lambda a: a[:, None, :], lambda s: s[0], lambda s: s[None])
 
 
@@ -258,7 +256,7 @@ def exact_scale_invariance_with_state(ctx: Context) -> None:
     eps = base.params.get("eps", 1e-5)
     scaled = base.with_arrays(**{r: arr * a ** powers[r] for r, arr in base.arrays.items() if r in powers})
     scaled = scaled.with_params(eps=eps * a**eps_power)
-    assume(all(_fits(arr, dtype) for arr in scaled.arrays.values()) and _fits(np.array([eps * a**eps_power, eps]), dtype))
+    ctx.assume(all(_fits(arr, dtype) for arr in scaled.arrays.values()) and _fits(np.array([eps * a**eps_power, eps]), dtype), "the scaled case or its eps does not fit the dtype")
     dy = _dy(ctx, case.x.shape)
     r0 = ctx.run(base, dtype, layout, grads=True, dy=dy)
     r1 = ctx.run(scaled, dtype, layout, grads=True, dy=dy)

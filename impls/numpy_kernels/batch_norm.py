@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from normspec.impls.running import running_update
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 from normspec.impls.numpy_kernels.moments import affine_backward, apply_affine, normalize, normalize_backward
 
@@ -37,25 +38,9 @@ def _normalized(inputs, params):
 
 
 def _running_update(inputs, params, mean, var, count):
-    rm, rv = inputs["running_mean"], inputs["running_var"]
-    momentum = params.get("momentum", 0.1)
-    tracked = params.get("num_batches_tracked", 0) + 1
-    if momentum is None:
-        factor = 1.0 / tracked
-    elif params.get("momentum_style", "new") == "decay":
-        factor = 1.0 - momentum
-    else:
-        factor = momentum
-    if params.get("moving_average", "ema") == "debiased" and momentum is not None:
-        # Caffe's sum/scale-factor pair, TF's zero-debiased EMA: weight a/(1 - (1 - a)^t) for the newest
-        factor = 1.0 / tracked if factor == 0 else factor / (1.0 - (1.0 - factor) ** tracked)
-    var = var.reshape(-1)
-    if params.get("running_var_style", "unbiased") == "unbiased":
-        var = var * (count / (count - 1))
-    acc = mean.dtype
-    new_rm = (1 - factor) * rm.astype(acc) + factor * mean.reshape(-1)
-    new_rv = (1 - factor) * rv.astype(acc) + factor * var
-    return new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
+    """The new running statistics (`normspec.impls.running`), in the buffers' dtype."""
+    return running_update(inputs["running_mean"], inputs["running_var"], mean.reshape(-1), var.reshape(-1), count,
+                          params, lambda new, like: new.astype(like.dtype))
 
 
 def forward(inputs, params):

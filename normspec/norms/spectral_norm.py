@@ -47,8 +47,7 @@ def spectral_norm_cases(draw, *, training=None, dim="draw", n_power_iterations=N
 
 
 def _kwargs(case):
-    keys = ("dim", "n_power_iterations", "eps", "training", "power_iteration_order")
-    return {k: case.params[k] for k in keys if k in case.params}
+    return case.kwargs(*("dim", "n_power_iterations", "eps", "training", "power_iteration_order"))
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -76,6 +75,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=spectral_norm_cases,
+    overrides=frozenset({'conventions', 'dim', 'n_power_iterations', 'training'}),
     error_model=tolerance.spectral_norm_bounds,
     traits=frozenset({WEIGHT_REPARAMETRIZATION, POWER_ITERATION_STATE}),
     differentiable=("x",),

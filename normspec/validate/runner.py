@@ -109,23 +109,12 @@ def restricted_record(record: NormRecord, kind: str, ranks) -> NormRecord:
     if kind in ("module", "functional"):
         fixed.update(conventions=False, convention="pytorch")
     original = record.cases
-    takes: dict[str, bool] = {}
-
-    def accepts(key: str, value) -> bool:
-        if key not in takes:
-            try:
-                original(**{key: value})
-                takes[key] = True
-            except TypeError:
-                takes[key] = False
-        return takes[key]
-
     spatial = sorted({r - 2 for r in ranks}) if ranks else None
-    if spatial is not None and not accepts("spatial_dims", spatial[0]):
+    if spatial is not None and not record.takes("spatial_dims"):
         spatial = None
 
     def cases(**overrides):
-        kw = {k: v for k, v in {**fixed, **overrides}.items() if accepts(k, v)}
+        kw = {k: v for k, v in {**fixed, **overrides}.items() if record.takes(k)}
         if spatial is not None and "spatial_dims" not in kw:
             return st.sampled_from(spatial).flatmap(lambda s: original(**kw, spatial_dims=s))
         return original(**kw)
