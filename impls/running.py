@@ -7,6 +7,8 @@ them independently, so a mistake here shows up against it.
 """
 from __future__ import annotations
 
+import math
+
 
 def momentum_factor(params) -> float:
     """The weight of the new batch statistic in r <- (1 - f) r + f stat."""
@@ -18,7 +20,10 @@ def momentum_factor(params) -> float:
     if params.get("moving_average", "ema") == "debiased":
         # the bias-corrected average (Caffe's sum / scale factor, TF's zero_debias EMA) is an EMA
         # whose newest statistic weighs a / (1 - (1 - a)^t): 1/t where a = 0 (Caffe's fraction 1)
-        return 1.0 / steps if factor == 0 else factor / (1.0 - (1.0 - factor) ** steps)
+        # (1 - (1 - a)^t as -expm1(t log1p(-a)): no cancellation to 0 for a below the roundoff)
+        if factor >= 1.0:
+            return 1.0
+        return 1.0 / steps if factor == 0 else factor / -math.expm1(steps * math.log1p(-factor))
     return factor
 
 

@@ -14,7 +14,8 @@ from normspec.library.tolerance import MAX_FINITE, TINY, compute_roundoff  # noq
 
 MANTISSA_BITS = {"float64": 53, "float32": 24, "float16": 11, "bfloat16": 8}
 # How each stateful role scales when the input is scaled by a: (x - rm)/sqrt(rv + eps) is unchanged.
-SCALE_POWER = {"x": 1, "running_mean": 1, "running_var": 2}
+# how each array scales with x -> a x (the saved statistics of LayerNorm: mean a, rstd 1/a)
+SCALE_POWER = {"x": 1, "running_mean": 1, "running_var": 2, "mean": 1, "rstd": -1}
 
 
 def _fits(a: np.ndarray, dtype: str) -> bool:

@@ -351,3 +351,75 @@ def test_plain_ema_for_debiased_is_rejected():
     def plain(inputs, params):
         return np_kernel("batch_norm").forward(inputs, {k: v for k, v in params.items() if k != "moving_average"})
     _rejected("forward_matches_spec", "batch_norm", buggy("batch_norm", plain))
+
+
+# ---------------------------------------------------------------- LayerNorm: Keras' axes, saved statistics
+
+def test_layer_norm_keras_axes_matches_numpy_expression():
+    """Keras LayerNormalization(axis=[1, 3]): moments over those axes (biased variance), gamma and
+    beta of shape (x.shape[1], x.shape[3]) broadcast there: (x - mu)/sqrt(var + eps) * gamma + beta."""
+    from normspec.spec.layer_norm import layer_norm
+    x = RNG.normal(size=(2, 3, 4, 5)) * 2 + 1
+    g, b = RNG.normal(size=(3, 5)), RNG.normal(size=(3, 5))
+    mu, var = x.mean(axis=(1, 3), keepdims=True), x.var(axis=(1, 3), keepdims=True)
+    expected = (x - mu) / np.sqrt(var + 1e-3) * g.reshape(1, 3, 1, 5) + b.reshape(1, 3, 1, 5)
+    np.testing.assert_allclose(layer_norm(x, None, g, b, eps=1e-3, axes=[1, -1]), expected, rtol=1e-12, atol=1e-12)
+    # Keras' default axis=-1 is PyTorch's normalized_shape=(last,)
+    np.testing.assert_array_equal(layer_norm(x, None, eps=1e-3, axes=-1), layer_norm(x, (5,), eps=1e-3))
+    with pytest.raises(ValueError, match="not both"):
+        layer_norm(x, (5,), axes=-1)
+    with pytest.raises(ValueError, match="shape"):
+        layer_norm(x, None, g.T, axes=(1, 3))
+
+
+@pytest.mark.parametrize("axes", [(1, 3), (2,), (1, 2, 3)])
+def test_layer_norm_axes_backward_matches_finite_differences(axes):
+    from normspec.spec.layer_norm import layer_norm, layer_norm_backward
+    x = RNG.normal(size=(2, 3, 2, 3))
+    pshape = tuple(x.shape[a] for a in axes)
+    w, b = RNG.uniform(0.5, 2, pshape), RNG.normal(size=pshape)
+    dy = RNG.normal(size=x.shape)
+    f = lambda a, w=w, b=b: layer_norm(a, None, w, b, eps=1e-3, axes=axes)
+    g = layer_norm_backward(dy, x, None, w, eps=1e-3, axes=axes)
+    np.testing.assert_allclose(g["x"], numeric_grad(f, x, dy), atol=1e-7)
+    np.testing.assert_allclose(g["weight"], numeric_grad(lambda a: f(x, a), w, dy), atol=1e-7)
+    np.testing.assert_allclose(g["bias"], numeric_grad(lambda a: f(x, w, a), b, dy), atol=1e-7)
+
+
+def test_layer_norm_saved_statistics_are_native_layer_norm_and_onnx():
+    """torch.native_layer_norm's outputs 2 and 3, and ONNX LayerNormalization's Mean and InvStdDev
+    (axis=-2: over the last two dims, kept as size 1) computed as NumPy from the operator's definition."""
+    from normspec.spec.layer_norm import layer_norm_statistics
+    x = RNG.normal(size=(3, 4, 5)) * 3 - 2
+    mean, rstd = layer_norm_statistics(x, (4, 5), eps=1e-5)
+    _, tm, tr = torch.native_layer_norm(torch.tensor(x), [4, 5], None, None, 1e-5)
+    np.testing.assert_allclose(mean, tm.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(rstd, tr.numpy(), rtol=1e-13)
+    onnx_mean = x.mean(axis=(1, 2), keepdims=True)
+    onnx_inv = 1.0 / np.sqrt(((x - onnx_mean) ** 2).mean(axis=(1, 2), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(mean, onnx_mean, rtol=1e-13)
+    np.testing.assert_allclose(rstd, onnx_inv, rtol=1e-13)
+    assert mean.shape == rstd.shape == (3, 1, 1)
+
+
+def test_layer_norm_convention_bugs_are_rejected():
+    def ignores_axes(inputs, params):
+        if params.get("axes") is None:
+            return np_kernel("layer_norm").forward(inputs, params)
+        x = inputs["x"]
+        k = len(params["axes"])
+        p = {**params, "normalized_shape": x.shape[x.ndim - k:]}
+        p.pop("axes")
+        w = inputs.get("weight")
+        fixed = {**inputs, **({} if w is None else {"weight": w.reshape(x.shape[x.ndim - k:])})}
+        if inputs.get("bias") is not None:
+            fixed["bias"] = inputs["bias"].reshape(x.shape[x.ndim - k:])
+        return np_kernel("layer_norm").forward(fixed, p)
+
+    def std_not_rstd(inputs, params):
+        out = np_kernel("layer_norm").forward(inputs, params)
+        if "rstd" in out:
+            out["rstd"] = (1.0 / out["rstd"].astype(np.float64)).astype(out["rstd"].dtype)  # sqrt(var + eps)
+        return out
+    _rejected("forward_matches_spec", "layer_norm", buggy("layer_norm", ignores_axes))
+    _rejected("forward_matches_spec", "layer_norm", buggy("layer_norm", std_not_rstd))

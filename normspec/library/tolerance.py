@@ -580,6 +580,18 @@ def _in_view(c: Conditioning, dtype: str, reference: dict[str, np.ndarray], dy: 
                    for k, v in b.values.items()})
 
 
+def saved_statistics_bounds(c: Conditioning, dtype: str, mean: np.ndarray, rstd: np.ndarray) -> dict[str, np.ndarray]:
+    """The saved statistics of a moment normalizer (torch.native_layer_norm's mean and rstd): the
+    mean errs by u g(m) (|mu| + sigma), as in `moment_bounds`; sigma' = sqrt(var + eps) by a relative
+    u g(m) (1 + |mu|/sigma'), so rstd = 1/sigma' too; each then rounds to the dtype (v)."""
+    u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
+    g = growth(c.count)
+    mu = np.abs(c.mean)
+    rel = SAFETY * u * g * (1.0 + mu / c.std)
+    return {"mean": SAFETY * (u * g * (mu + c.std) + v * np.abs(mean)) + tiny,
+            "rstd": _overflow_allowed(rel * np.abs(rstd) + SAFETY * v * np.abs(rstd) + tiny, rstd, dtype)}
+
+
 def mvn_bounds(c: MvnCondition, dtype: str, reference: dict[str, np.ndarray], dy: np.ndarray | None = None,
                ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
     """MVN y = (x - mu)/d with d = sigma + eps (eps outside the square root), or y = x - mu
