@@ -423,3 +423,82 @@ def test_layer_norm_convention_bugs_are_rejected():
         return out
     _rejected("forward_matches_spec", "layer_norm", buggy("layer_norm", ignores_axes))
     _rejected("forward_matches_spec", "layer_norm", buggy("layer_norm", std_not_rstd))
+
+
+# ---------------------------------------------------------------- Batch Renorm in Keras' form
+
+def _keras_renorm_step(x, gamma, beta, state, *, momentum, renorm_momentum, eps, rmin, rmax, dmax):
+    """Keras 3 BatchNormalization(renorm=True).call(training=True) for a 2-D input, axis=-1, written
+    from keras/src/layers/normalization/batch_normalization.py: r, d from renorm_mean/renorm_stddev
+    (floored at sqrt(eps)), clipped; y = batch_normalization(x, mean, var, r gamma, d gamma + beta);
+    then renorm_* with renorm_momentum and moving_mean/moving_stddev with momentum (decay form)."""
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    stddev = np.sqrt(var + eps)
+    renorm_stddev = np.maximum(state["renorm_stddev"], np.sqrt(eps))
+    r = np.minimum(np.maximum(stddev / renorm_stddev, rmin), rmax)
+    d = np.clip((mean - state["renorm_mean"]) / renorm_stddev, -dmax, dmax)
+    y = (x - mean) / np.sqrt(var + eps) * (r * gamma) + (d * gamma + beta)
+    new = {"renorm_mean": state["renorm_mean"] * renorm_momentum + mean * (1 - renorm_momentum),
+           "renorm_stddev": state["renorm_stddev"] * renorm_momentum + stddev * (1 - renorm_momentum),
+           "moving_mean": state["moving_mean"] * momentum + mean * (1 - momentum),
+           "moving_stddev": state["moving_stddev"] * momentum + stddev * (1 - momentum)}
+    new["moving_variance"] = np.maximum(new["moving_stddev"] ** 2 - eps, 0.0)
+    return y, new
+
+
+def test_batch_renorm_keras_form_matches_keras_code():
+    from normspec.spec.batch_renorm import batch_renorm
+    x = RNG.normal(size=(6, 3)) * np.array([0.5, 2.0, 1e-3]) + np.array([1.0, -2.0, 0.0])
+    gamma, beta = RNG.uniform(0.5, 2, 3), RNG.normal(size=3)
+    state = {"renorm_mean": RNG.normal(size=3), "renorm_stddev": np.array([0.7, 3.0, 1e-4]),
+             "moving_mean": RNG.normal(size=3), "moving_stddev": np.array([1.2, 0.4, 2e-3])}
+    kw = dict(momentum=0.99, renorm_momentum=0.9, eps=1e-3, rmin=0.5, rmax=2.0, dmax=0.5)
+    y, new = _keras_renorm_step(x, gamma, beta, state, **kw)
+    r = batch_renorm(x, gamma, beta, state["renorm_mean"], state["renorm_stddev"], form="keras",
+                     moving_mean=state["moving_mean"], moving_std=state["moving_stddev"], momentum_style="decay",
+                     momentum=0.99, renorm_momentum=0.9, eps=1e-3, rmin=0.5, rmax=2.0, dmax=0.5)
+    np.testing.assert_allclose(r.y, y, rtol=1e-12, atol=1e-12)
+    for ours, theirs in ((r.running_mean, "renorm_mean"), (r.running_std, "renorm_stddev"),
+                         (r.moving_mean, "moving_mean"), (r.moving_std, "moving_stddev")):
+        np.testing.assert_allclose(ours, new[theirs], rtol=1e-13)
+    # inference: batch_normalization(x, moving_mean, moving_variance, ..., epsilon)
+    ev = batch_renorm(x, gamma, beta, state["renorm_mean"], state["renorm_stddev"], training=False, form="keras",
+                      moving_mean=new["moving_mean"], moving_std=new["moving_stddev"], eps=1e-3)
+    expected = (x - new["moving_mean"]) / np.sqrt(new["moving_variance"] + 1e-3) * gamma + beta
+    np.testing.assert_allclose(ev.y, expected, rtol=1e-12, atol=1e-12)
+    # Ioffe's form differs: r clipped to [1/rmax, rmax], no sqrt(eps) floor, one set of statistics
+    io = batch_renorm(x, gamma, beta, state["renorm_mean"], state["renorm_stddev"], momentum_style="decay",
+                      momentum=0.9, eps=1e-3, rmax=2.0, dmax=0.5)
+    assert not np.allclose(io.y, y)
+
+
+def test_batch_renorm_keras_backward_matches_finite_differences():
+    """r and d are stop-gradients (Keras: ops.stop_gradient), so the derivative holds them fixed:
+    check against finite differences of y with r, d frozen at their values for x."""
+    from normspec.spec.batch_renorm import batch_renorm, batch_renorm_backward, renorm_factors
+    from normspec.spec.moments import moments
+    x, dy = RNG.normal(size=(5, 2)), RNG.normal(size=(5, 2))
+    rm, rs = RNG.normal(size=2), np.array([0.5, 2.0])
+    w = RNG.uniform(0.5, 2, 2)
+    kw = dict(rmax=1.5, dmax=0.3, rmin=0.0, form="keras", eps=1e-3)
+    r, d = renorm_factors(moments(x, (0,), 1e-3), rm, rs, 1.5, 0.3, 0.0, "keras", 1e-3)
+
+    def frozen(a):
+        m = moments(a, (0,), 1e-3)
+        return w * (m.xhat * r + d)
+    g = batch_renorm_backward(dy, x, w, rm, rs, moving_mean=np.zeros(2), moving_std=np.ones(2), **kw)
+    np.testing.assert_allclose(g["x"], numeric_grad(frozen, x, dy), atol=1e-7)
+    y = batch_renorm(x, w, None, rm, rs, moving_mean=np.zeros(2), moving_std=np.ones(2), **kw).y
+    np.testing.assert_allclose(y, frozen(x), rtol=1e-13)
+
+
+def test_batch_renorm_keras_bugs_are_rejected():
+    def ioffe_clip(inputs, params):  # Algorithm 1's [1/rmax, rmax] in place of Keras' [rmin, rmax]
+        return np_kernel("batch_renorm").forward(inputs, {k: v for k, v in params.items() if k != "rmin"})
+
+    def infers_with_renorm_stats(inputs, params):
+        if params.get("form") != "keras" or params.get("training", True):
+            return np_kernel("batch_renorm").forward(inputs, params)
+        return np_kernel("batch_renorm").forward(inputs, {**params, "form": "ioffe"})
+    _rejected("forward_matches_spec", "batch_renorm", buggy("batch_renorm", ioffe_clip))
+    _rejected("forward_matches_spec", "batch_renorm", buggy("batch_renorm", infers_with_renorm_stats))
