@@ -10,6 +10,13 @@ from __future__ import annotations
 import math
 
 
+def uses_batch_statistics(inputs, params) -> bool:
+    """Whether a call normalizes by the batch's own statistics: in training, or in eval without
+    both running buffers (PyTorch's rule for BatchNorm and InstanceNorm)."""
+    has_running = inputs.get("running_mean") is not None and inputs.get("running_var") is not None
+    return params.get("training", True) or not has_running
+
+
 def momentum_factor(params) -> float:
     """The weight of the new batch statistic in r <- (1 - f) r + f stat."""
     momentum = params.get("momentum", 0.1)

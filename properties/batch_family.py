@@ -32,6 +32,19 @@ def _batch_norm_run(ctx: Context, case: Case, dtype: str, layout: str, dy: np.nd
     return run, record.bounds(run.case, dtype, ref, run.dy, ref_grads)
 
 
+def _training_equals_batch_norm(ctx: Context, case: Case) -> None:
+    """A training call of ctx.record on `case` against the backend's own batch_norm on the same
+    input: output and gradients within the sum of both bounds."""
+    dtype, layout = ctx.dtype(), ctx.layout()
+    dy = _dy(ctx, case.x.shape)
+    run = ctx.run(case, dtype, layout, grads=True, dy=dy)
+    b = _own_bounds(ctx, run)
+    bn, bb = _batch_norm_run(ctx, _bn_case(run.case), dtype, layout, dy)
+    at = where(ctx, run) + " vs batch_norm"
+    _agree(run.outputs["y"], bn.outputs["y"], b["y"] + bb["y"], "y", at)
+    _compare_grads(run, bn, b, bb, [r for r in ("x", "weight", "bias") if case.get(r) is not None], at)
+
+
 def _own_bounds(ctx: Context, run, names=("y",)):
     ref, ref_grads = ctx.reference(run)
     return ctx.bounds(run, {k: v for k, v in ref.items() if k in names}, ref_grads)
@@ -83,14 +96,7 @@ def l2_scale_with_eps_inside_is_batch_norm(ctx: Context) -> None:
     forward exactly (S is the biased standard deviation): output and gradients equal the
     backend's own batch_norm within both bounds."""
     case = ctx.case(training=True, track_running_stats=False, p=2.0, eps_placement="inside", constant=1.0)
-    dtype, layout = ctx.dtype(), ctx.layout()
-    dy = _dy(ctx, case.x.shape)
-    run = ctx.run(case, dtype, layout, grads=True, dy=dy)
-    b = _own_bounds(ctx, run)
-    bn, bb = _batch_norm_run(ctx, _bn_case(run.case), dtype, layout, dy)
-    at = where(ctx, run) + " vs batch_norm"
-    _agree(run.outputs["y"], bn.outputs["y"], b["y"] + bb["y"], "y", at)
-    _compare_grads(run, bn, b, bb, [r for r in ("x", "weight", "bias") if case.get(r) is not None], at)
+    _training_equals_batch_norm(ctx, case)
 
 
 @prop("batch_family", applies=traits("whitening"))
@@ -98,14 +104,7 @@ def zca_group_size_one_is_batch_norm(ctx: Context) -> None:
     """ZCA whitening of groups of one channel is Phi = 1/sqrt(sigma^2 + eps): BatchNorm's training
     forward (Huang et al. 2018, sec. 3.1), and its gradients; checked against the backend's batch_norm."""
     case = ctx.case(training=True, track_running_stats=False, group_size=1)
-    dtype, layout = ctx.dtype(), ctx.layout()
-    dy = _dy(ctx, case.x.shape)
-    run = ctx.run(case, dtype, layout, grads=True, dy=dy)
-    b = _own_bounds(ctx, run)
-    bn, bb = _batch_norm_run(ctx, _bn_case(run.case), dtype, layout, dy)
-    at = where(ctx, run) + " vs batch_norm"
-    _agree(run.outputs["y"], bn.outputs["y"], b["y"] + bb["y"], "y", at)
-    _compare_grads(run, bn, b, bb, [r for r in ("x", "weight", "bias") if case.get(r) is not None], at)
+    _training_equals_batch_norm(ctx, case)
 
 
 def _recurrent_vs_bn(ctx: Context, case: Case, to_bn, from_bn, state_to_bn, state_from_bn):

@@ -3,18 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from normspec.impls.running import running_update
+from normspec.impls.running import running_update, uses_batch_statistics
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 from normspec.impls.numpy_kernels.moments import affine_backward, apply_affine, normalize, normalize_backward
 
 
 def _geometry(x):
     return (0,) + tuple(range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
-
-
-def _uses_batch_stats(inputs, params):
-    has_running = inputs.get("running_mean") is not None and inputs.get("running_var") is not None
-    return params.get("training", True) or not has_running
 
 
 def _check(x, params, batch):
@@ -26,7 +21,7 @@ def _normalized(inputs, params):
     x = inputs["x"]
     axes, shape = _geometry(x)
     eps = params.get("eps", 1e-5)
-    batch = _uses_batch_stats(inputs, params)
+    batch = uses_batch_statistics(inputs, params)
     _check(x, params, batch)
     if batch:
         return (*normalize(x, axes, eps), batch)

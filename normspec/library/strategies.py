@@ -112,3 +112,16 @@ def channel_shape(draw, spatial_dims: int | None, *, dims: tuple[int, int] = (0,
     sides = tuple(draw(st.integers(1, side if nsp < 3 else side_3d), label="side") for _ in range(nsp))
     n = draw(st.integers(1, batch), label="N")
     return n, c, sides
+
+
+def batch_norm_running_state(draw, x: np.ndarray, arrays: dict, params: dict, conventions: bool) -> None:
+    """BatchNorm's running state, added to `arrays` and `params`: random running statistics near
+    the batch's own, a momentum, num_batches_tracked, and (with `conventions`) the momentum and
+    running-variance conventions, PyTorch's twice as often as the others."""
+    arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
+    params["momentum"] = draw(momenta, label="momentum")
+    params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
+    if conventions:
+        params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
+        params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]),
+                                           label="running_var_style")

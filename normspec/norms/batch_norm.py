@@ -10,7 +10,7 @@ from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register
 from normspec.spec import batch_norm, batch_norm_backward, moments
-from normspec.library.strategies import affine_arrays, channel_running_stats, channel_shape, eps_values, grouped_values, mode, momenta
+from normspec.library.strategies import batch_norm_running_state, affine_arrays, channel_shape, eps_values, grouped_values, mode
 
 
 
@@ -31,14 +31,9 @@ def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=No
     arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     params = {"training": training, "eps": draw(eps_values, label="eps")}
     if running:
-        arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
-        params["momentum"] = draw(momenta, label="momentum")
-        params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
-        if conventions:
-            params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
-            params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]), label="running_var_style")
-            if params["momentum"] is not None:
-                params["moving_average"] = draw(st.sampled_from(["ema", "ema", "debiased"]), label="moving_average")
+        batch_norm_running_state(draw, x, arrays, params, conventions)
+        if conventions and params["momentum"] is not None:  # Caffe's / TF zero_debias' bias-corrected average
+            params["moving_average"] = draw(st.sampled_from(["ema", "ema", "debiased"]), label="moving_average")
     return Case("batch_norm", arrays, params)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
-from normspec.library.strategies import affine_arrays, channel_running_stats, eps_values, grouped_values, mode, momenta
+from normspec.library.strategies import batch_norm_running_state, affine_arrays, eps_values, grouped_values, mode
 from normspec.library.tolerance import growth
 from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register, register_trait
@@ -59,13 +59,7 @@ def sync_batch_norm_cases(draw, *, training=None, track_running_stats=None, affi
     arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     params = {"rank_sizes": sizes, "training": training, "eps": draw(eps_values, label="eps")}
     if running:
-        arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
-        params["momentum"] = draw(momenta, label="momentum")
-        params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
-        if conventions:
-            params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
-            params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]),
-                                               label="running_var_style")
+        batch_norm_running_state(draw, x, arrays, params, conventions)
     return Case("sync_batch_norm", arrays, params)
 
 
