@@ -51,7 +51,8 @@ def _rms_norm_unsupported(params):
 
 
 FAST_KERNELS: dict[str, Kernel] = {
-    "layer_norm": Kernel(forward=_layer_norm_forward, backward=_layer_norm_backward, unsupported=_layer_norm_unsupported),
+    "layer_norm": Kernel(forward=_layer_norm_forward, backward=_layer_norm_backward,
+                         unsupported=_layer_norm_unsupported),
     "rms_norm": Kernel(forward=_rms_norm_forward, backward=_rms_norm_backward, unsupported=_rms_norm_unsupported),
     "batch_norm": Kernel(forward=batch_norm.batch_norm_forward, backward=batch_norm.batch_norm_backward),
 }

@@ -2,8 +2,9 @@
 
 The conventions (PyTorch's new-value momentum, Keras' decay momentum, momentum=None as the
 cumulative average over num_batches_tracked, the unbiased or biased variance fed to the running
-variance, the bias-corrected moving average of Caffe and TF's zero_debias) are mapped here once for every kernel; the spec (`normspec.spec.batch_norm`) states
-them independently, so a mistake here shows up against it.
+variance, the bias-corrected moving average of Caffe and TF's zero_debias) are mapped here once
+for every kernel; the spec (`normspec.spec.batch_norm`) states them independently, so a mistake
+here shows up against it.
 """
 from __future__ import annotations
 

@@ -159,7 +159,8 @@ def batch_renorm_backward(dy, x, weight=None, running_mean=None, running_std=Non
     else:
         if form == "keras":
             ms = as_float64(moving_std)
-            mean, sigma = as_float64(moving_mean).reshape(shape), np.sqrt(np.maximum(ms * ms - eps, 0.0) + eps).reshape(shape)
+            mean = as_float64(moving_mean).reshape(shape)
+            sigma = np.sqrt(np.maximum(ms * ms - eps, 0.0) + eps).reshape(shape)
         else:
             mean, sigma = rm.reshape(shape), rs.reshape(shape)
         xhat = (x - mean) / sigma

@@ -77,7 +77,8 @@ def spectral_norm(w, u, v, *, dim: int = 0, n_power_iterations: int = 1, eps: fl
     if training:
         u, v = power_iteration(w_mat, u, v, n_power_iterations, eps, power_iteration_order)
     elif power_iteration_order not in POWER_ITERATION_ORDERS:
-        raise ValueError(f"power_iteration_order must be one of {POWER_ITERATION_ORDERS}, got {power_iteration_order!r}")
+        raise ValueError(f"power_iteration_order must be one of {POWER_ITERATION_ORDERS}, "
+                         f"got {power_iteration_order!r}")
     sigma = float(u @ (w_mat @ v))
     return SpectralNormResult(w / sigma, u, v, sigma)
 

@@ -266,7 +266,8 @@ def test_sync_batch_norm_empty_rank_draws_and_nan_bug():
             warnings.simplefilter("ignore", RuntimeWarning)  # the mean of an empty shard
             xa = x_r.astype(np.float64 if x_r.dtype == np.float64 else np.float32)
             mean = xa.mean(axis=axes)
-            return x_r.size // x_r.shape[1], mean, np.square(xa - mean.reshape((1, -1) + (1,) * (x_r.ndim - 2))).mean(axis=axes)
+            centred = xa - mean.reshape((1, -1) + (1,) * (x_r.ndim - 2))
+            return x_r.size // x_r.shape[1], mean, np.square(centred).mean(axis=axes)
 
     def forward(inputs, params):
         old = np_sync.local_statistics, np_sync.combine

@@ -20,7 +20,8 @@ def _check(inputs, params):
     if params.get("rmax", 3.0) < low or params.get("dmax", 5.0) < 0.0 or low < 0.0:
         raise ValueError(f"batch_renorm needs rmax >= max(rmin, 1 without rmin) and dmax >= 0, got "
                          f"{params.get('rmin')}, {params.get('rmax')}, {params.get('dmax')}")
-    if params.get("form", "ioffe") == "keras" and (inputs.get("moving_mean") is None or inputs.get("moving_std") is None):
+    keras = params.get("form", "ioffe") == "keras"
+    if keras and (inputs.get("moving_mean") is None or inputs.get("moving_std") is None):
         raise ValueError("batch_renorm form='keras' needs moving_mean and moving_std")
     if params.get("training", True) and x.size // x.shape[1] <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")

@@ -20,7 +20,8 @@ def forward(inputs, params):
     keras = params.get("form", "ioffe") == "keras"
     rmin = 1.0 / rmax if params.get("rmin") is None else params["rmin"]
     if rmax < (1.0 if params.get("rmin") is None else rmin) or dmax < 0.0 or rmin < 0.0:
-        raise ValueError(f"batch_renorm needs rmax >= max(rmin, 1 without rmin) and dmax >= 0, got {rmin}, {rmax}, {dmax}")
+        raise ValueError(f"batch_renorm needs rmax >= max(rmin, 1 without rmin) and dmax >= 0, "
+                         f"got {rmin}, {rmax}, {dmax}")
     if keras and (inputs.get("moving_mean") is None or inputs.get("moving_std") is None):
         raise ValueError("batch_renorm form='keras' needs moving_mean and moving_std")
     training = params.get("training", True)

@@ -292,7 +292,8 @@ def spectral_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=N
         for _ in range(p.get("n_power_iterations", 1)):
             if v_first:  # Algorithm 1 / the legacy hook: the v half-step comes first
                 b = w_mat.T @ u
-                step = _reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b) + 2 * _reduction(l, dtype)
+                step = (_reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b)
+                        + 2 * _reduction(l, dtype))
                 err_v = (_tangent_gain(w_mat.T, u) * err_u if err_u else 0.0) + step
                 v = _normalize(b, eps)
             a = w_mat @ v
@@ -301,7 +302,8 @@ def spectral_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=N
             u = _normalize(a, eps)
             if not v_first:
                 b = w_mat.T @ u
-                step = _reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b) + 2 * _reduction(l, dtype)
+                step = (_reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b)
+                        + 2 * _reduction(l, dtype))
                 err_v = _tangent_gain(w_mat.T, u) * err_u + step
                 v = _normalize(b, eps)
     wv = w_mat @ v

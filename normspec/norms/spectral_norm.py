@@ -9,7 +9,8 @@ from normspec.norms.weight_norm import WEIGHT_REPARAMETRIZATION, dims_for, layer
 from normspec.library import tolerance
 from normspec.library.strategies import seeds
 from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.spectral_norm import POWER_ITERATION_ORDERS, power_iteration, spectral_norm, spectral_norm_backward, weight_matrix
+from normspec.spec.spectral_norm import (POWER_ITERATION_ORDERS, power_iteration, spectral_norm, spectral_norm_backward,
+                                         weight_matrix)
 
 POWER_ITERATION_STATE = register_trait(
     "power_iteration_state",

@@ -49,7 +49,8 @@ def sync_batch_norm_cases(draw, *, training=None, track_running_stats=None, affi
     """SyncBatchNorm calls: the global batch (N, C, *S) with N = sum(rank_sizes), train or eval,
     with or without running stats/affine; random affine parameters and running statistics.
     Accepts BatchNorm's overrides plus ranks= (k), rank_sizes= and empty_ranks= (allow n_r = 0)."""
-    sizes = draw(rank_sizes_strategy(ranks, empty_ranks), label="rank_sizes") if rank_sizes is None else tuple(rank_sizes)
+    sizes = (draw(rank_sizes_strategy(ranks, empty_ranks), label="rank_sizes") if rank_sizes is None
+             else tuple(rank_sizes))
     nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
     c = draw(st.integers(1, 4), label="C")
     sides = tuple(draw(st.integers(1, 4 if nsp < 3 else 2), label="side") for _ in range(nsp))
@@ -143,8 +144,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=sync_batch_norm_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'empty_ranks', 'rank_sizes', 'ranks', 'spatial_dims',
-                         'track_running_stats', 'training'}),
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'empty_ranks', 'rank_sizes', 'ranks',
+                         'spatial_dims', 'track_running_stats', 'training'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
                       "shift_invariant", "channel_axis_1", RANK_SYNCHRONIZED}),
