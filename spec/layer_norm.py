@@ -15,6 +15,8 @@ first normalized dim: a suffix, like normalized_shape).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from normspec.spec.moments import as_float64, moments, moments_backward
@@ -65,16 +67,26 @@ def _axes(x: np.ndarray, normalized_shape) -> tuple[int, ...]:
     return tuple(range(x.ndim - k, x.ndim))
 
 
-def layer_norm(x, normalized_shape=None, weight=None, bias=None, *, eps: float = 1e-5, axes=None) -> np.ndarray:
-    """y = gamma (x - mu)/sqrt(sigma^2 + eps) + beta, mu and sigma^2 over the last dims (or `axes`)."""
+class LayerNormResult(NamedTuple):
+    """What `layer_norm(..., saved_statistics=True)` returns: torch.native_layer_norm's three outputs."""
+    y: np.ndarray
+    mean: np.ndarray
+    rstd: np.ndarray
+
+
+def layer_norm(x, normalized_shape=None, weight=None, bias=None, *, eps: float = 1e-5, axes=None,
+               saved_statistics: bool = False):
+    """y = gamma (x - mu)/sqrt(sigma^2 + eps) + beta, mu and sigma^2 over the last dims (or `axes`);
+    with saved_statistics, LayerNormResult(y, mean, rstd) (see `layer_norm_statistics`)."""
     x = as_float64(x)
     red = _resolve(x, normalized_shape, axes)
-    y = moments(x, red, eps).xhat
+    m = moments(x, red, eps)
+    y = m.xhat
     if weight is not None:
         y = y * _param(weight, x, red)
     if bias is not None:
         y = y + _param(bias, x, red)
-    return y
+    return LayerNormResult(y, m.mean, 1.0 / m.std) if saved_statistics else y
 
 
 def layer_norm_statistics(x, normalized_shape=None, *, eps: float = 1e-5, axes=None) -> tuple[np.ndarray, np.ndarray]:
