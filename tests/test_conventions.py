@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from normspec.impls.base import Kernel
 from normspec.impls.numpy_backend import NUMPY_KERNELS, NumpyBackend
@@ -111,7 +110,8 @@ def test_rms_norm_weight_offset_is_gemma():
 def test_rms_norm_weight_offset_backward_matches_finite_differences():
     x, w = RNG.normal(size=(3, 2, 4)), RNG.normal(0, 0.5, (2, 4))
     dy = RNG.normal(size=x.shape)
-    f = lambda a, w=w: rms_norm(a, (2, 4), w, eps=1e-3, weight_offset=1.0)
+    def f(a, w=w):
+        return rms_norm(a, (2, 4), w, eps=1e-3, weight_offset=1.0)
     g = rms_norm_backward(dy, x, (2, 4), w, eps=1e-3, weight_offset=1.0)
     np.testing.assert_allclose(g["x"], numeric_grad(f, x, dy), atol=1e-7)
     np.testing.assert_allclose(g["weight"], numeric_grad(lambda a: f(x, a), w, dy), atol=1e-7)
@@ -222,7 +222,8 @@ def test_spectral_norm_v_first_backward_matches_finite_differences():
     u, v = RNG.normal(size=3), RNG.normal(size=4)
     r = spectral_norm(w, u / np.linalg.norm(u), v / np.linalg.norm(v), power_iteration_order="v_first")
     g = spectral_norm_backward(dy, w, r.u, r.v, training=False, power_iteration_order="v_first")
-    f = lambda a: spectral_norm(a, r.u, r.v, training=False).y
+    def f(a):
+        return spectral_norm(a, r.u, r.v, training=False).y
     np.testing.assert_allclose(g["x"], numeric_grad(f, w, dy), atol=1e-7)
 
 
@@ -380,7 +381,8 @@ def test_layer_norm_axes_backward_matches_finite_differences(axes):
     pshape = tuple(x.shape[a] for a in axes)
     w, b = RNG.uniform(0.5, 2, pshape), RNG.normal(size=pshape)
     dy = RNG.normal(size=x.shape)
-    f = lambda a, w=w, b=b: layer_norm(a, None, w, b, eps=1e-3, axes=axes)
+    def f(a, w=w, b=b):
+        return layer_norm(a, None, w, b, eps=1e-3, axes=axes)
     g = layer_norm_backward(dy, x, None, w, eps=1e-3, axes=axes)
     np.testing.assert_allclose(g["x"], numeric_grad(f, x, dy), atol=1e-7)
     np.testing.assert_allclose(g["weight"], numeric_grad(lambda a: f(x, a), w, dy), atol=1e-7)
