@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from normspec.expected import expected_failure
 from normspec.properties import PROPERTIES, Property, PropertyFailure, Verdict, replay, run_property
 from normspec.registry import NormRecord, norms
-from normspec.validate.adapters import ADAPTED_NORMS
+from normspec.validate.adapters import ADAPTED_NORMS, DISTRIBUTED_NORMS
 from normspec.validate.candidate import (ALL_DTYPES, ALL_LAYOUTS, CandidateAbort, CandidateBackend,
                                          CapabilityMissing, Worker, round_to, scratch_dir)
+from normspec.validate.distributed import DISTRIBUTED_PROPERTIES, DistributedCandidateBackend
 from normspec.validate.steps import VALIDATE_PROPERTIES
 
 DEFAULT_PROFILE = "ci"
@@ -97,6 +98,9 @@ def resolve_norm(info: dict, as_norm: str | None) -> str:
     if info["kind"] == "module" and norm == "weight_norm":
         raise UsageError("weight_norm has no torch.nn module drop-in; validate a function f(v, g, dim) -> w "
                          "like torch._weight_norm instead")
+    if norm in DISTRIBUTED_NORMS and info["kind"] != "module":
+        raise UsageError(f"{norm} is validated as a torch.nn.Module with torch.nn.SyncBatchNorm's constructor, run "
+                         f"on every rank of a process group; {info['name']} is a {info['type']}")
     return norm
 
 
@@ -261,6 +265,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
     deadline = start + run_timeout
     result = ValidationResult(target=target, profile=profile)
     worker = Worker(target, scratch or scratch_dir())
+    backend = None
     try:
         worker.start()
         try:
@@ -277,7 +282,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         norm = resolve_norm(info, as_norm)
         record = norms()[norm]
         result.norm, result.name = norm, info["name"]
-        chosen = list(PROPERTIES.values()) + list(VALIDATE_PROPERTIES.values())
+        chosen = list(PROPERTIES.values()) + list(VALIDATE_PROPERTIES.values()) + list(DISTRIBUTED_PROPERTIES.values())
         if properties:
             known = {p.name: p for p in chosen}
             unknown = [n for n in properties if n not in known]
@@ -295,9 +300,13 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             raise UsageError(f"{target} is a torch.nn.Module subclass, so --kind must be 'module', not {kind!r}")
         result.kind = info["kind"]
         view = restricted_record(record, result.kind, info["ranks"])
-        backend = CandidateBackend(worker, norm, result.kind, record.outputs, ranks=info["ranks"],
-                                   dtypes=tuple(dtypes or ALL_DTYPES), layouts=ALL_LAYOUTS,
-                                   example_timeout=example_timeout, deadline=deadline)
+        options = dict(ranks=info["ranks"], dtypes=tuple(dtypes or ALL_DTYPES), layouts=ALL_LAYOUTS,
+                       example_timeout=example_timeout, deadline=deadline)
+        if norm in DISTRIBUTED_NORMS:  # the candidate runs on gloo ranks (normspec.validate.distributed)
+            worker.stop()
+            backend = DistributedCandidateBackend(target, worker.cwd, worker.scratch, norm, record.outputs, **options)
+        else:
+            backend = CandidateBackend(worker, norm, result.kind, record.outputs, **options)
         try:
             accepted, refused, aborts = probe(backend, record, case)
         except CandidateAbort as abort:
@@ -341,4 +350,6 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         return result
     finally:
         worker.stop()
+        if isinstance(backend, DistributedCandidateBackend):
+            backend.close()
         result.seconds = time.monotonic() - start
