@@ -51,7 +51,9 @@ class CandidatePool(RankPool):
             except (OSError, EOFError) as exc:
                 self._fail(f"rank {rank} cannot be reached ({type(exc).__name__}); "
                            f"exit code {self.processes[rank].exitcode}")
-        deadline = time.monotonic() + timeout_s
+        # past the group's own collective timeout (the pool's timeout_s), so that ranks blocked in a
+        # collective with a hung rank report the timeout and the hung rank is the one left silent
+        deadline = time.monotonic() + timeout_s + RAISE_GRACE_S
         results: dict[int, tuple] = {}
         pending = dict(enumerate(self._conns))
         raised_at = None
@@ -93,6 +95,9 @@ class CandidatePool(RankPool):
 
     def _stuck_message(self, stuck, results, timeout_s) -> str:
         raised = self._raised(results)
+        if raised and ("timed out" in raised.lower() or "timeout" in raised.lower()):
+            return (f"rank(s) {stuck} of {self.world_size} hung: did not return within {timeout_s:.0f}s while the "
+                    f"other ranks' collectives timed out waiting for them{raised}; every rank was killed")
         if raised:
             return (f"rank(s) {stuck} of {self.world_size} did not return after another rank raised (blocked in a "
                     f"collective the raising rank never joined?){raised}; every rank was killed")

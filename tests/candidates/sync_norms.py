@@ -171,11 +171,63 @@ class SyncBNGatherNotDifferentiable(HandSyncBatchNorm):
         return y.to(x.dtype), {"n": n, "n_local": count, "mean": mu, "var": var}
 
 
+class SyncBNRunningStatsRank0Only(HandSyncBatchNorm):
+    """Running statistics updated on rank 0 only ("rank 0 holds the model"): the other ranks keep
+    stale buffers, so eval differs across ranks unless DDP broadcasts rank 0's buffers. The global
+    result (rank 0's buffers) is right; only the per-rank check sees it."""
+
+    def forward(self, x):
+        if dist.get_rank() == 0 or not (self.training and self.track_running_stats):
+            return super().forward(x)
+        saved = self.track_running_stats
+        self.track_running_stats = False  # batch statistics, no update
+        try:
+            return super().forward(x)
+        finally:
+            self.track_running_stats = saved
+
+
+# ---------------------------------------------------------------- hostile ranks (tests of the harness)
+
+class HangingRankSyncBN(HandSyncBatchNorm):
+    """Rank 1 never joins the collective: the others wait in all_gather."""
+
+    def forward(self, x):
+        if dist.get_rank() == 1:
+            import time
+
+            while True:
+                time.sleep(0.05)
+        return super().forward(x)
+
+
+class RaisingRankSyncBN(HandSyncBatchNorm):
+    """Rank 1 raises before the collective."""
+
+    def forward(self, x):
+        if dist.get_rank() == 1:
+            raise RuntimeError("rank 1 gives up")
+        return super().forward(x)
+
+
+class DyingRankSyncBN(HandSyncBatchNorm):
+    """Rank 1's process dies (SIGKILL) in the forward."""
+
+    def forward(self, x):
+        if dist.get_rank() == 1:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
 # bug name -> (class, what it gets wrong); CONTROLS: correct implementations
 CATALOGUE = {
     "sync_equal_rank_weights": ("SyncBNEqualRankWeights", "statistics averaged with equal weights over ranks"),
     "sync_local_count_unbiased": ("SyncBNLocalCountUnbiased", "running variance unbiased with the local count"),
     "sync_gather_not_differentiable": ("SyncBNGatherNotDifferentiable",
                                        "backward misses the other ranks' share of the statistics' gradient"),
+    "sync_running_stats_rank0_only": ("SyncBNRunningStatsRank0Only", "running statistics updated on rank 0 only"),
 }
 CONTROLS = {"hand_sync_batch_norm": "HandSyncBatchNorm"}
