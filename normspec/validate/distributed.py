@@ -26,6 +26,7 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
+from normspec.impls import torch_distributed
 from normspec.impls.torch_distributed import DistributedWorkerError, RankPool
 from normspec.spec.sync_batch_norm import split_batch
 from normspec.validate.candidate import CandidateAbort, CandidateBackend, CandidateRaised, CapabilityMissing
@@ -119,6 +120,8 @@ class DistributedCandidateBackend(CandidateBackend):
         self.pools: dict[int, CandidatePool] = {}
         self.last_ranks: list[dict] | None = None  # the per-rank results of the last call
         self.rank_pids: set[int] = set()  # every rank process started, for the no-survivor check
+        # torch:cpu's own pools (started when a failure is replayed on PyTorch's op) that predate this run
+        self._torch_pools_before = set(map(id, torch_distributed._POOLS.values()))
 
     def _pool(self, k: int) -> CandidatePool:
         pool = self.pools.get(k)
@@ -132,9 +135,14 @@ class DistributedCandidateBackend(CandidateBackend):
         return pool
 
     def close(self) -> None:
+        """Kill and reap every rank this run started: the candidate's, and those of torch:cpu's pools
+        that the parity check started (they would otherwise live until the interpreter exits)."""
         for pool in list(self.pools.values()):
             pool.close(kill=True)
         self.pools.clear()
+        for pool in list(torch_distributed._POOLS.values()):
+            if id(pool) not in self._torch_pools_before:
+                pool.close()
 
     def _run_ranks(self, sizes, payloads, msg, what):
         timeout = self.timeout()
@@ -222,7 +230,8 @@ class DistributedCandidateBackend(CandidateBackend):
         errors = [(rank, r) for rank, r in enumerate(replies) if r[0] != "ok"]
         if errors:
             rank, reply = errors[0]
-            raise CandidateRaised(f"the candidate raised {reply[1]} on rank {rank}: {reply[2] if len(reply) > 2 else ''}")
+            detail = reply[2] if len(reply) > 2 else ""
+            raise CandidateRaised(f"the candidate raised {reply[1]} on rank {rank}: {detail}")
         per_rank = [r[1] for r in replies]
         records = []
         for t in range(len(steps) + 1):

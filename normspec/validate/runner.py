@@ -282,7 +282,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         norm = resolve_norm(info, as_norm)
         record = norms()[norm]
         result.norm, result.name = norm, info["name"]
-        chosen = list(PROPERTIES.values()) + list(VALIDATE_PROPERTIES.values()) + list(DISTRIBUTED_PROPERTIES.values())
+        chosen = [*PROPERTIES.values(), *VALIDATE_PROPERTIES.values(), *DISTRIBUTED_PROPERTIES.values()]
         if properties:
             known = {p.name: p for p in chosen}
             unknown = [n for n in properties if n not in known]
