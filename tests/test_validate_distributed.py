@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,15 +30,15 @@ def target(attr: str) -> str:
     return f"{CANDIDATES}:{attr}"
 
 
-def descendants_below_children() -> list[str]:
-    """Processes two or more levels below this one (the ranks are children of the pool's fork
-    server, itself a child of this process), read from `ps`."""
+def descendants_below_children(root: int | None = None) -> list[str]:
+    """Processes two or more levels below `root` (default: this process; the ranks are children of
+    the pool's fork server, itself a child of the validating process), read from `ps`."""
     rows = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True, check=True)
     parent, args = {}, {}
     for line in rows.stdout.splitlines():
         pid, ppid, *rest = line.split(None, 2)
         parent[int(pid)], args[int(pid)] = int(ppid), (rest[0] if rest else "")
-    me, found = os.getpid(), []
+    me, found = root or os.getpid(), []
     for pid in parent:
         chain, p = [], pid
         while p in parent and p not in (0, 1, me) and len(chain) < 50:
@@ -115,3 +117,37 @@ def test_json_and_reproducer_of_a_sync_failure(tmp_path):
     assert "torch.distributed" in repro.read_text()
     again = subprocess.run([sys.executable, str(repro)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and "REPRODUCED" in again.stdout, again.stdout + again.stderr
+
+
+def test_killing_the_validator_kills_its_ranks():
+    """SIGKILL the validating process while its ranks are busy (one spins, the others wait in a
+    collective): the fork server exits with it and the ranks die with the fork server."""
+    cmd = [sys.executable, "-m", "normspec.cli", "validate", target("HangingRankSyncBN"), "--example-timeout", "120",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        ranks = []
+        while len(ranks) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            ranks = descendants_below_children(proc.pid)
+        assert len(ranks) >= 2, f"no ranks were started: {ranks}"
+        time.sleep(2.0)  # the ranks are inside the candidate now
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    pids = [int(r.split(":")[0]) for r in ranks]
+    deadline = time.monotonic() + 30
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alive = [pid for pid in pids if _running(pid)]
+    assert not alive, f"rank processes {alive} outlived the killed validator"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

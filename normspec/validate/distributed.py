@@ -19,7 +19,6 @@ survives a killed validator.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import time
 from multiprocessing.connection import wait

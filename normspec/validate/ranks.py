@@ -9,8 +9,8 @@ _LOADED: dict = {}
 
 
 def _once_per_rank(scratch: str) -> None:
-    """First job of a rank: die with the fork server, write into the scratch directory, send the
-    candidate's prints to the run's log (as the single-process worker does)."""
+    """First job of a rank: die with the fork server (and let it die with the validator), write into
+    the scratch directory, send the candidate's prints to the run's log (as the worker does)."""
     if _LOADED.get("setup"):
         return
     _LOADED["setup"] = True
@@ -19,6 +19,14 @@ def _once_per_rank(scratch: str) -> None:
         import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        # multiprocessing hands every forked child the write end of the fork server's "alive" pipe,
+        # so the server outlives the validator while a rank holds it; ranks start no processes
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        if server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_alive_fd = None
     except Exception:
         pass
     if scratch and os.path.isdir(scratch):
