@@ -72,11 +72,14 @@ def test_seeded_sync_bug_rejected(bug):
 
 
 @pytest.mark.slow
-def test_hand_written_sync_batch_norm_accepted():
-    result = validate(target("HandSyncBatchNorm"))  # inferred from the nn.SyncBatchNorm base class
+@pytest.mark.parametrize("control", sorted(catalogue.CONTROLS))
+def test_hand_written_sync_batch_norm_accepted(control):
+    result = validate(target(catalogue.CONTROLS[control]))  # inferred from the nn.SyncBatchNorm base class
     assert result.norm == "sync_batch_norm"
     assert result.accepted, [f"{o.verdict.property}: {o.verdict.message}" for o in result.failures]
-    assert {o.verdict.property for o in result.outcomes if o.status == "passed"} >= {
+    # xfail: a bfloat16 example where each rank's dweight/dbias, rounded before the ranks' sum,
+    # misses the global one exactly as torch:cpu's SyncBatchNorm does (normspec/expected.py)
+    assert {o.verdict.property for o in result.outcomes if o.status in ("passed", "xfail")} >= {
         "sync_equals_unsplit_norm", "rank_split_invariance", "sync_rank_shares", "training_steps_then_eval"}
     assert not descendants_below_children()
 

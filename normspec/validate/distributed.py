@@ -105,6 +105,15 @@ class CandidatePool(RankPool):
                 f"limit; hung, or waiting in a collective another rank never joined); every rank was killed")
 
 
+def distributed_drop_in_calls(strategy):
+    """The calls whose meaning a torch.nn.SyncBatchNorm drop-in and the spec agree on: not eval
+    without running statistics, where nn.SyncBatchNorm does not synchronize (each rank normalizes
+    by its own shard's statistics; `need_sync` requires training) while the spec uses the group's.
+    A drop-in is held to PyTorch's contract there, as torch drop-ins are held to PyTorch's
+    conventions; both behaviours pass, and that mode is not checked."""
+    return strategy.filter(lambda c: c.params.get("training", True) or c.get("running_mean") is not None)
+
+
 def _wire_shards(wire, sizes) -> list:
     values, dtype, layout = wire
     return [(np.ascontiguousarray(v), dtype, layout) for v in split_batch(np.asarray(values), {"rank_sizes": sizes})]

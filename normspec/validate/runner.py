@@ -23,7 +23,7 @@ from normspec.registry import NormRecord, norms
 from normspec.validate.adapters import ADAPTED_NORMS, DISTRIBUTED_NORMS
 from normspec.validate.candidate import (ALL_DTYPES, ALL_LAYOUTS, CandidateAbort, CandidateBackend,
                                          CapabilityMissing, Worker, round_to, scratch_dir)
-from normspec.validate.distributed import DISTRIBUTED_PROPERTIES, DistributedCandidateBackend
+from normspec.validate.distributed import DISTRIBUTED_PROPERTIES, DistributedCandidateBackend, distributed_drop_in_calls
 from normspec.validate.steps import VALIDATE_PROPERTIES
 
 DEFAULT_PROFILE = "ci"
@@ -113,6 +113,8 @@ def restricted_record(record: NormRecord, kind: str, ranks) -> NormRecord:
     if kind in ("module", "functional"):
         fixed.update(conventions=False, convention="pytorch")
     original = record.cases
+    drop_in_calls = distributed_drop_in_calls if record.name in DISTRIBUTED_NORMS and kind == "module" else (
+        lambda strategy: strategy)
     spatial = sorted({r - 2 for r in ranks}) if ranks else None
     if spatial is not None and not record.takes("spatial_dims"):
         spatial = None
@@ -120,8 +122,8 @@ def restricted_record(record: NormRecord, kind: str, ranks) -> NormRecord:
     def cases(**overrides):
         kw = {k: v for k, v in {**fixed, **overrides}.items() if record.takes(k)}
         if spatial is not None and "spatial_dims" not in kw:
-            return st.sampled_from(spatial).flatmap(lambda s: original(**kw, spatial_dims=s))
-        return original(**kw)
+            return drop_in_calls(st.sampled_from(spatial).flatmap(lambda s: original(**kw, spatial_dims=s)))
+        return drop_in_calls(original(**kw))
 
     return replace(record, cases=cases)
 

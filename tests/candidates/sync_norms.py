@@ -130,6 +130,16 @@ class HandSyncBatchNorm(nn.SyncBatchNorm):
         return y
 
 
+class HandSyncBatchNormLocalEval(HandSyncBatchNorm):
+    """Also correct: synchronizes in training only, as nn.SyncBatchNorm does (in eval without
+    running statistics each rank normalizes by its own shard's statistics)."""
+
+    def forward(self, x):
+        if not self.training and not self.track_running_stats:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(x)
+
+
 class SyncBNEqualRankWeights(HandSyncBatchNorm):
     """Ranks' means and variances averaged with equal weights, as if every rank held the same
     number of samples (pytorch#22192, NVIDIA/apex#387): wrong whenever the batch is cut unevenly."""
@@ -230,4 +240,4 @@ CATALOGUE = {
                                        "backward misses the other ranks' share of the statistics' gradient"),
     "sync_running_stats_rank0_only": ("SyncBNRunningStatsRank0Only", "running statistics updated on rank 0 only"),
 }
-CONTROLS = {"hand_sync_batch_norm": "HandSyncBatchNorm"}
+CONTROLS = {"hand_sync_batch_norm": "HandSyncBatchNorm", "hand_local_eval": "HandSyncBatchNormLocalEval"}
