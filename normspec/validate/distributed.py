@@ -212,7 +212,8 @@ class DistributedCandidateBackend(CandidateBackend):
             self.recording.append({"msg": msg, "result": combined})
         from normspec.validate.candidate import RemoteArray
 
-        wrap = lambda v: RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
+        def wrap(v):
+            return RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
         return {"outputs": {k: wrap(v) for k, v in combined["outputs"].items()},
                 "grads": {k: wrap(v) for k, v in combined["grads"].items()}, "mutated": combined["mutated"]}
 
@@ -222,7 +223,8 @@ class DistributedCandidateBackend(CandidateBackend):
 
         wire = {r: a.wire() for r, a in inputs.items()}
         sizes = rank_sizes_of(params, wire["x"][0].shape[0])
-        cut = lambda v: split_batch(np.asarray(v), {"rank_sizes": sizes})
+        def cut(v):
+            return split_batch(np.asarray(v), {"rank_sizes": sizes})
         step_shards = [cut(s) for s in steps]
         eval_shards = cut(eval_x)
         x_shards = _wire_shards(wire["x"], sizes)
