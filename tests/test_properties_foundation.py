@@ -34,6 +34,8 @@ CATCHES = {
     ("layer_norm", "folded_shift"): ["constant_group_gives_beta"],
     ("layer_norm", "bias_added_twice"): ["forward_matches_spec"],
     ("layer_norm", "statistics_detached_in_backward"): ["backward_matches_spec", "gradient_orthogonality"],
+    ("batch_norm", "output_buffer_reused"): ["outputs_not_aliased"],
+    ("layer_norm", "output_buffer_reused"): ["outputs_not_aliased"],
 }
 FOUNDATION = ("batch_norm", "layer_norm")
 
