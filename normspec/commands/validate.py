@@ -25,7 +25,8 @@ from normspec.properties.core import PROFILES
 HELP = """\
 TARGET is package.module:attr or path/to/file.py:attr, where attr is
   - a torch.nn.Module subclass that is a drop-in for a torch.nn normalization module
-    (BatchNorm1d/2d/3d, LayerNorm, GroupNorm, InstanceNorm1d/2d/3d, RMSNorm, LocalResponseNorm),
+    (BatchNorm1d/2d/3d, LayerNorm, GroupNorm, InstanceNorm1d/2d/3d, RMSNorm, LocalResponseNorm;
+    SyncBatchNorm: run on 2-4 local gloo ranks, see docs/validate-distributed.md),
   - a drop-in for the matching torch.nn.functional function (weight_norm: f(v, g, dim) -> w,
     like torch._weight_norm; dim=None is passed as -1, the whole tensor), or
   - a function with normspec's NumPy spec signature (e.g. normspec.spec.batch_norm; gradients

@@ -36,7 +36,7 @@ NUMPY_DTYPES = ("float64", "float32", "float16")
 # torch.nn base classes -> (norm, input ranks the class takes; None = any)
 MODULE_BASES = (
     ("BatchNorm1d", "batch_norm", (2, 3)), ("BatchNorm2d", "batch_norm", (4,)),
-    ("BatchNorm3d", "batch_norm", (5,)), ("SyncBatchNorm", "batch_norm", None), ("_BatchNorm", "batch_norm", None),
+    ("BatchNorm3d", "batch_norm", (5,)), ("SyncBatchNorm", "sync_batch_norm", None), ("_BatchNorm", "batch_norm", None),
     ("InstanceNorm1d", "instance_norm", (3,)), ("InstanceNorm2d", "instance_norm", (4,)),
     ("InstanceNorm3d", "instance_norm", (5,)), ("_InstanceNorm", "instance_norm", None),
     ("LayerNorm", "layer_norm", None), ("GroupNorm", "group_norm", None), ("RMSNorm", "rms_norm", None),
@@ -44,13 +44,17 @@ MODULE_BASES = (
 )
 # Name fragments (lower case, without '_') -> norm, for classes and functions with no torch base.
 NAME_HINTS = (
-    ("batchnorm", "batch_norm"), ("instancenorm", "instance_norm"), ("layernorm", "layer_norm"),
+    ("syncbatchnorm", "sync_batch_norm"), ("syncbn", "sync_batch_norm"), ("batchnorm", "batch_norm"),
+    ("instancenorm", "instance_norm"), ("layernorm", "layer_norm"),
     ("groupnorm", "group_norm"), ("rmsnorm", "rms_norm"), ("localresponsenorm", "local_response_norm"),
     ("lrn", "local_response_norm"), ("weightnorm", "weight_norm"),
 )
 RANKS_BY_SUFFIX = {"1d": (2, 3), "2d": (4,), "3d": (5,)}
 ADAPTED_NORMS = ("batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm",
-                 "local_response_norm", "weight_norm")
+                 "local_response_norm", "weight_norm", "sync_batch_norm")
+# Norms whose module drop-in runs on every rank of a process group, on its shard of the batch
+# (`normspec.validate.distributed`); module drop-ins only.
+DISTRIBUTED_NORMS = ("sync_batch_norm",)
 
 
 class CandidateError(Exception):
@@ -218,7 +222,7 @@ def _affine_flags(a, name="affine"):
 def unsupported(norm: str, kind: str, params: dict) -> str | None:
     """Why a drop-in of `kind` cannot express a call with these parameters, or None."""
     if kind in ("module", "functional"):
-        if norm == "batch_norm" and params.get("running_var_style", "unbiased") != "unbiased":
+        if norm in ("batch_norm", "sync_batch_norm") and params.get("running_var_style", "unbiased") != "unbiased":
             return "torch.nn BatchNorm feeds the running variance the unbiased estimate only"
         if norm == "local_response_norm" and params.get("convention", "pytorch") != "pytorch":
             return f"torch.nn.LocalResponseNorm implements the 'pytorch' convention, not {params.get('convention')!r}"
@@ -231,7 +235,7 @@ def construct(norm: str, cls, shape, a: dict, p: dict):
     """The drop-in module for one call: constructor arguments drawn from the call."""
     c = shape[1] if len(shape) > 1 else None
     eps = p.get("eps", 1e-5)
-    if norm == "batch_norm":
+    if norm in ("batch_norm", "sync_batch_norm"):  # SyncBatchNorm: the default (world) process group
         return cls(c, eps=eps, momentum=_momentum(p), **_affine_flags(a),
                    track_running_stats=a.get("running_mean") is not None)
     if norm == "instance_norm":
@@ -267,7 +271,8 @@ def load_state(norm: str, module, t: dict, p: dict) -> None:
 
 
 def state_outputs(norm: str, module, t: dict, p: dict) -> dict:
-    if norm in ("batch_norm", "instance_norm") and p.get("training", True) and t.get("running_mean") is not None:
+    if norm in ("batch_norm", "instance_norm", "sync_batch_norm") and p.get("training", True) \
+            and t.get("running_mean") is not None:
         return {"running_mean": module.running_mean, "running_var": module.running_var}
     return {}
 

@@ -265,12 +265,17 @@ def reproducer_source(result: ValidationResult, o: Outcome) -> str:
     src = inspect.getsource(adapters)
     assert "'''" not in src
     message = "\n".join("# " + line for line in v.message.splitlines())
+    runner, note = RUNNER, ""
+    if result.norm in adapters.DISTRIBUTED_NORMS:  # replayed on local gloo ranks
+        from normspec.validate.distributed import REPRODUCER_NOTE, REPRODUCER_RUNNER
+
+        runner, note = REPRODUCER_RUNNER, REPRODUCER_NOTE.lstrip("\n")
     return f'''"""Reproducer: `normspec validate {result.target}` found that property {v.property} fails.
 
 Standalone (torch and numpy only). It rebuilds the candidate from its TARGET, replays the calls of
 the minimal counterexample, and compares each with the float64 spec's values and the tolerance
 model's bound computed when this file was written. Exit status 1 while the bug is there.
-Counterexample: {counterexample(o)}
+{note}Counterexample: {counterexample(o)}
 """
 # Failure:
 {message}
@@ -279,6 +284,7 @@ import types
 
 import numpy as np
 
+inf, nan = float("inf"), float("nan")  # as the recorded arrays below write them
 TARGET = {result.target!r}
 CWD = {os.getcwd()!r}
 KIND = {result.kind!r}
@@ -294,7 +300,7 @@ exec(compile(ADAPTERS_SOURCE, "normspec_validate_adapters", "exec"), A.__dict__)
 CALLS = [
 {chr(10).join(entries)}
 ]
-{RUNNER}'''
+{runner}'''
 
 
 def write_reproducers(result: ValidationResult, directory: Path) -> dict[str, str]:

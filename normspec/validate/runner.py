@@ -22,9 +22,10 @@ from normspec.expected import expected_failure
 from normspec.guard import default_worker_memory
 from normspec.properties import PROPERTIES, Property, PropertyFailure, Verdict, replay, run_property
 from normspec.registry import NormRecord, norms
-from normspec.validate.adapters import ADAPTED_NORMS
+from normspec.validate.adapters import ADAPTED_NORMS, DISTRIBUTED_NORMS
 from normspec.validate.candidate import (ALL_DTYPES, ALL_LAYOUTS, CandidateAbort, CandidateBackend,
                                          CapabilityMissing, Worker, round_to, scratch_dir)
+from normspec.validate.distributed import DISTRIBUTED_PROPERTIES, DistributedCandidateBackend, distributed_drop_in_calls
 from normspec.validate.steps import VALIDATE_PROPERTIES
 
 DEFAULT_PROFILE = "ci"
@@ -113,6 +114,9 @@ def resolve_norm(info: dict, as_norm: str | None) -> str:
     if info["kind"] == "module" and norm == "weight_norm":
         raise UsageError("weight_norm has no torch.nn module drop-in; validate a function f(v, g, dim) -> w "
                          "like torch._weight_norm instead")
+    if norm in DISTRIBUTED_NORMS and info["kind"] != "module":
+        raise UsageError(f"{norm} is validated as a torch.nn.Module with torch.nn.SyncBatchNorm's constructor, run "
+                         f"on every rank of a process group; {info['name']} is a {info['type']}")
     return norm
 
 
@@ -125,6 +129,8 @@ def restricted_record(record: NormRecord, kind: str, ranks) -> NormRecord:
     if kind in ("module", "functional"):
         fixed.update(conventions=False, convention="pytorch")
     original = record.cases
+    drop_in_calls = distributed_drop_in_calls if record.name in DISTRIBUTED_NORMS and kind == "module" else (
+        lambda strategy: strategy)
     spatial = sorted({r - 2 for r in ranks}) if ranks else None
     if spatial is not None and not record.takes("spatial_dims"):
         spatial = None
@@ -132,8 +138,8 @@ def restricted_record(record: NormRecord, kind: str, ranks) -> NormRecord:
     def cases(**overrides):
         kw = {k: v for k, v in {**fixed, **overrides}.items() if record.takes(k)}
         if spatial is not None and "spatial_dims" not in kw:
-            return st.sampled_from(spatial).flatmap(lambda s: original(**kw, spatial_dims=s))
-        return original(**kw)
+            return drop_in_calls(st.sampled_from(spatial).flatmap(lambda s: original(**kw, spatial_dims=s)))
+        return drop_in_calls(original(**kw))
 
     return replace(record, cases=cases)
 
@@ -293,6 +299,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
     own_scratch = scratch is None
     worker = Worker(target, scratch or scratch_dir(), memory_limit=memory_limit, compile=compile)
     graceful = True
+    backend = None
     try:
         worker.start()
         try:
@@ -312,7 +319,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         norm = resolve_norm(info, as_norm)
         record = norms()[norm]
         result.norm, result.name = norm, info["name"]
-        chosen = list(PROPERTIES.values()) + list(VALIDATE_PROPERTIES.values())
+        chosen = [*PROPERTIES.values(), *VALIDATE_PROPERTIES.values(), *DISTRIBUTED_PROPERTIES.values()]
         if properties:
             known = {p.name: p for p in chosen}
             unknown = [n for n in properties if n not in known]
@@ -333,10 +340,16 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             raise UsageError(f"{target} is a NumPy spec-signature function: only torch drop-ins can run under "
                              f"torch.compile (drop --compile)")
         view = restricted_record(record, result.kind, info["ranks"])
-        backend = CandidateBackend(worker, norm, result.kind, record.outputs, ranks=info["ranks"],
-                                   dtypes=tuple(dtypes or ALL_DTYPES), layouts=ALL_LAYOUTS,
-                                   example_timeout=example_timeout, deadline=deadline,
-                                   name="candidate[compiled]" if compile else "candidate")
+        options = dict(ranks=info["ranks"], dtypes=tuple(dtypes or ALL_DTYPES), layouts=ALL_LAYOUTS,
+                       example_timeout=example_timeout, deadline=deadline,
+                       name="candidate[compiled]" if compile else "candidate")
+        if norm in DISTRIBUTED_NORMS:  # the candidate runs on gloo ranks (normspec.validate.distributed)
+            if compile:
+                raise UsageError(f"--compile is not supported for {norm} yet: its ranks run the module eagerly")
+            worker.stop()
+            backend = DistributedCandidateBackend(target, worker.cwd, worker.scratch, norm, record.outputs, **options)
+        else:
+            backend = CandidateBackend(worker, norm, result.kind, record.outputs, **options)
         backend.database_key = f"candidate={target}:{result.kind}"
         try:
             accepted, refused, aborts = probe(backend, record, case)
@@ -390,6 +403,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         raise
     finally:
         worker.stop(graceful=graceful)
+        if isinstance(backend, DistributedCandidateBackend):
+            backend.close()
         result.seconds = time.monotonic() - start
         result.output_bytes, result.output_dropped = worker.output_bytes, worker.output_dropped
         if keep_temp or not own_scratch:
