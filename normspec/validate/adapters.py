@@ -88,7 +88,11 @@ def load_target(target: str, cwd: str | None = None):
         if not hasattr(obj, part):
             raise AttributeError(f"{where} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    _LOADED_FROM[id(obj)] = (module, attr)  # a wrapper file's contract applies to what it re-exports
     return obj
+
+
+_LOADED_FROM: dict = {}
 
 
 def _hint(name: str):
@@ -108,8 +112,8 @@ def classify(obj):
                 if klass.__name__ == base and klass.__module__.startswith("torch.nn"):
                     return "module", norm, ranks, f"base class torch.nn.{base}"
         norm, fragment = _hint(obj.__name__)
-        suffix = obj.__name__[-2:].lower()
-        ranks = RANKS_BY_SUFFIX.get(suffix) if norm in ("batch_norm", "instance_norm") else None
+        found = [k for k in RANKS_BY_SUFFIX if k in obj.__name__.lower()]
+        ranks = RANKS_BY_SUFFIX[found[0]] if norm in ("batch_norm", "instance_norm") and len(found) == 1 else None
         return "module", norm, ranks, (f"the name {obj.__name__!r} (contains {fragment!r})" if norm else "")
     if callable(obj) and not isinstance(obj, type):
         name = getattr(obj, "__name__", "") or ""
@@ -237,11 +241,14 @@ def find_contract(obj):
     declared = getattr(obj, "__normspec_contract__", None)
     if declared is not None:
         return declared
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    declared = getattr(module, "NORMSPEC_CONTRACT", None) if module else None
-    if isinstance(declared, dict):
-        declared = declared.get(getattr(obj, "__name__", ""))
-    return declared
+    target_module, attr = _LOADED_FROM.get(id(obj), (None, None))
+    for module in (target_module, sys.modules.get(getattr(obj, "__module__", "") or "")):
+        declared = getattr(module, "NORMSPEC_CONTRACT", None) if module is not None else None
+        if isinstance(declared, dict):
+            declared = declared.get(attr) or declared.get(getattr(obj, "__name__", ""))
+        if declared is not None:
+            return declared
+    return None
 
 
 def mapped_ctor_kwargs(kw: dict, mapping: dict) -> dict:

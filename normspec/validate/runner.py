@@ -364,10 +364,9 @@ def behaviour_mismatch(backend: CandidateBackend, record: NormRecord, case) -> s
         return None
     rng = np.random.default_rng(0)
     x = 3.0 + 0.5 * rng.standard_normal(case.x.shape)
-    arrays = {"x": x}
-    for role in ("weight", "bias"):
-        if case.get(role) is not None:
-            arrays[role] = np.ones_like(case.get(role)) if role == "weight" else np.zeros_like(case.get(role))
+    arrays = {"x": x, "bias": None}  # no bias: RMSNorm-style classes have none, and a zero bias changes nothing
+    if case.get("weight") is not None:
+        arrays["weight"] = np.ones_like(case.get("weight"))
     probe_case = case.with_arrays(**arrays)
     if record.name in ("batch_norm", "instance_norm"):
         probe_case = probe_case.with_params(training=True)
