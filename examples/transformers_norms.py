@@ -18,8 +18,10 @@ from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from normspec.validate import Contract
 
+# transformers casts the hidden states to float32 for the mean square (whatever the input dtype):
+# float64 inputs are computed in float32, so the contract declares it.
 _RMS = Contract(ctor={"normalized_shape": "hidden_size:int", "eps": "eps"}, axes="last", eps_none=False,
-                source="examples/transformers_norms.py")
+                compute="float32", source="examples/transformers_norms.py")
 NORMSPEC_CONTRACT = {"LlamaRMSNorm": _RMS, "GemmaRMSNorm": _RMS, "T5LayerNorm": _RMS}
 __all__ = ["GemmaRMSNorm", "LlamaRMSNorm", "T5LayerNorm"]
 

@@ -10,9 +10,8 @@ from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register
 from normspec.spec import batch_norm, batch_norm_backward, moments
-from normspec.library.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
+from normspec.library.strategies import batch_norm_running_state, affine_arrays, channel_shape, eps_values, grouped_values, mode
 
-momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
 
 
 @st.composite
@@ -23,35 +22,22 @@ def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=No
     Running statistics and affine parameters are random, not their initial values. Cases that
     use batch statistics have at least `min_per_channel` values per channel.
     """
-    nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
-    c = draw(st.integers(1, 5), label="C")
-    sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
-    n = draw(st.integers(1, 6), label="N")
-    training = draw(st.booleans(), label="training") if training is None else training
-    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+    n, c, sides = channel_shape(draw, spatial_dims)
+    training, running = mode(draw, training, track_running_stats)
     if (training or not running) and n * math.prod(sides) < min_per_channel:
         n = -(-min_per_channel // math.prod(sides))
     shape = (n, c) + sides
     x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
-    affine = draw(st.booleans(), label="affine") if affine is None else affine
-    arrays = {"x": x}
-    if affine:
-        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
-        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     params = {"training": training, "eps": draw(eps_values, label="eps")}
     if running:
-        arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
-        params["momentum"] = draw(momenta, label="momentum")
-        params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
-        if conventions:
-            params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
-            params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]), label="running_var_style")
+        batch_norm_running_state(draw, x, arrays, params, conventions)
     return Case("batch_norm", arrays, params)
 
 
 def _spec_kwargs(case: Case) -> dict:
     keys = ("training", "momentum", "eps", "momentum_style", "running_var_style", "num_batches_tracked")
-    return {k: case.params[k] for k in keys if k in case.params}
+    return case.kwargs(*keys)
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -66,7 +52,7 @@ def reference(case: Case) -> dict[str, np.ndarray]:
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     grads = batch_norm_backward(dy, case.x, case.get("weight"), case.get("running_mean"), case.get("running_var"),
                                 training=case.params.get("training", True), eps=case.params.get("eps", 1e-5))
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+    return case.present(grads)
 
 
 def conditioning(case: Case) -> Conditioning:
@@ -75,8 +61,8 @@ def conditioning(case: Case) -> Conditioning:
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     eps = case.params.get("eps", 1e-5)
     has_running = case.get("running_mean") is not None
-    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight").reshape(shape)
-    beta = np.zeros(shape) if case.get("bias") is None else case.get("bias").reshape(shape)
+    gamma = case.array_or("weight", shape, 1.0)
+    beta = case.array_or("bias", shape, 0.0)
     count = x.size // x.shape[1]
     if case.params.get("training", True) or not has_running:
         m = moments(x, axes, eps)
@@ -103,6 +89,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=batch_norm_cases,
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'min_per_channel', 'spatial_dims', 'track_running_stats', 'training'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
                       "shift_invariant", "channel_axis_1"}),

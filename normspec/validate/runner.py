@@ -179,19 +179,12 @@ def restricted_record(record: NormRecord, kind: str, ranks, contract: Contract |
     domain = domain_overrides(record, contract, implied)
     pins = dict(contract.conventions) if contract else {}
     original = record.cases
-    takes: dict[str, bool] = {}
 
     def accepts(key: str, value) -> bool:
-        if key not in takes:
-            try:
-                original(**{key: value})
-                takes[key] = True
-            except TypeError:
-                takes[key] = False
-        return takes[key]
+        return record.takes(key)
 
     spatial = sorted({r - 2 for r in ranks}) if ranks else None
-    if spatial is not None and not accepts("spatial_dims", spatial[0]):
+    if spatial is not None and not record.takes("spatial_dims"):
         spatial = None
     case_pins = {k: v for k, v in pins.items() if accepts(k, v)}
     param_pins = {k: v for k, v in pins.items() if k not in case_pins}
