@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normspec.library.case import Case
+from normspec.library import tolerance
 from normspec.registry import get_norm
 from normspec.report import counterexample_text
 from normspec.validate import adapters
