@@ -464,7 +464,7 @@ def diagnose(p, outcome: Outcome, record: NormRecord, view: NormRecord, backend:
     failed = set(excluded)
     passing = [d for d in backend.dtypes if d not in failed]
     declared = _compute_mapping(contract)
-    if passing and failed <= {"float16", "bfloat16"} and not declared:
+    if passing and failed <= {"float16", "bfloat16"} and not failed & set(declared):
         if _passes(p, view, backend, profile, exclude=passing, compute={d: d for d in failed}):
             outcome.hints.append(f"fails only in {', '.join(sorted(failed))}, and passes when judged at "
                                  f"half-precision roundoff: it keeps half-precision intermediates (accumulate in "
@@ -472,7 +472,7 @@ def diagnose(p, outcome: Outcome, record: NormRecord, view: NormRecord, backend:
         else:
             outcome.hints.append(f"fails only in {', '.join(sorted(failed))} (half types), even judged at their "
                                  f"own roundoff: not only a matter of half-precision intermediates")
-    if failed == {"float64"} and "float32" in passing and not declared:
+    if failed == {"float64"} and "float32" in passing and "float64" not in declared:
         if _passes(p, view, backend, profile, exclude=passing, compute={"float64": "float32"}):
             outcome.hints.append("fails only in float64, and passes when float64 is judged at float32's roundoff: "
                                  "it computes in float32 (declare --compute float32 if that is intended)")
