@@ -165,3 +165,10 @@ def test_bad_contract_options_exit_2_with_what_is_allowed(argv, says, capsys):
 def test_modes_on_a_norm_without_modes_is_a_usage_error(capsys):
     assert main(["validate", "torch.nn:LayerNorm", "--quiet", "--modes", "eval"]) == 2
     assert "training/eval" in capsys.readouterr().err
+
+
+def test_a_flag_the_mapping_does_not_pass_follows_what_the_module_holds():
+    r = validate(t("LayerNormNoBias"), properties=["forward_matches_spec"],
+                 contract=Contract(ctor={"normalized_shape": "dim:int", "eps": "eps"}, axes="last"))
+    assert r.accepted, messages(r)
+    assert any("bias=False (the module has none" in line for line in r.contract_lines), r.contract_lines

@@ -281,6 +281,13 @@ def construct(norm: str, cls, shape, a: dict, p: dict, contract=None):
     return cls(**kw)
 
 
+def affine_present(norm: str, cls, shape, a: dict, p: dict, contract=None) -> dict:
+    """Which affine tensors a module built for this call has (a mapped constructor may not pass the
+    torch.nn flags, so what the module holds decides what the validation can load)."""
+    module = construct(norm, cls, shape, a, p, contract)
+    return {role: isinstance(getattr(module, role, None), torch.Tensor) for role in ("weight", "bias")}
+
+
 def describe_ctor(cls) -> dict | None:
     """The constructor's signature of a module class: text and parameters (name, keyword-passable,
     required), and whether it takes **kwargs; None where Python cannot tell."""

@@ -158,7 +158,8 @@ class Contract:
             out.append("compute precision: LOWER TIER: half inputs with half-precision intermediates "
                        "(float16/bfloat16 judged at their own roundoff, not float32's)")
         for k, v in (implied or {}).items():
-            out.append(f"fixed by the constructor mapping: {k}={v!r} (torch.nn's default; not passed)")
+            why = "torch.nn's default" if v else "the module has none"
+            out.append(f"fixed by the constructor mapping: {k}={v!r} ({why}; not passed)")
         return out
 
 

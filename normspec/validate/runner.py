@@ -632,6 +632,25 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             return restricted_record(record, result.kind or kind_now, info["ranks"], c, implied)
 
         case = first_case(make_view(contract))
+        if info["kind"] == "module" and contract is not None and contract.ctor is not None and implied:
+            # the mapping passes no affine flag: what the module holds decides (a T5/OLMo-style norm has no bias)
+            try:
+                reply = worker.request({"op": "affine", "norm": norm, "shape": list(case.x.shape),
+                                        "arrays": {r: np.asarray(a) for r, a in case.arrays.items()},
+                                        "params": dict(case.params), "contract": contract.to_wire()},
+                                       timeout=max(60.0, example_timeout))
+            except CandidateAbort:
+                reply = ("error",)
+            if reply[0] == "ok":
+                has = reply[1]
+                flag = next((k for k in ("elementwise_affine", "affine") if k in implied), None)
+                if flag and implied[flag] and not has["weight"]:
+                    implied[flag] = False
+                    implied.pop("bias", None)
+                if implied.get("bias") and not has["bias"]:
+                    implied["bias"] = False
+                result.contract_lines = contract.lines(implied)
+                case = first_case(make_view(contract))
         if info["kind"] == "function":
             info["kind"] = kind or resolve_function_kind(worker, record, case, max(60.0, example_timeout))
         elif kind and kind != info["kind"]:

@@ -69,6 +69,9 @@ def serve(conn, target: str, cwd: str, scratch: str) -> None:
             elif op == "steps":
                 reply = ("ok", adapters.execute_steps(candidate, msg["norm"], msg["inputs"], msg["params"],
                                                       msg["steps"], msg["eval_x"], msg.get("contract")))
+            elif op == "affine":
+                reply = ("ok", adapters.affine_present(msg["norm"], candidate, tuple(msg["shape"]), msg["arrays"],
+                                                       msg["params"], msg.get("contract")))
             else:
                 reply = ("error", "ProtocolError", f"unknown operation {op!r}")
         except adapters.Unsupported as exc:

@@ -119,3 +119,19 @@ NORMSPEC_CONTRACT = {
     "DeclaredRmsNorm": Contract(ctor={"normalized_shape": "channels:int", "eps": "eps", "elementwise_affine": "affine"},
                                 axes="last", eps_none=False, source="tests/candidates/library.py"),
 }
+
+
+class LayerNormNoBias(nn.Module):
+    """LayerNorm with a weight and no bias at all (OLMo-style), constructor (dim, eps). Correct."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        a = x.to(_acc(x))
+        mean = a.mean(-1, keepdim=True)
+        c = a - mean
+        y = c * torch.rsqrt((c * c).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(a.dtype)).to(x.dtype)
