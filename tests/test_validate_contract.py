@@ -172,3 +172,19 @@ def test_a_flag_the_mapping_does_not_pass_follows_what_the_module_holds():
                  contract=Contract(ctor={"normalized_shape": "dim:int", "eps": "eps"}, axes="last"))
     assert r.accepted, messages(r)
     assert any("bias=False (the module has none" in line for line in r.contract_lines), r.contract_lines
+
+
+def test_an_error_inside_normspec_is_reported_as_normspecs_not_the_candidates(monkeypatch):
+    from normspec.properties import PROPERTIES, Property
+
+    def broken(ctx):
+        """A property with a bug of its own (it divides by zero after running the candidate)."""
+        ctx.run(ctx.case(), ctx.dtype(), ctx.layout())
+        return 1 / 0
+
+    monkeypatch.setitem(PROPERTIES, "broken_property", Property("broken_property", broken, lambda r: True,
+                                                                 "broken", "test"))
+    r = validate("torch.nn:LayerNorm", properties=["broken_property"], dtypes=["float32"])
+    o = r.outcomes[-1]
+    assert o.status == "not run" and "normspec's own error, not the candidate's" in o.verdict.message
+    assert "ZeroDivisionError" in o.verdict.message

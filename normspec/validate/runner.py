@@ -402,6 +402,29 @@ def _torch_fails_alike(p, record: NormRecord, draws):
     return None
 
 
+class NormspecInternalError(BaseException):
+    """An error inside normspec itself (a property, the spec, the adapters' plumbing): reported as
+    normspec's, never as the candidate's (a BaseException, so Hypothesis does not shrink it)."""
+
+
+def guarded(p: Property) -> Property:
+    """`p` with any exception that is neither a property failure nor the candidate's own raise
+    turned into NormspecInternalError."""
+    from normspec.validate.candidate import CandidateRaised
+
+    def func(ctx):
+        try:
+            p.func(ctx)
+        except (PropertyFailure, CandidateRaised):
+            raise
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] == "hypothesis":
+                raise
+            raise NormspecInternalError(f"{type(exc).__name__}: {exc}") from exc
+
+    return replace(p, func=func)
+
+
 def parity_checked(p: Property, record: NormRecord, excused: list) -> Property:
     """`p` with every failing example replayed on PyTorch's own op: where torch:cpu fails it too,
     under a recorded expected failure, the example is discarded (and noted) instead of failing, so
@@ -438,8 +461,8 @@ def failing_case(v: Verdict):
 def _passes(p, view, backend, profile, exclude=(), compute=None) -> bool:
     try:
         with tolerance.declared_compute(compute or dict(tolerance._DECLARED)):
-            v = run_property(p, view, backend, profile, exclude_dtypes=tuple(exclude))
-    except (CapabilityMissing, CandidateAbort):
+            v = run_property(guarded(p), view, backend, profile, exclude_dtypes=tuple(exclude))
+    except (CapabilityMissing, CandidateAbort, NormspecInternalError):
         return False
     return v.status == "passed"
 
@@ -454,8 +477,8 @@ def diagnose(p, outcome: Outcome, record: NormRecord, view: NormRecord, backend:
     excluded = [v.dtype]
     while len(excluded) < len(backend.dtypes):
         try:
-            again = run_property(p, view, backend, profile, exclude_dtypes=tuple(excluded))
-        except (CapabilityMissing, CandidateAbort):
+            again = run_property(guarded(p), view, backend, profile, exclude_dtypes=tuple(excluded))
+        except (CapabilityMissing, CandidateAbort, NormspecInternalError):
             break
         if again.status != "failed" or again.dtype is None or again.dtype in excluded:
             break
@@ -510,12 +533,18 @@ def run_one(p, record: NormRecord, view: NormRecord, backend: CandidateBackend, 
     backend.current_property, backend.forward_halves_only = p.name, False
     try:
         with tolerance.declared_compute(_compute_mapping(contract)):
-            v = run_property(parity_checked(p, record, excused) if torch_kind else p, view, backend, profile)
+            v = run_property(parity_checked(guarded(p), record, excused) if torch_kind else guarded(p), view,
+                             backend, profile)
             outcome = Outcome(v, group=p.group)
             if v.status == "failed" and not p.advisory and make_view is not None:
                 diagnose(p, outcome, record, view, backend, profile, contract, make_view)
     except CapabilityMissing as exc:
         v = Verdict(p.name, record.name, backend.name, "skipped", reason=f"not applicable: {exc}")
+        return Outcome(v, group=p.group)
+    except NormspecInternalError as exc:
+        v = Verdict(p.name, record.name, backend.name, "not run",
+                    message=f"normspec's own error, not the candidate's (please report it): {exc}")
+        v.seconds = time.perf_counter() - start
         return Outcome(v, group=p.group)
     except CandidateAbort as abort:
         status = "not run" if abort.kind == "run-limit" else "failed"
