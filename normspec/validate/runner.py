@@ -630,6 +630,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             bad = [d for d in dtypes if d not in ALL_DTYPES]
             if bad:
                 raise UsageError(f"unknown dtype(s) {', '.join(bad)}; known: {', '.join(ALL_DTYPES)}")
+        if dtypes and not (contract and contract.dtypes):  # a dtype filter narrows the validation too
+            contract = (contract or Contract()).merged(Contract(dtypes=tuple(dtypes), source="dtype option"))
         kind_now = info["kind"] if info["kind"] != "function" else (kind or "functional")
         implied: dict[str, Any] = {}
         if contract is not None:
