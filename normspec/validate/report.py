@@ -117,10 +117,13 @@ def dtype_verdicts(result: ValidationResult) -> dict[str, str]:
     """Per dtype: 'pass' or the properties that fail in it."""
     failing: dict[str, list[str]] = {d: [] for d in result.dtypes}
     for o in result.failures:
-        dts = o.failed_dtypes or list(result.dtypes)
-        for d in dts:
+        if o.status != "failed":
+            continue
+        for d in o.failed_dtypes or list(result.dtypes):
             failing.setdefault(d, []).append(o.verdict.property)
-    return {d: ("FAIL " + ", ".join(props)) if props else "pass" for d, props in failing.items()}
+    not_run = [o.verdict.property for o in result.failures if o.status == "not run"]
+    tail = f" (not run: {', '.join(not_run)})" if not_run else ""
+    return {d: (("FAIL " + ", ".join(props)) if props else "pass") + tail for d, props in failing.items()}
 
 
 def header_lines(result: ValidationResult) -> list[str]:
