@@ -188,3 +188,11 @@ def test_an_error_inside_normspec_is_reported_as_normspecs_not_the_candidates(mo
     o = r.outcomes[-1]
     assert o.status == "not run" and "normspec's own error, not the candidate's" in o.verdict.message
     assert "ZeroDivisionError" in o.verdict.message
+
+
+def test_one_pass_variance_gets_a_cancellation_hint_not_a_float32_one():
+    catalogue = Path(__file__).parent / "candidates" / "norms.py"
+    r = validate(f"{catalogue}:LNOnePassVariance", properties=["forward_matches_spec"])
+    assert not r.accepted
+    hints = " ".join(h for o in r.failures for h in o.hints)
+    assert "one-pass variance" in hints and "computes in float32" not in hints, hints
