@@ -164,6 +164,23 @@ def _ln_backward_detached(inputs, params, dy):
     return grads
 
 
+def _reusing_outputs(forward):
+    """The forward, but each result is copied into one cached buffer per output, shape and dtype and
+    that buffer is returned (a workspace reused across calls, as kernels with preallocated outputs
+    do): a second call overwrites the caller's first result."""
+    workspace: dict = {}
+
+    def reused(inputs, params):
+        out = forward(inputs, params)
+        for name, value in out.items():
+            buffer = workspace.setdefault((name, value.shape, value.dtype), np.empty_like(value))
+            np.copyto(buffer, value)
+            out[name] = buffer
+        return out
+
+    return reused
+
+
 BUGS = {
     "batch_norm": {
         "unbiased_variance_in_normalization": dict(forward=_bn_variant(unbiased_normalize=True)),
@@ -181,6 +198,7 @@ BUGS = {
         "ignores_strides": dict(forward=_bn_variant(ignore_strides=True)),
         "stats_from_first_samples": dict(forward=_bn_variant(first_two_samples=True)),
         "statistics_detached_in_backward": dict(backward=_bn_backward_detached),
+        "output_buffer_reused": dict(forward=_reusing_outputs(bn_ref.forward)),
     },
     "layer_norm": {
         "last_dim_only": dict(forward=_ln_variant(last_dim_only=True)),
@@ -190,6 +208,7 @@ BUGS = {
         "folded_shift": dict(forward=_ln_variant(folded_shift=True)),
         "bias_added_twice": dict(forward=_ln_variant(bias_twice=True)),
         "statistics_detached_in_backward": dict(backward=_ln_backward_detached),
+        "output_buffer_reused": dict(forward=_reusing_outputs(ln_ref.forward)),
     },
 }
 
@@ -211,3 +230,8 @@ def correct_variant_backend(norm: str) -> NumpyBackend:
     backend.kernels = {**backend.kernels, norm: replace(backend.kernels[norm], forward=variant)}
     backend.name = "numpy+no_bug"
     return backend
+
+
+def reused_output_backend(norm: str = "layer_norm") -> NumpyBackend:
+    """`buggy_backend(norm, "output_buffer_reused")`: one cached output buffer per shape, returned."""
+    return buggy_backend(norm, "output_buffer_reused")
