@@ -13,8 +13,8 @@ import types
 
 def timm_layers():
     try:
-        import torchvision  # noqa: F401
         import timm.layers as layers
+        import torchvision  # noqa: F401
         return layers
     except Exception:
         pass

@@ -12,7 +12,6 @@ import os
 import sys
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
@@ -64,7 +63,9 @@ class OrtBatchNorm2d(torch.nn.Module):
 
     def forward(self, x):
         node = helper.make_node("BatchNormalization", ["x", "w", "b", "m", "v"], ["y"], epsilon=float(self.eps))
-        t = lambda a: a.to(x.dtype)
+        def t(a):
+            return a.to(x.dtype)
+
         return _run(node, {"x": x, "w": t(self.weight), "b": t(self.bias), "m": t(self.running_mean),
                            "v": t(self.running_var)}, x.dtype, opset=15)
 

@@ -8,7 +8,7 @@ The candidate runs in a worker process (see `candidate`), adapted to the norm's 
 `adapters`, and judged by the same properties, spec and tolerance model as the built-in backends.
 """
 from normspec.validate.contract import Contract, ContractError, contract
-from normspec.validate.runner import (DEFAULT_PROFILE, Outcome, UsageError, ValidationResult, validate)
+from normspec.validate.runner import DEFAULT_PROFILE, Outcome, UsageError, ValidationResult, validate
 
 __all__ = ["DEFAULT_PROFILE", "Contract", "ContractError", "Outcome", "UsageError", "ValidationResult", "contract",
            "validate"]

@@ -36,7 +36,9 @@ def _contract(config):
     """The contract the --normspec-* options declare (None if none)."""
     from normspec.validate.contract import ContractError, from_options
 
-    get = lambda name: config.getoption(f"--normspec-{name}")
+    def get(name):
+        return config.getoption(f"--normspec-{name}")
+
     try:
         return from_options(ctor=get("ctor"), conventions=get("convention"), axes=get("axes"), modes=get("modes"),
                             forward_only=get("forward-only"), affine=get("affine"), no_eps_none=get("no-eps-none"),

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from normspec.guard import human_bytes
-from normspec.library.case import Case
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.registry import get_norm
 from normspec.report import counterexample_text
 from normspec.validate import adapters
@@ -212,7 +212,8 @@ def to_json(result: ValidationResult, reproducers: dict[str, str]) -> str:
         else round(result.first_counterexample_s, 3),
         "inferred_by": result.inferred_by, "tier": result.tier,
         "contract": None if result.contract is None else {
-            "source": result.contract.source, "declared": result.contract.to_wire(), "narrowing": result.contract_lines},
+            "source": result.contract.source, "declared": result.contract.to_wire(),
+            "narrowing": result.contract_lines},
         "dtypes": list(result.dtypes), "layouts": list(result.layouts), "not_exercised": result.not_exercised,
         "dtype_verdicts": dtype_verdicts(result),
         "results": [

@@ -12,25 +12,39 @@ import os
 import re
 import shutil
 import time
-
-import numpy as np
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
 from hypothesis import HealthCheck, find, reject, settings
 from hypothesis import strategies as st
 
 from normspec.expected import expected_failure
 from normspec.guard import default_worker_memory
+from normspec.library import tolerance
 from normspec.properties import PROPERTIES, Property, PropertyFailure, Verdict, replay, run_property
 from normspec.registry import NormRecord, norms
 from normspec.validate.adapters import ADAPTED_NORMS
-from normspec.library import tolerance
-from normspec.validate.candidate import (ALL_DTYPES, ALL_LAYOUTS, CandidateAbort, CandidateBackend,
-                                         CapabilityMissing, Worker, round_to, scratch_dir)
-from normspec.validate.contract import (TORCH_CTOR, SYNONYMS, Contract, ContractError, check_for_norm,
-                                        implied_by_ctor, unmapped_required)
+from normspec.validate.candidate import (
+    ALL_DTYPES,
+    ALL_LAYOUTS,
+    CandidateAbort,
+    CandidateBackend,
+    CapabilityMissing,
+    Worker,
+    round_to,
+    scratch_dir,
+)
+from normspec.validate.contract import (
+    SYNONYMS,
+    TORCH_CTOR,
+    Contract,
+    ContractError,
+    check_for_norm,
+    implied_by_ctor,
+    unmapped_required,
+)
 from normspec.validate.steps import VALIDATE_PROPERTIES
 
 DEFAULT_PROFILE = "ci"
@@ -388,7 +402,8 @@ def behaviour_mismatch(backend: CandidateBackend, record: NormRecord, case) -> s
                 f"has mean {got:.3g}, where {record.name} gives {np.mean(ref):.2g}; it looks like rms_norm")
     if not CENTERING[record.name] and abs(got) < 0.1 and abs(float(np.mean(ref))) > 0.5:
         return (f"the mean is subtracted: on inputs of mean 3 and std 0.5 (unit weight) its output has mean "
-                f"{got:.2g}, where rms_norm gives {np.mean(ref):.3g}; it looks like layer_norm (or another centring norm)")
+                f"{got:.2g}, where rms_norm gives {np.mean(ref):.3g}; it looks like layer_norm "
+                f"(or another centring norm)")
     return None
 
 
