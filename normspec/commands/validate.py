@@ -127,6 +127,8 @@ def cmd_validate(args) -> int:
         if not args.quiet and not o.verdict.reason.startswith("not applicable: does not apply"):
             console.print(f"[dim]{o.verdict.property}: {o.status} ({o.verdict.seconds:.1f}s)[/]", highlight=False)
 
+    if args.compile:
+        return _validate_eager_and_compiled(args, console, report_dir, progress, to_stdout)
     try:
         contract = contract_from_args(args)
         result = validate(args.target, as_norm=args.as_norm, kind=args.kind, profile=args.profile,
@@ -156,6 +158,64 @@ def cmd_validate(args) -> int:
     return EXIT_OK if result.accepted else EXIT_FAILED
 
 
+def _validate_eager_and_compiled(args, console, report_dir, progress, to_stdout) -> int:
+    """`--compile`: the candidate validated eager, then under torch.compile; both reports, then where
+    the verdicts differ. Accepted only if both runs are."""
+    from normspec.validate import UsageError, validate
+    from normspec.validate.report import print_report, to_json, to_junit, write_reproducers
+    from normspec.validate.runner import COMPILE_EXAMPLE_TIMEOUT, compile_differences
+
+    runs = [False, True] if args.compile else [False]
+    results = []
+    for compiled in runs:
+        if compiled:
+            console.print("\n[bold]under torch.compile[/] (Inductor, dynamic shapes)", highlight=False)
+        try:
+            results.append(validate(
+                args.target, as_norm=args.as_norm, kind=args.kind, profile=args.profile,
+                example_timeout=(max(args.example_timeout, COMPILE_EXAMPLE_TIMEOUT) if compiled
+                                 else args.example_timeout),
+                run_timeout=args.run_timeout, properties=split_names(args.property) or None,
+                dtypes=split_names(args.dtype) or None, fail_fast=args.fail_fast, compile=compiled,
+                memory_limit=args.memory_limit, keep_temp=args.keep_temp,
+                on_result=progress))
+        except UsageError as exc:
+            print(f"normspec validate: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    reports = []
+    for result in results:
+        reproducers = write_reproducers(result, report_dir / "compiled" if result.compiled else report_dir)
+        if result.compiled:
+            console.print("\n[bold]--- the same candidate under torch.compile ---[/]", highlight=False)
+        print_report(console, result, reproducers)
+        reports.append((result, reproducers))
+    if args.compile:
+        diffs = compile_differences(results[0], results[1])
+        if diffs:
+            console.print("\n[bold yellow]eager vs compiled differences[/] (torch.compile changes these verdicts):",
+                          highlight=False)
+            for name, eager, compiled in diffs:
+                console.print(f"  {name}: eager {eager}, compiled {compiled}", highlight=False)
+        else:
+            console.print("\neager and compiled verdicts agree on every property", highlight=False)
+    if args.json:
+        import json
+
+        docs = [json.loads(to_json(r, rep)) for r, rep in reports]
+        if args.compile:
+            docs[0]["compiled"] = docs[1]
+            docs[0]["compile_differences"] = [dict(property=n, eager=e, compiled=c)
+                                              for n, e, c in compile_differences(results[0], results[1])]
+        text = json.dumps(docs[0], indent=2, default=str)
+        if to_stdout:
+            sys.stdout.write(text + "\n")
+        else:
+            Path(args.json).write_text(text)
+    if args.junit_xml:
+        Path(args.junit_xml).write_text(to_junit(*reports[-1]) if not args.compile else to_junit(*reports[0]))
+    return EXIT_OK if all(r.accepted for r in results) else EXIT_FAILED
+
+
 def register(sub) -> None:
     from normspec.validate.runner import DEFAULT_PROFILE, EXAMPLE_TIMEOUT, RUN_TIMEOUT
 
@@ -177,6 +237,9 @@ def register(sub) -> None:
                    help=f"seconds one call of the candidate may take (default {EXAMPLE_TIMEOUT:.0f})")
     v.add_argument("--run-timeout", type=seconds, default=RUN_TIMEOUT,
                    help=f"seconds the whole validation may take (default {RUN_TIMEOUT:.0f})")
+    v.add_argument("--compile", action="store_true",
+                   help="also validate the candidate under torch.compile (Inductor, dynamic shapes) and report "
+                        "where eager and compiled verdicts differ; accepted only if both runs are")
     v.add_argument("--memory-limit", type=memory_size, default="auto", metavar="SIZE",
                    help="writable memory the candidate's worker may use, e.g. 2G or none (default: half the "
                         "available memory, at most 4G); exceeding it is reported as such")

@@ -95,6 +95,33 @@ def load_target(target: str, cwd: str | None = None):
 _LOADED_FROM: dict = {}
 
 
+def compiled(obj):
+    """The candidate under torch.compile (TorchInductor, dynamic shapes), as its users would run it.
+
+    A module class becomes a subclass whose instances compile themselves (`nn.Module.compile`); a
+    function is wrapped by `torch.compile`. Past torch's recompile limit the call raises instead of
+    quietly running eager, so a compiled verdict is always the compiled code's."""
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, 1024)
+    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4096)
+    cfg.fail_on_recompile_limit_hit = True
+    if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
+        def __init__(self, *args, **kwargs):
+            obj.__init__(self, *args, **kwargs)
+            self.compile(dynamic=True)
+
+        return type(obj.__name__, (obj,), {"__init__": __init__, "__module__": obj.__module__,
+                                            "__qualname__": obj.__qualname__})
+    wrapped = torch.compile(obj, dynamic=True)
+    for attr in ("__name__", "__qualname__", "__module__"):
+        if hasattr(obj, attr):
+            try:
+                setattr(wrapped, attr, getattr(obj, attr))
+            except (AttributeError, TypeError):
+                pass
+    return wrapped
+
+
 def _hint(name: str):
     """(norm, fragment) a name points at, or (None, None)."""
     flat = name.lower().replace("_", "")

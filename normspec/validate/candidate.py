@@ -167,6 +167,7 @@ class Worker:
     conn: Any = None
     starts: int = 0
     logs: list = field(default_factory=list)
+    compile: bool = False  # run the candidate under torch.compile (`normspec validate --compile`)
 
     @property
     def log_path(self) -> str:
@@ -175,7 +176,7 @@ class Worker:
     def start(self) -> None:
         """A fresh interpreter (`python -m normspec.validate.worker`), talking over a socket pair."""
         parent, child = socket.socketpair()
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "NORMSPEC_VALIDATE_COMPILE": "1" if self.compile else "0"}
         if self.memory_limit:
             env["NORMSPEC_WORKER_MEMORY"] = str(int(self.memory_limit))
         read_fd, write_fd = os.pipe()

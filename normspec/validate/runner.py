@@ -50,6 +50,7 @@ from normspec.validate.steps import VALIDATE_PROPERTIES
 DEFAULT_PROFILE = "ci"
 EXAMPLE_TIMEOUT = 20.0  # seconds one call of the candidate may take
 RUN_TIMEOUT = 300.0  # seconds the whole validation may take
+COMPILE_EXAMPLE_TIMEOUT = 180.0  # under --compile a call may include a (re)compilation
 
 
 class UsageError(ValueError):
@@ -95,6 +96,7 @@ class ValidationResult:
     output_dropped: int = 0
     scratch: str | None = None  # the worker's directory (with its log), when kept
     captured_warnings: int = 0  # Python warnings raised in this process while properties ran (not shown)
+    compiled: bool = False  # validated under torch.compile
     contract: Contract | None = None
     contract_lines: list[str] = field(default_factory=list)  # every narrowing, for the header
     inferred_by: str = ""  # how the norm was decided: base class, name or --as
@@ -121,6 +123,13 @@ class ValidationResult:
 
 
 # ------------------------------------------------------------------ the target
+
+def compile_differences(eager: ValidationResult, compiled: ValidationResult) -> list[tuple[str, str, str]]:
+    """(property, eager status, compiled status) where the two runs disagree: what torch.compile changes."""
+    before = {o.verdict.property: o.status for o in eager.outcomes}
+    return [(o.verdict.property, before.get(o.verdict.property, "-"), o.status) for o in compiled.outcomes
+            if before.get(o.verdict.property, "-") != o.status]
+
 
 def check_target_syntax(target: str) -> None:
     if ":" not in target or not target.rsplit(":", 1)[1]:
@@ -629,7 +638,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
              example_timeout: float = EXAMPLE_TIMEOUT, run_timeout: float = RUN_TIMEOUT,
              properties: list[str] | None = None, dtypes: list[str] | None = None,
              scratch: str | None = None, fail_fast: bool = False, memory_limit: int | str | None = "auto",
-             keep_temp: bool = False, contract: Contract | None = None,
+             keep_temp: bool = False, compile: bool = False, contract: Contract | None = None,
              on_result: Callable[[Outcome], None] = lambda o: None) -> ValidationResult:
     """Validate TARGET under the declared `contract` (merged over one declared beside the target);
     raises UsageError for a target or a contract that cannot be validated as given.
@@ -637,7 +646,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
     The candidate runs in a worker process group with `memory_limit` bytes of writable memory
     ("auto": half the available memory, at most 4 GiB; None: no limit), in a scratch directory
     removed at the end unless `keep_temp` (or `scratch`
-    is given). On KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) the worker's group is
+    is given). With `compile`, the candidate runs under torch.compile (`adapters.compiled`).
+    On KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) the worker's group is
     killed and the exception carries the results so far as `partial_result` (`complete` False).
     """
     check_target_syntax(target)
@@ -646,11 +656,11 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             raise UsageError(f"{name} must be a finite number of seconds above 0, not {value!r}")
     start = time.monotonic()
     deadline = start + run_timeout
-    result = ValidationResult(target=target, profile=profile)
+    result = ValidationResult(target=target, profile=profile, compiled=compile)
     if memory_limit == "auto":
         memory_limit = default_worker_memory()
     own_scratch = scratch is None
-    worker = Worker(target, scratch or scratch_dir(), memory_limit=memory_limit)
+    worker = Worker(target, scratch or scratch_dir(), memory_limit=memory_limit, compile=compile)
     graceful = True
     try:
         worker.start()
@@ -749,6 +759,9 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         elif kind and kind != info["kind"]:
             raise UsageError(f"{target} is a torch.nn.Module subclass, so --kind must be 'module', not {kind!r}")
         result.kind = info["kind"]
+        if compile and result.kind == "spec":
+            raise UsageError(f"{target} is a NumPy spec-signature function: only torch drop-ins can run under "
+                             f"torch.compile (drop --compile)")
         view = make_view(contract)
         wanted = tuple(d for d in (dtypes or ALL_DTYPES) if contract is None or not contract.dtypes
                        or d in contract.dtypes)
@@ -759,7 +772,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
                                    dtypes=wanted, layouts=ALL_LAYOUTS,
                                    example_timeout=example_timeout, deadline=deadline,
                                    contract=contract.to_wire() if contract else None,
-                                   forward_only=bool(contract and contract.forward_only))
+                                   forward_only=bool(contract and contract.forward_only),
+                                   name="candidate[compiled]" if compile else "candidate")
         backend.database_key = f"candidate={target}:{result.kind}"
         try:
             accepted, refused, aborts = probe(backend, record, case)
