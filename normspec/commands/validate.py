@@ -161,7 +161,7 @@ def cmd_validate(args) -> int:
 def _validate_eager_and_compiled(args, console, report_dir, progress, to_stdout) -> int:
     """`--compile`: the candidate validated eager, then under torch.compile; both reports, then where
     the verdicts differ. Accepted only if both runs are."""
-    from normspec.validate import UsageError, validate
+    from normspec.validate import ContractError, UsageError, validate
     from normspec.validate.report import print_report, to_json, to_junit, write_reproducers
     from normspec.validate.runner import COMPILE_EXAMPLE_TIMEOUT, compile_differences
 
@@ -178,8 +178,8 @@ def _validate_eager_and_compiled(args, console, report_dir, progress, to_stdout)
                 run_timeout=args.run_timeout, properties=split_names(args.property) or None,
                 dtypes=split_names(args.dtype) or None, fail_fast=args.fail_fast, compile=compiled,
                 memory_limit=args.memory_limit, keep_temp=args.keep_temp,
-                on_result=progress))
-        except UsageError as exc:
+                on_result=progress, contract=contract_from_args(args)))
+        except (UsageError, ContractError) as exc:
             print(f"normspec validate: {exc}", file=sys.stderr)
             return EXIT_USAGE
     reports = []
