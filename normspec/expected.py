@@ -77,7 +77,10 @@ EXPECTED_FAILURES += [
 # cancellation between ranks that rounding is u_half * sum_r |partial_r|, not u_half * |total|:
 # bfloat16, dbias[0] = 0.0195 with the batch split (3, 1) and 0.0156 split (1, 3) (rank partials
 # -2.5625 and 2.578); float16, dweight 6.2x outside the bound against the unsplit spec. Found by
-# rank_split_invariance and sync_equals_unsplit_norm; no upstream report found.
+# rank_split_invariance and sync_equals_unsplit_norm; no upstream report found. The same rounding
+# fails backward_matches_spec (bfloat16 dweight 1.65x outside, rank_sizes (1, 1), eval) and
+# layout_consistency (float16 dweight 1.31x, strided vs contiguous, whose per-rank partials round
+# differently): found by the conventions branch's draws, reproduced with and without an empty rank.
 EXPECTED_FAILURES += [
     ExpectedFailure(
         property=name, norm="sync_batch_norm", backend="torch:cpu",
@@ -86,7 +89,7 @@ EXPECTED_FAILURES += [
                "before the ranks' gradients are summed, so with cancellation between ranks the sum "
                "misses the global one by up to u_half * the sum of |rank partials|",
     )
-    for name in ("rank_split_invariance", "sync_equals_unsplit_norm")
+    for name in ("rank_split_invariance", "sync_equals_unsplit_norm", "backward_matches_spec", "layout_consistency")
 ]
 
 

@@ -319,15 +319,24 @@ def spectral_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=N
     u, v = case.get("u"), case.get("v")
     err_u = err_v = 0.0
     if p.get("training", True):
+        v_first = p.get("power_iteration_order", "u_first") == "v_first"
         for _ in range(p.get("n_power_iterations", 1)):
+            if v_first:  # Algorithm 1 / the legacy hook: the v half-step comes first
+                b = w_mat.T @ u
+                step = (_reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b)
+                        + 2 * _reduction(l, dtype))
+                err_v = (_tangent_gain(w_mat.T, u) * err_u if err_u else 0.0) + step
+                v = _normalize(b, eps)
             a = w_mat @ v
             step = _reduction(l, dtype) * np.linalg.norm(abs_w @ np.abs(v)) / np.linalg.norm(a) + 2 * _reduction(k, dtype)
             err_u = (_tangent_gain(w_mat, v) * err_v if err_v else 0.0) + step
             u = _normalize(a, eps)
-            b = w_mat.T @ u
-            step = _reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b) + 2 * _reduction(l, dtype)
-            err_v = _tangent_gain(w_mat.T, u) * err_u + step
-            v = _normalize(b, eps)
+            if not v_first:
+                b = w_mat.T @ u
+                step = (_reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b)
+                        + 2 * _reduction(l, dtype))
+                err_v = _tangent_gain(w_mat.T, u) * err_u + step
+                v = _normalize(b, eps)
     wv = w_mat @ v
     sigma = float(u @ wv)
     d_sigma = (np.linalg.norm(wv) * err_u + np.linalg.norm(w_mat.T @ u) * err_v
@@ -408,32 +417,47 @@ def _affine_arrays(case, shape):
 def batch_renorm_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
     """Batch Renorm y = gamma (r xhat + d) + beta: the moment model with effective affine
     (gamma r, gamma d + beta), plus the error of d = (mu_B - mu)/sigma, u g (|mu_B| + |mu| + s_B)/sigma,
-    and of the moving statistics (|mu| and |sigma| enter the update)."""
+    and of the moving statistics (|mu| and |sigma| enter the update). Keras' form: sigma floored at
+    sqrt(eps); its inference statistics (moving_mean, moving_std) bounded like the running ones,
+    and its inference divisor sqrt(relu(s^2 - eps) + eps) errs by a few u relative (eps is added back)."""
     from normspec.spec.batch_renorm import renorm_factors
     from normspec.spec.moments import moments
 
     x, p = case.x, case.params
     axes, shape = _batch_axes(x)
     eps = p.get("eps", 1e-5)
+    keras = p.get("form", "ioffe") == "keras"
     gamma, beta = _affine_arrays(case, shape)
     rm, rs = case.get("running_mean").reshape(shape), case.get("running_std").reshape(shape)
     u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
     if not p.get("training", True):
-        c = Conditioning((x - rm) / rs, rm, rs, 1, gamma, beta, axes, axes, False)
+        if keras:
+            mm, ms = case.get("moving_mean").reshape(shape), case.get("moving_std").reshape(shape)
+            sigma = np.sqrt(np.maximum(ms * ms - eps, 0.0) + eps)
+            c = Conditioning((x - mm) / sigma, mm, sigma, 1, gamma, beta, axes, axes, False)
+        else:
+            c = Conditioning((x - rm) / rs, rm, rs, 1, gamma, beta, axes, axes, False)
         return moment_bounds(c, dtype, reference, dy, ref_grads)
     m = moments(x, axes, eps)
-    r, d = renorm_factors(m, case.get("running_mean"), case.get("running_std"), p.get("rmax", 3.0), p.get("dmax", 5.0))
+    r, d = renorm_factors(m, case.get("running_mean"), case.get("running_std"), p.get("rmax", 3.0), p.get("dmax", 5.0),
+                          p.get("rmin"), p.get("form", "ioffe"), eps)
     c = Conditioning(m.xhat, m.mean, m.std, m.count, gamma * r, gamma * d + beta, axes, axes, True)
     core = {k: reference[k] for k in ("y",) if k in reference}
     b = dict(moment_bounds(c, dtype, core, dy, ref_grads).values)
     g = growth(m.count)
-    d_err = SAFETY * u * g * (np.abs(m.mean) + np.abs(rm) + m.std) / rs
+    floor = np.maximum(rs, np.sqrt(eps)) if keras else rs
+    d_err = SAFETY * u * g * (np.abs(m.mean) + np.abs(rm) + m.std) / floor
     b["y"] = b["y"] + np.abs(gamma) * d_err
-    if "running_mean" in reference:
-        b["running_mean"] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(rm))).reshape(-1) \
-            + SAFETY * v * np.abs(reference["running_mean"]) + tiny
-        b["running_std"] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(rs))).reshape(-1) \
-            + SAFETY * v * np.abs(reference["running_std"]) + tiny
+    states = [("running_mean", "running_std", rm, rs)]
+    if keras:
+        states.append(("moving_mean", "moving_std", case.get("moving_mean").reshape(shape),
+                       case.get("moving_std").reshape(shape)))
+    for mean_name, std_name, old_mean, old_std in states:
+        if mean_name in reference:
+            b[mean_name] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(old_mean))).reshape(-1) \
+                + SAFETY * v * np.abs(reference[mean_name]) + tiny
+            b[std_name] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(old_std))).reshape(-1) \
+                + SAFETY * v * np.abs(reference[std_name]) + tiny
     if dy is not None and "weight" in b:
         n = int(np.prod([dy.shape[a] for a in axes]))
         cond = 1.0 + np.abs(m.xhat) + np.abs(m.mean) / m.std
@@ -602,6 +626,18 @@ def _in_view(c: Conditioning, dtype: str, reference: dict[str, np.ndarray], dy: 
     b = moment_bounds(flat, dtype, ref, None if dy is None else np.reshape(dy, view_shape), grads)
     return Bounds({k: (np.broadcast_to(v, view_shape).reshape(shape) if k in ("y", "x") else np.reshape(v, -1))
                    for k, v in b.values.items()})
+
+
+def saved_statistics_bounds(c: Conditioning, dtype: str, mean: np.ndarray, rstd: np.ndarray) -> dict[str, np.ndarray]:
+    """The saved statistics of a moment normalizer (torch.native_layer_norm's mean and rstd): the
+    mean errs by u g(m) (|mu| + sigma), as in `moment_bounds`; sigma' = sqrt(var + eps) by a relative
+    u g(m) (1 + |mu|/sigma'), so rstd = 1/sigma' too; each then rounds to the dtype (v)."""
+    u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
+    g = growth(c.count)
+    mu = np.abs(c.mean)
+    rel = SAFETY * u * g * (1.0 + mu / c.std)
+    return {"mean": SAFETY * (u * g * (mu + c.std) + v * np.abs(mean)) + tiny,
+            "rstd": _overflow_allowed(rel * np.abs(rstd) + SAFETY * v * np.abs(rstd) + tiny, rstd, dtype)}
 
 
 def mvn_bounds(c: MvnCondition, dtype: str, reference: dict[str, np.ndarray], dy: np.ndarray | None = None,
