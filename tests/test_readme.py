@@ -65,7 +65,7 @@ def shown_commands() -> list[tuple[str, str]]:
                 words = seg.split()
                 while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
                     words = words[1:]  # environment assignments
-                if words and words[0] == "normspec" and len(words) > 1:
+                if words and words[0] == "normspec" and len(words) > 1 and not words[1].endswith(":"):  # not output
                     found.append((_rel(path), " ".join(words)))
     return found
 

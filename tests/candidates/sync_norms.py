@@ -35,6 +35,9 @@ def view(v, x):
 def local_moments(xa):
     """(count, mean, M2 = sum of squared deviations) of this rank's shard per channel, shifted two-pass."""
     dims = dims_of(xa)
+    if xa.shape[0] == 0:  # a rank with an empty batch (PyTorch allows it): count 0, no contribution
+        zeros = xa.new_zeros(xa.shape[1])
+        return 0, zeros, zeros.clone()
     first = xa[(slice(0, 1), slice(None)) + (slice(0, 1),) * (xa.ndim - 2)]
     shifted = xa - first
     m = shifted.mean(dim=dims, keepdim=True)
