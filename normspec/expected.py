@@ -58,7 +58,8 @@ _TORCH_CPU_HALF_BATCH_NORM = (
     "forward_matches_spec", "backward_matches_spec", "output_moments", "gradient_orthogonality",
     "ill_conditioned_inputs", "shift_invariance", "batch_permutation_equivariance", "layout_consistency",
     "eval_is_per_channel_affine", "fold_into_preceding_layer", "train_equals_eval_on_batch_stats",
-    "cumulative_moving_average", "running_var_convention",
+    "cumulative_moving_average", "running_var_convention", "reach_forward_matches_spec", "reach_backward_matches_spec",
+    "mixed_layouts_match_spec",
 )
 EXPECTED_FAILURES += [
     ExpectedFailure(
@@ -86,7 +87,7 @@ EXPECTED_FAILURES += [
                "before the ranks' gradients are summed, so with cancellation between ranks the sum "
                "misses the global one by up to u_half * the sum of |rank partials|",
     )
-    for name in ("rank_split_invariance", "sync_equals_unsplit_norm")
+    for name in ("rank_split_invariance", "sync_equals_unsplit_norm", "mixed_layouts_match_spec")
 ]
 
 
@@ -109,6 +110,14 @@ EXPECTED_FAILURES += [
         property="backward_matches_spec", norm="layer_norm", backend="torch:cpu", dtypes=("float16", "bfloat16"),
         reason="PyTorch CPU layer_norm backward in float16/bfloat16 rounds intermediates to the input dtype: "
                "input-gradient error ~ u_half*|gamma*dy|/std where the terms cancel, not float32 accumulation",
+    ),
+    ExpectedFailure(
+        property="reach_backward_matches_spec", norm="layer_norm", backend="torch:cpu", dtypes=("float16", "bfloat16"),
+        reason="same deviation as backward_matches_spec, at the reach lengths and magnitudes",
+    ),
+    ExpectedFailure(
+        property="mixed_layouts_match_spec", norm="layer_norm", backend="torch:cpu", dtypes=("float16", "bfloat16"),
+        reason="same deviation as backward_matches_spec, whatever the layouts of x and dy", when=r"^d\w+\[",
     ),
     ExpectedFailure(
         property="gradient_orthogonality", norm="layer_norm", backend="torch:cpu", dtypes=("float16", "bfloat16"),
@@ -167,6 +176,7 @@ _TORCH_CPU_HALF_INSTANCE_NORM = (
     "ill_conditioned_inputs", "shift_invariance", "batch_independence", "layout_consistency",
     "instance_eval_is_per_channel_affine", "instance_running_stats_update",
     "group_norm_per_channel_groups_is_instance_norm", "mvn_is_instance_or_layer_norm_without_eps",
+    "reach_forward_matches_spec", "reach_backward_matches_spec", "mixed_layouts_match_spec",
 )
 EXPECTED_FAILURES += [
     ExpectedFailure(
@@ -193,6 +203,14 @@ EXPECTED_FAILURES += [
                "channels_last input with batch size 1 (e.g. (1, 2, 2, 2)); the forward is right and N > 1 "
                "is right. Found by backward_matches_spec and the GroupNorm(G=C) / MVN identities",
         when=r"^(dx|sum_R\(dx).*channels_last (?=.*instance_norm)\w+\(x\(1, ",
+    ),
+    ExpectedFailure(
+        property="reach_backward_matches_spec", norm="group_norm", backend="torch:cpu", dtypes=("float16", "bfloat16"),
+        reason="the backward_matches_spec deviation below, at the reach lengths and magnitudes",
+    ),
+    ExpectedFailure(
+        property="mixed_layouts_match_spec", norm="group_norm", backend="torch:cpu", dtypes=("float16", "bfloat16"),
+        reason="the backward_matches_spec deviation below, whatever the layouts of x and dy", when=r"^d\w+\[",
     ),
     ExpectedFailure(
         property="backward_matches_spec", norm="group_norm", backend="torch:cpu", dtypes=("float16", "bfloat16"),
@@ -236,3 +254,72 @@ EXPECTED_FAILURES.append(ExpectedFailure(
     when=r"^dx\[",
     dtypes=("float16", "bfloat16"),
 ))
+
+# Found by the reach draws (issue 19), once GroupNorm ran the ill-conditioned draws: PyTorch's CPU
+# group_norm on a channels_last input takes a one-pass variance, E[x^2] - E[x]^2 (sum and sum of
+# squares), whose error grows like u (|mean|/std)^2 instead of u |mean|/std: at x = 1000 + 0.01 z
+# (float32, (2, 4, 8, 8), G = 2) the channels_last output is off by 5.6 where the contiguous one is
+# off by 0.008; float64 misses the model by ~2x at |mean|/std ~ 100. Contiguous inputs are right.
+EXPECTED_FAILURES += [
+    ExpectedFailure(
+        property=name, norm="group_norm", backend="torch:cpu",
+        reason="PyTorch CPU group_norm with a channels_last input computes the variance in one pass "
+               "(E[x^2] - E[x]^2): error ~ u (|mean|/std)^2, 5.6 at |mean|/std = 1e5 in float32 "
+               "where the contiguous path is off by 0.008",
+        when=r"channels_last group_norm",
+    )
+    for name in ("reach_forward_matches_spec", "reach_backward_matches_spec", "ill_conditioned_inputs",
+                 "shift_invariance", "output_moments", "gradient_orthogonality", "layout_consistency",
+                 "forward_matches_spec", "backward_matches_spec", "batch_independence")
+]
+
+# Found by the reach draws (issue 19): PyTorch's CPU layer_norm in float32 returns a zero variance
+# for a short row of distinct values near the dtype's resolution, e.g. the row [100000.0234375,
+# 100000.015625] (one ulp apart) normalizes to [7812.5, 0.0] with eps = 1e-12, where the exact
+# result is [1, -1] and a two-pass float32 kernel gives [1.41, 0]; |y| <= sqrt(N - 1) = 1 holds
+# for every exact LayerNorm output. Seen on rows of 2-4 values with |mean|/std > 1e7.
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="reach_forward_matches_spec", norm="layer_norm", backend="torch:cpu",
+    reason="PyTorch CPU layer_norm (float32) computes a zero variance for a short row of distinct values one "
+           "ulp apart at 1e5 ([100000.0234375, 100000.015625] -> y = [7812.5, 0] with eps = 1e-12, exact "
+           "[1, -1]); a two-pass float32 variance stays within the model",
+    when=r"torch:cpu float32 \w+ layer_norm\(x\(\d+, [234]\)",
+))
+
+# GroupNorm gained the moment-normalizer properties (issue 19); on torch:cpu they show the deviations
+# its batch_norm and backward entries above describe: measured with
+# `normspec check --norm group_norm --backend torch:cpu,numpy`.
+EXPECTED_FAILURES += [
+    ExpectedFailure(
+        property="constant_group_gives_beta", norm="group_norm", backend="torch:cpu",
+        reason="PyTorch's CPU group_norm folds the statistics into y = x * scale + (beta - mean * scale) (as its "
+               "batch_norm does): a constant group misses beta by ~ |x| |gamma|/sqrt(eps) u (1.9e-13 for a "
+               "group of 3.3 in float64)",
+        link="https://github.com/pytorch/pytorch/issues/5410",
+    ),
+    ExpectedFailure(
+        property="gradient_orthogonality", norm="group_norm", backend="torch:cpu", dtypes=("float16", "bfloat16"),
+        reason="same deviation as group_norm backward_matches_spec: the half-precision input gradient's sums over "
+               "a group are off by ~ u_half*|gamma*dy|/std",
+    ),
+]
+
+# Found by empty_input_gives_empty_output (issue 19), PyTorch 2.13 CPU, checked directly:
+#   m = nn.GroupNorm(2, 4); m(torch.zeros(2, 4, 0, requires_grad=True)).backward(...) -> m.weight.grad = NaN
+#   m = nn.InstanceNorm1d(3, track_running_stats=True); m(torch.zeros(0, 3, 4)) -> running stats NaN
+# while BatchNorm leaves its running statistics unchanged on an empty batch (the spec's rule).
+EXPECTED_FAILURES += [
+    ExpectedFailure(
+        property="empty_input_gives_empty_output", norm="group_norm", backend="torch:cpu",
+        reason="PyTorch CPU group_norm backward returns a NaN weight gradient (not 0, the sum of nothing) when a "
+               "spatial dimension is 0, e.g. x of shape (2, 4, 0); N = 0 gives 0",
+        when=r"^dweight of an empty batch",
+    ),
+    ExpectedFailure(
+        property="empty_input_gives_empty_output", norm="instance_norm", backend="torch:cpu",
+        reason="PyTorch CPU InstanceNorm with track_running_stats sets the running statistics to NaN on a batch of "
+               "N = 0 (the mean over no instances), where BatchNorm leaves them unchanged; a spatial size 0 leaves "
+               "them unchanged too",
+        when=r"^running_(mean|var) after an empty batch",
+    ),
+]

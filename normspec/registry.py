@@ -28,6 +28,7 @@ TRAITS = {
     "scale_invariant": "f_eps(a x) = f_{eps/a^2}(x) for a > 0 (eps inside the square root)",
     "shift_invariant": "adding a constant to each reduction set leaves the output unchanged",
     "channel_axis_1": "the channel dimension is axis 1, so channels_last layouts apply",
+    "accepts_empty": "a zero-size batch or spatial dimension is a valid input (PyTorch's module accepts it)",
 }
 
 
@@ -59,6 +60,10 @@ class NormRecord:
     # A representative call on an activation of `shape` ((N, C, H, W) or (tokens, hidden)), for
     # benchmarks: bench_case(shape, rng) -> Case, or None if the shape does not fit this norm.
     bench_case: Callable[[tuple[int, ...], np.random.Generator], Case | None] | None = None
+    # For a moment normalizer whose reduction sets are not axis-aligned in x (GroupNorm's groups of
+    # C/G channels): moment_view(case) -> (view shape, Conditioning in that view), the view of x in
+    # which each set is axis-aligned. Records with `conditioning` have the identity view.
+    moment_view: Callable[[Case], tuple[tuple[int, ...], Conditioning]] | None = None
 
     def __post_init__(self):
         if (self.conditioning is None) == (self.error_model is None):
@@ -66,6 +71,13 @@ class NormRecord:
         unknown = set(self.traits) - set(TRAITS)
         if unknown:
             raise ValueError(f"record {self.name!r} has unknown traits {sorted(unknown)}; known: {sorted(TRAITS)}")
+
+    def moment_geometry(self, case: Case) -> tuple[tuple[int, ...], Conditioning]:
+        """(view shape, Conditioning in it) of a moment normalizer's case: the view of x in which
+        each reduction set is axis-aligned (x's own shape unless the record gives `moment_view`)."""
+        if self.moment_view is not None:
+            return self.moment_view(case)
+        return tuple(case.x.shape), self.conditioning(case)
 
     def has(self, *traits: str) -> bool:
         return all(t in self.traits for t in traits)

@@ -10,35 +10,46 @@ from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register
 from normspec.spec import batch_norm, batch_norm_backward, moments
-from normspec.library.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
+from normspec.library.strategies import (Reach, affine_vector, channel_running_stats, eps_values, grouped_values,
+                                         near_square, reach_values, seeds)
 
 momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
 
 
 @st.composite
 def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
-                     conventions=True, allow_constant=True, min_per_channel=2):
+                     conventions=True, allow_constant=True, min_per_channel=2, reach: Reach | None = None):
     """BatchNorm calls: shapes (N, C, *S), train or eval, with or without running stats/affine.
 
     Running statistics and affine parameters are random, not their initial values. Cases that
-    use batch statistics have at least `min_per_channel` values per channel.
+    use batch statistics have at least `min_per_channel` values per channel. With `reach`,
+    `reach.sets` channels of N * prod(S) = `reach.length` values (spatial sides near square).
     """
     nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
-    c = draw(st.integers(1, 5), label="C")
-    sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
-    n = draw(st.integers(1, 6), label="N")
+    if reach is not None:
+        c, length = reach.sets, reach.length
+        n = 2 if length % 2 == 0 and length > 2 and nsp else (1 if nsp else length)
+        sides = near_square(length // n, nsp) if nsp else ()
+    else:
+        c = draw(st.integers(1, 5), label="C")
+        sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
+        n = draw(st.integers(1, 6), label="N")
     training = draw(st.booleans(), label="training") if training is None else training
     running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
     if (training or not running) and n * math.prod(sides) < min_per_channel:
         n = -(-min_per_channel // math.prod(sides))
     shape = (n, c) + sides
-    x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
+    if reach is not None:
+        x = reach_values(np.random.default_rng(draw(seeds, label="seed")), shape, (1,), reach)
+    else:
+        x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
     affine = draw(st.booleans(), label="affine") if affine is None else affine
     arrays = {"x": x}
     if affine:
         arrays["weight"] = draw(affine_vector((c,), kind="weight"))
         arrays["bias"] = draw(affine_vector((c,), kind="bias"))
-    params = {"training": training, "eps": draw(eps_values, label="eps")}
+    eps = reach.eps if reach is not None and reach.eps is not None else draw(eps_values, label="eps")
+    params = {"training": training, "eps": eps}
     if running:
         arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
         params["momentum"] = draw(momenta, label="momentum")
@@ -105,7 +116,7 @@ register(NormRecord(
     cases=batch_norm_cases,
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
-                      "shift_invariant", "channel_axis_1"}),
+                      "shift_invariant", "channel_axis_1", "accepts_empty"}),
     torch_modules=("torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d", "torch.nn.BatchNorm3d"),
     torch_functional="torch.nn.functional.batch_norm",
     outputs=("y", "running_mean", "running_var"),

@@ -8,23 +8,30 @@ from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register
 from normspec.spec import layer_norm, layer_norm_backward, moments
-from normspec.library.strategies import affine_vector, eps_values, grouped_values
+from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
 
 
 @st.composite
-def layer_norm_cases(draw, *, elementwise_affine=None, bias=None, allow_constant=True, min_batch=1):
-    """LayerNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims."""
-    batch = tuple(draw(st.integers(min_batch, 4), label="batch") for _ in range(draw(st.integers(1, 2), label="batch_dims")))
-    normalized = tuple(draw(st.integers(1, 8), label="feature") for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
-    shape = batch + normalized
-    x = draw(grouped_values(shape, tuple(range(len(batch))), allow_constant=allow_constant), label="x")
+def layer_norm_cases(draw, *, elementwise_affine=None, bias=None, allow_constant=True, min_batch=1,
+                     reach: Reach | None = None):
+    """LayerNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims. With `reach`,
+    `reach.sets` rows of `reach.length` features at the reach's magnitudes."""
+    if reach is not None:
+        batch, normalized = (reach.sets,), (reach.length,)
+        x = reach_values(np.random.default_rng(draw(seeds, label="seed")), batch + normalized, (0,), reach)
+    else:
+        batch = tuple(draw(st.integers(min_batch, 4), label="batch") for _ in range(draw(st.integers(1, 2), label="batch_dims")))
+        normalized = tuple(draw(st.integers(1, 8), label="feature") for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
+        shape = batch + normalized
+        x = draw(grouped_values(shape, tuple(range(len(batch))), allow_constant=allow_constant), label="x")
     arrays = {"x": x}
     affine = draw(st.booleans(), label="elementwise_affine") if elementwise_affine is None else elementwise_affine
     if affine:
         arrays["weight"] = draw(affine_vector(normalized, kind="weight"))
         if (draw(st.booleans(), label="bias") if bias is None else bias):
             arrays["bias"] = draw(affine_vector(normalized, kind="bias"))
-    return Case("layer_norm", arrays, {"normalized_shape": normalized, "eps": draw(eps_values, label="eps")})
+    eps = reach.eps if reach is not None and reach.eps is not None else draw(eps_values, label="eps")
+    return Case("layer_norm", arrays, {"normalized_shape": normalized, "eps": eps})
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -64,7 +71,7 @@ register(NormRecord(
     reference_grad=reference_grad,
     cases=layer_norm_cases,
     conditioning=conditioning,
-    traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant"}),
+    traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant", "accepts_empty"}),
     torch_modules=("torch.nn.LayerNorm",),
     torch_functional="torch.nn.functional.layer_norm",
     bench_case=bench_case,

@@ -7,25 +7,30 @@ from hypothesis import strategies as st
 from normspec.library.case import Case
 from normspec.registry import NormRecord, register
 from normspec.spec.rms_norm import resolve_eps, rms, rms_norm, rms_norm_backward
-from normspec.library.strategies import affine_vector, eps_values, grouped_values
+from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
 from normspec.library.tolerance import rms_bounds
 
 
 @st.composite
-def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_none=False):
+def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_none=False, reach: Reach | None = None):
     """RMSNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims, weight or none.
 
     eps=None means a dtype-dependent eps (PyTorch's rule), which a dtype-blind reference cannot
     evaluate: such cases are drawn only with eps_none=True, by the property that knows the dtype
     (`rms_norm_eps_none_rule`)."""
-    batch = tuple(draw(st.integers(1, 4), label="batch") for _ in range(draw(st.integers(1, 2), label="batch_dims")))
-    normalized = tuple(draw(st.integers(1, 8), label="feature") for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
-    shape = batch + normalized
-    x = draw(grouped_values(shape, tuple(range(len(batch))), allow_constant=allow_constant), label="x")
+    if reach is not None:  # `reach.sets` rows of `reach.length` features at the reach's magnitudes
+        batch, normalized = (reach.sets,), (reach.length,)
+        x = reach_values(np.random.default_rng(draw(seeds, label="seed")), batch + normalized, (0,), reach)
+    else:
+        batch = tuple(draw(st.integers(1, 4), label="batch") for _ in range(draw(st.integers(1, 2), label="batch_dims")))
+        normalized = tuple(draw(st.integers(1, 8), label="feature") for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
+        shape = batch + normalized
+        x = draw(grouped_values(shape, tuple(range(len(batch))), allow_constant=allow_constant), label="x")
     arrays = {"x": x}
     if draw(st.booleans(), label="elementwise_affine") if elementwise_affine is None else elementwise_affine:
         arrays["weight"] = draw(affine_vector(normalized, kind="weight"))
-    eps = None if eps_none else draw(eps_values, label="eps")
+    eps = None if eps_none else (reach.eps if reach is not None and reach.eps is not None
+                                 else draw(eps_values, label="eps"))
     return Case("rms_norm", arrays, {"normalized_shape": normalized, "eps": eps})
 
 
@@ -64,7 +69,7 @@ register(NormRecord(
     reference_grad=reference_grad,
     cases=rms_norm_cases,
     error_model=error_model,
-    traits=frozenset({"batch_independent", "scale_invariant"}),
+    traits=frozenset({"batch_independent", "scale_invariant", "accepts_empty"}),
     differentiable=("x", "weight"),
     torch_modules=("torch.nn.RMSNorm",),
     torch_functional="torch.nn.functional.rms_norm",
