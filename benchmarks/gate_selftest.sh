@@ -12,7 +12,7 @@ trap 'rm -rf "$work"' EXIT
 
 git clone --quiet "$root" "$work/repo"
 cd "$work/repo"
-cat >> impls/fast_numpy_kernels.py <<'PY'
+cat >> impls/fast_numpy/row_norms.py <<'PY'
 
 
 # Seeded by benchmarks/gate_selftest.sh: the same LayerNorm forward, done four times.

@@ -2,7 +2,7 @@
 
 Same contract and numerics as the `numpy` backend (input dtype, float32 accumulation for float16,
 closed-form gradients, inputs never written), but an independent implementation that walks the
-input tile by tile so that temporaries stay in cache (see `normspec.impls.fast_numpy_kernels`).
+input tile by tile so that temporaries stay in cache (see the package `normspec.impls.fast_numpy`).
 Registered as the entry point `numpy:fast`.
 """
 from __future__ import annotations
@@ -11,34 +11,35 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from normspec.impls import fast_numpy_kernels as k
+from normspec.impls.fast_numpy import batch_norm, row_norms
 from normspec.impls.base import Kernel
 from normspec.impls.numpy_backend import NumpyBackend, empty_call
 
 
 def _layer_norm_forward(inputs, params):
-    return {"y": k.layer_norm_forward(inputs["x"], inputs.get("weight"), inputs.get("bias"),
-                                      params["normalized_shape"], params.get("eps", 1e-5))}
+    return {"y": row_norms.layer_norm_forward(inputs["x"], inputs.get("weight"), inputs.get("bias"),
+                                              params["normalized_shape"], params.get("eps", 1e-5))}
 
 
 def _layer_norm_backward(inputs, params, dy):
-    return k.layer_norm_backward(inputs["x"], inputs.get("weight"), dy, params["normalized_shape"],
-                                 params.get("eps", 1e-5))
+    return row_norms.layer_norm_backward(inputs["x"], inputs.get("weight"), dy, params["normalized_shape"],
+                                         params.get("eps", 1e-5))
 
 
 def _rms_norm_forward(inputs, params):
-    return {"y": k.rms_norm_forward(inputs["x"], inputs.get("weight"), params["normalized_shape"],
-                                    params.get("eps"))}
+    return {"y": row_norms.rms_norm_forward(inputs["x"], inputs.get("weight"), params["normalized_shape"],
+                                            params.get("eps"))}
 
 
 def _rms_norm_backward(inputs, params, dy):
-    return k.rms_norm_backward(inputs["x"], inputs.get("weight"), dy, params["normalized_shape"], params.get("eps"))
+    return row_norms.rms_norm_backward(inputs["x"], inputs.get("weight"), dy, params["normalized_shape"],
+                                       params.get("eps"))
 
 
 FAST_KERNELS: dict[str, Kernel] = {
     "layer_norm": Kernel(forward=_layer_norm_forward, backward=_layer_norm_backward),
     "rms_norm": Kernel(forward=_rms_norm_forward, backward=_rms_norm_backward),
-    "batch_norm": Kernel(forward=k.batch_norm_forward, backward=k.batch_norm_backward),
+    "batch_norm": Kernel(forward=batch_norm.batch_norm_forward, backward=batch_norm.batch_norm_backward),
 }
 
 

@@ -8,6 +8,7 @@ spec function plus one module under `normspec/norms/` that calls `register(NormR
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass
 from typing import Callable
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
+from normspec.library.tolerance import Bounds, BoundFn, moment_model
 
 # Traits the properties key on: the single vocabulary, name -> meaning. A norm family that
 # needs a new trait declares it with `register_trait` in its record module.
@@ -39,6 +41,23 @@ def register_trait(name: str, meaning: str) -> str:
     return name
 
 
+class UnknownOverride(ValueError):
+    """A caller asked a record's cases() for an override the record does not declare."""
+
+
+def keyword_parameters(cases: Callable) -> frozenset[str] | None:
+    """The keyword-only parameters of a cases strategy (None where the signature is hidden, as in
+    a wrapper taking **overrides that forwards them)."""
+    func = getattr(cases, "__wrapped__", cases)
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 @dataclass(frozen=True)
 class NormRecord:
     name: str
@@ -48,11 +67,15 @@ class NormRecord:
     reference_grad: Callable[[Case, np.ndarray], dict[str, np.ndarray]] | None
     cases: Callable[..., st.SearchStrategy[Case]]
     traits: frozenset[str]
-    # Tolerance: mean/variance normalizers give `conditioning` and get the shared moment model;
-    # others give `error_model(case, dtype, ref, dy, ref_grads) -> tolerance.Bounds`, written in
-    # `normspec.library.tolerance` from the same terms (unit roundoff x condition).
+    # The keyword overrides `cases(**overrides)` takes, declared (checked against the signature of
+    # `cases` at registration): properties and validate narrow the draws only through these.
+    overrides: frozenset[str] = frozenset()
+    # Tolerance: mean/variance normalizers give `conditioning` (what the moment model needs about a
+    # case; the statistics properties read it too); the others give `error_model`, a bound function
+    # of `normspec.library.tolerance` (signature `tolerance.BoundFn`). A record giving only
+    # `conditioning` gets `tolerance.moment_model(conditioning)`: the one place the model is chosen.
     conditioning: Callable[[Case], Conditioning] | None = None
-    error_model: Callable[..., object] | None = None
+    error_model: BoundFn | None = None
     differentiable: tuple[str, ...] = ("x", "weight", "bias")
     torch_modules: tuple[str, ...] = ()
     torch_functional: str | None = None
@@ -60,24 +83,45 @@ class NormRecord:
     # A representative call on an activation of `shape` ((N, C, H, W) or (tokens, hidden)), for
     # benchmarks: bench_case(shape, rng) -> Case, or None if the shape does not fit this norm.
     bench_case: Callable[[tuple[int, ...], np.random.Generator], Case | None] | None = None
-    # For a moment normalizer whose reduction sets are not axis-aligned in x (GroupNorm's groups of
-    # C/G channels): moment_view(case) -> (view shape, Conditioning in that view), the view of x in
-    # which each set is axis-aligned. Records with `conditioning` have the identity view.
-    moment_view: Callable[[Case], tuple[tuple[int, ...], Conditioning]] | None = None
 
     def __post_init__(self):
-        if (self.conditioning is None) == (self.error_model is None):
-            raise ValueError(f"record {self.name!r} needs exactly one of conditioning= or error_model=")
+        if self.conditioning is None and self.error_model is None:
+            raise ValueError(f"record {self.name!r} needs conditioning= or error_model=")
+        if self.error_model is None:
+            object.__setattr__(self, "error_model", moment_model(self.conditioning))
         unknown = set(self.traits) - set(TRAITS)
         if unknown:
             raise ValueError(f"record {self.name!r} has unknown traits {sorted(unknown)}; known: {sorted(TRAITS)}")
+        object.__setattr__(self, "overrides", frozenset(self.overrides))
+        taken = keyword_parameters(self.cases)
+        if taken is not None and taken != self.overrides:
+            raise ValueError(f"record {self.name!r} declares the overrides {sorted(self.overrides)}, but its "
+                             f"cases() takes {sorted(taken)}")
+
+    def takes(self, *overrides: str) -> bool:
+        """Whether `cases()` accepts each of these keyword overrides (the declared contract)."""
+        return all(name in self.overrides for name in overrides)
+
+    def draw_cases(self, **overrides) -> st.SearchStrategy[Case]:
+        """`cases(**overrides)`, refusing an override the record does not declare."""
+        unknown = sorted(set(overrides) - self.overrides)
+        if unknown:
+            raise UnknownOverride(f"{self.name} cases() take no override {', '.join(unknown)}; "
+                                  f"they take: {', '.join(sorted(self.overrides)) or 'none'}")
+        return self.cases(**overrides)
+
+    def bounds(self, case: Case, dtype: str, reference: dict[str, np.ndarray], dy: np.ndarray | None = None,
+               ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
+        """Elementwise error bounds of a `dtype` run of `case` against the spec's `reference`
+        (and `ref_grads` for upstream `dy`): the one entry point to the tolerance model."""
+        return self.error_model(case, dtype, reference, dy, ref_grads)
 
     def moment_geometry(self, case: Case) -> tuple[tuple[int, ...], Conditioning]:
         """(view shape, Conditioning in it) of a moment normalizer's case: the view of x in which
-        each reduction set is axis-aligned (x's own shape unless the record gives `moment_view`)."""
-        if self.moment_view is not None:
-            return self.moment_view(case)
-        return tuple(case.x.shape), self.conditioning(case)
+        each reduction set is axis-aligned (x's own shape unless the conditioning has a view_shape,
+        as GroupNorm's (N, G, C/G, *S))."""
+        c = self.conditioning(case)
+        return tuple(c.view_shape or case.x.shape), c
 
     def has(self, *traits: str) -> bool:
         return all(t in self.traits for t in traits)

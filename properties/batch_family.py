@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import assume
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
@@ -30,7 +29,20 @@ def _batch_norm_run(ctx: Context, case: Case, dtype: str, layout: str, dy: np.nd
     run = ctx.run(case, dtype, layout, grads=True, dy=dy)
     ref = record.reference(run.case)
     ref_grads = record.reference_grad(run.case, run.dy)
-    return run, tolerance.moment_bounds(record.conditioning(run.case), dtype, ref, run.dy, ref_grads)
+    return run, record.bounds(run.case, dtype, ref, run.dy, ref_grads)
+
+
+def _training_equals_batch_norm(ctx: Context, case: Case) -> None:
+    """A training call of ctx.record on `case` against the backend's own batch_norm on the same
+    input: output and gradients within the sum of both bounds."""
+    dtype, layout = ctx.dtype(), ctx.layout()
+    dy = _dy(ctx, case.x.shape)
+    run = ctx.run(case, dtype, layout, grads=True, dy=dy)
+    b = _own_bounds(ctx, run)
+    bn, bb = _batch_norm_run(ctx, _bn_case(run.case), dtype, layout, dy)
+    at = where(ctx, run) + " vs batch_norm"
+    _agree(run.outputs["y"], bn.outputs["y"], b["y"] + bb["y"], "y", at)
+    _compare_grads(run, bn, b, bb, [r for r in ("x", "weight", "bias") if case.get(r) is not None], at)
 
 
 def _own_bounds(ctx: Context, run, names=("y",)):
@@ -83,14 +95,7 @@ def l2_scale_with_eps_inside_is_batch_norm(ctx: Context) -> None:
     forward exactly (S is the biased standard deviation): output and gradients equal the
     backend's own batch_norm within both bounds."""
     case = ctx.case(training=True, track_running_stats=False, p=2.0, eps_placement="inside", constant=1.0)
-    dtype, layout = ctx.dtype(), ctx.layout()
-    dy = _dy(ctx, case.x.shape)
-    run = ctx.run(case, dtype, layout, grads=True, dy=dy)
-    b = _own_bounds(ctx, run)
-    bn, bb = _batch_norm_run(ctx, _bn_case(run.case), dtype, layout, dy)
-    at = where(ctx, run) + " vs batch_norm"
-    _agree(run.outputs["y"], bn.outputs["y"], b["y"] + bb["y"], "y", at)
-    _compare_grads(run, bn, b, bb, [r for r in ("x", "weight", "bias") if case.get(r) is not None], at)
+    _training_equals_batch_norm(ctx, case)
 
 
 @prop("batch_family", applies=traits("whitening"))
@@ -98,21 +103,13 @@ def zca_group_size_one_is_batch_norm(ctx: Context) -> None:
     """ZCA whitening of groups of one channel is Phi = 1/sqrt(sigma^2 + eps): BatchNorm's training
     forward (Huang et al. 2018, sec. 3.1), and its gradients; checked against the backend's batch_norm."""
     case = ctx.case(training=True, track_running_stats=False, group_size=1)
-    dtype, layout = ctx.dtype(), ctx.layout()
-    dy = _dy(ctx, case.x.shape)
-    run = ctx.run(case, dtype, layout, grads=True, dy=dy)
-    b = _own_bounds(ctx, run)
-    bn, bb = _batch_norm_run(ctx, _bn_case(run.case), dtype, layout, dy)
-    at = where(ctx, run) + " vs batch_norm"
-    _agree(run.outputs["y"], bn.outputs["y"], b["y"] + bb["y"], "y", at)
-    _compare_grads(run, bn, b, bb, [r for r in ("x", "weight", "bias") if case.get(r) is not None], at)
+    _training_equals_batch_norm(ctx, case)
 
 
 def _recurrent_vs_bn(ctx: Context, case: Case, to_bn, from_bn, state_to_bn, state_from_bn):
     dtype = ctx.dtype()
     dy = _dy(ctx, case.x.shape)
     run = ctx.run(case, dtype, "contiguous", grads=True, dy=dy)
-    rec = ctx.record
     ref, ref_grads = ctx.reference(run)
     from normspec.norms.recurrent_batch_norm import population_bounds
     b = population_bounds(run.case, dtype, ref, run.dy, ref_grads)
@@ -135,7 +132,7 @@ def frame_wise_single_step_is_batch_norm(ctx: Context) -> None:
     (N, F) input of that step: output, gradients and running statistics (Cooijmans et al. 2017)."""
     running = ctx.draw(st.booleans(), "track_running_stats")
     case = ctx.case(statistics="frame", steps=1, t_max=1, track_running_stats=running)
-    assume(case.params["training"] or running or case.x.shape[0] > 1)
+    ctx.assume(case.params["training"] or running or case.x.shape[0] > 1, "eval without running statistics needs more than one sample")
     _recurrent_vs_bn(ctx, case, lambda a: a[:, 0, :], lambda a: a[:, None, :], lambda s: s[0], lambda s: s[None])
 
 
@@ -258,7 +255,7 @@ def exact_scale_invariance_with_state(ctx: Context) -> None:
     eps = base.params.get("eps", 1e-5)
     scaled = base.with_arrays(**{r: arr * a ** powers[r] for r, arr in base.arrays.items() if r in powers})
     scaled = scaled.with_params(eps=eps * a**eps_power)
-    assume(all(_fits(arr, dtype) for arr in scaled.arrays.values()) and _fits(np.array([eps * a**eps_power, eps]), dtype))
+    ctx.assume(all(_fits(arr, dtype) for arr in scaled.arrays.values()) and _fits(np.array([eps * a**eps_power, eps]), dtype), "the scaled case or its eps does not fit the dtype")
     dy = _dy(ctx, case.x.shape)
     r0 = ctx.run(base, dtype, layout, grads=True, dy=dy)
     r1 = ctx.run(scaled, dtype, layout, grads=True, dy=dy)

@@ -77,9 +77,26 @@ class Property:
 
 PROPERTIES: dict[str, Property] = {}
 
+# The groups a property belongs to (the README's "What is checked" sections), name -> meaning.
+GROUPS = {
+    "agreement": "outputs, running statistics and gradients agree with the spec",
+    "statistics": "the output moments and gradient sums the mathematics promises",
+    "invariance": "scale and shift invariance, permutation equivariance, batch independence",
+    "inference": "eval mode, folding, running-statistics conventions",
+    "robustness": "ill-conditioned inputs, constant reduction sets, dtypes and layouts",
+    "hygiene": "inputs never modified, deterministic, invalid calls raise",
+    "identities": "identities between normalizations",
+    "batch_family": "properties of BatchNorm's relatives (renorm, Lp, whitening, recurrent)",
+    "synchronization": "SyncBatchNorm: the result does not depend on how the batch is cut",
+    "reach": "the sizes and magnitudes where kernels change behaviour: block tails, long rows, dtype edges",
+}
+
 
 def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True, advisory: bool = False):
     """Register a property under its function name; its docstring is what it claims and why."""
+
+    if group not in GROUPS:
+        raise ValueError(f"unknown property group {group!r}; groups: {', '.join(GROUPS)}")
 
     def deco(func):
         if func.__name__ in PROPERTIES:
@@ -176,7 +193,7 @@ class Context:
         return value
 
     def case(self, label: str = "case", **overrides) -> Case:
-        return self.draw(self.record.cases(**overrides), label)
+        return self.draw(self.record.draw_cases(**overrides), label)
 
     def dtype(self, *allowed: str) -> str:
         choices = [d for d in self.backend.dtypes
@@ -248,9 +265,7 @@ class Context:
 
     def bounds(self, run: Run, ref: dict, ref_grads: dict) -> tolerance.Bounds:
         """Elementwise error bounds for `run` from the tolerance model (see `tolerance`)."""
-        if self.record.error_model is not None:
-            return self.record.error_model(run.case, run.dtype, ref, run.dy, ref_grads)
-        return tolerance.moment_bounds(self.record.conditioning(run.case), run.dtype, ref, run.dy, ref_grads)
+        return self.record.bounds(run.case, run.dtype, ref, run.dy, ref_grads)
 
 
 # ---------------------------------------------------------------- assertions

@@ -37,7 +37,8 @@ def scale_invariance(ctx: Context) -> None:
     eps = base.params.get("eps", 1e-5)
     base = base.with_params(eps=eps / a**2)
     scaled = scaled.with_params(eps=eps)
-    ctx.assume(all(_fits(arr, dtype) for arr in scaled.arrays.values()) and _fits(np.array([eps / a**2, eps]), dtype))
+    ctx.assume(all(_fits(arr, dtype) for arr in scaled.arrays.values()) and _fits(np.array([eps / a**2, eps]), dtype),
+               "the scaled case or its eps does not fit the dtype")
     seed = ctx.seed("dy_seed")
     dy = np.random.default_rng(seed).standard_normal(case.x.shape)
     r0 = ctx.run(base, dtype, layout, grads=True, dy=dy)
@@ -78,14 +79,14 @@ def shift_invariance(ctx: Context) -> None:
     std = np.broadcast_to(c.std, c.mean.shape)
     shift = (10.0**log_ratio) * std * rng.choice([-1.0, 1.0], c.mean.shape) * rng.uniform(0.5, 1.5, c.mean.shape)
     total = float(np.abs(case.x).max() + np.abs(shift).max())
-    ctx.assume(representable(np.array([total]), dtype))
+    ctx.assume(representable(np.array([total]), dtype), "the shifted input does not fit the dtype")
     x_q, step = _on_grid(case.x, total, dtype)
     shift_q, _ = _on_grid(shift, total, dtype)
     shifted = case.with_arrays(x=(x_q.reshape(view) + shift_q).reshape(case.x.shape))
     if shifted.get("running_mean") is not None and not c.batch_stats:  # eval statistics move with the data
         shifted = shifted.with_arrays(running_mean=case.get("running_mean") + shift_q.reshape(-1))
     run = ctx.run(shifted, dtype, layout)
-    ctx.assume(np.array_equal(run.case.x, shifted.x))  # the grid made x + b exact
+    ctx.assume(np.array_equal(run.case.x, shifted.x), "the shift is not exact in the dtype")
     unshifted = ctx.record.reference(case.with_arrays(x=x_q))
     ref, _ = ctx.reference(run)
     bounds = ctx.bounds(run, ref, {})

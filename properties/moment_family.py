@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import assume
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
@@ -30,9 +29,7 @@ def _bounds(norm: str, run) -> tolerance.Bounds:
     record = get_norm(norm)
     ref = record.reference(run.case)
     grads = record.reference_grad(run.case, run.dy) if run.dy is not None else {}
-    if record.error_model is not None:
-        return record.error_model(run.case, run.dtype, ref, run.dy, grads)
-    return tolerance.moment_bounds(record.conditioning(run.case), run.dtype, ref, run.dy, grads)
+    return record.bounds(run.case, run.dtype, ref, run.dy, grads)
 
 
 def _same(ctx: Context, left, right, norms: tuple[str, str], what: str, grads=("x",), fold=None) -> None:
@@ -55,12 +52,12 @@ def _same(ctx: Context, left, right, norms: tuple[str, str], what: str, grads=("
 
 
 def _needs(ctx: Context, norm: str) -> None:
-    assume(ctx.backend.implements(norm))
+    ctx.assume(ctx.backend.implements(norm), "the backend does not implement the other norm of the identity")
 
 
 # ---------------------------------------------------------------- identities
 
-@prop("identity", applies=named("group_norm"))
+@prop("identities", applies=named("group_norm"))
 def group_norm_one_group_is_layer_norm(ctx: Context) -> None:
     """GroupNorm with G = 1 is LayerNorm over (C, *S) with the per-channel affine broadcast over S
     (Wu & He 2018, sec. 3.1): outputs and input gradients agree, and GroupNorm's per-channel
@@ -78,14 +75,14 @@ def group_norm_one_group_is_layer_norm(ctx: Context) -> None:
     _same(ctx, gn_run, ln_run, ("group_norm", "layer_norm"), "G=1 vs LayerNorm", ("x", "weight", "bias"), fold)
 
 
-@prop("identity", applies=named("group_norm"))
+@prop("identities", applies=named("group_norm"))
 def group_norm_per_channel_groups_is_instance_norm(ctx: Context) -> None:
     """GroupNorm with G = C is InstanceNorm (Wu & He 2018, sec. 3.1; catalogue): outputs and all
     gradients agree on every input InstanceNorm accepts (at least 2 spatial elements)."""
     _needs(ctx, "instance_norm")
     case = ctx.case()
     x = case.x
-    assume(x.ndim >= 3 and math.prod(x.shape[2:]) >= 2)
+    ctx.assume(x.ndim >= 3 and math.prod(x.shape[2:]) >= 2, "needs spatial dims with at least two values")
     gn = case.with_params(num_groups=x.shape[1])
     inn = Case("instance_norm", case.arrays, {"training": True, "eps": case.params["eps"]})
     dtype, layout = ctx.dtype(), ctx.layout()
@@ -94,7 +91,7 @@ def group_norm_per_channel_groups_is_instance_norm(ctx: Context) -> None:
           ("group_norm", "instance_norm"), "G=C vs InstanceNorm", ("x", "weight", "bias"))
 
 
-@prop("identity", applies=named("rms_norm"))
+@prop("identities", applies=named("rms_norm"))
 def rms_norm_is_layer_norm_on_zero_mean_rows(ctx: Context) -> None:
     """On rows of mean zero RMSNorm equals LayerNorm without bias (mean(x^2) is then the variance;
     Zhang & Sennrich 2019, sec. 4): outputs and weight gradients agree. Rows [v, -v] have mean
@@ -113,7 +110,7 @@ def rms_norm_is_layer_norm_on_zero_mean_rows(ctx: Context) -> None:
           ("rms_norm", "layer_norm"), "zero-mean rows", ("weight",))
 
 
-@prop("identity", applies=named("mvn"))
+@prop("identities", applies=named("mvn"))
 def mvn_is_instance_or_layer_norm_without_eps(ctx: Context) -> None:
     """With eps = 0 on both sides, where eps placement no longer matters, MVN with
     across_channels=False is InstanceNorm and with across_channels=True is LayerNorm over (C, *S)
@@ -125,13 +122,14 @@ def mvn_is_instance_or_layer_norm_without_eps(ctx: Context) -> None:
         other = Case("layer_norm", {"x": x}, {"normalized_shape": x.shape[1:], "eps": 0.0})
     else:
         _needs(ctx, "instance_norm")
-        assume(math.prod(x.shape[2:]) >= 2)
+        ctx.assume(math.prod(x.shape[2:]) >= 2, "needs at least two spatial values")
         other = Case("instance_norm", {"x": x}, {"training": True, "eps": 0.0})
     dtype, layout = ctx.dtype(), ctx.layout()
     dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(x.shape)
     left = ctx.run(case, dtype, layout, grads=True, dy=dy)
-    assume(np.all(np.ptp(left.case.x.reshape(x.shape[0], -1) if case.params["across_channels"]
-                         else left.case.x.reshape(x.shape[0] * x.shape[1], -1), axis=1) > 0))
+    ctx.assume(np.all(np.ptp(left.case.x.reshape(x.shape[0], -1) if case.params["across_channels"]
+                             else left.case.x.reshape(x.shape[0] * x.shape[1], -1), axis=1) > 0),
+               "a constant reduction set (eps = 0 divides by zero)")
     _same(ctx, left, ctx.run(other, dtype, layout, grads=True, dy=dy), ("mvn", other.norm), "eps = 0")
 
 
@@ -231,7 +229,7 @@ def rms_norm_eps_none_rule(ctx: Context) -> None:
     run = ctx.run(case.with_arrays(x=x), dtype, layout, grads=True)
     ref = record.reference(run.case, dtype=dtype)
     ref_grads = record.reference_grad(run.case, run.dy, dtype=dtype)
-    bounds = record.error_model(run.case, dtype, ref, run.dy, ref_grads)
+    bounds = record.bounds(run.case, dtype, ref, run.dy, ref_grads)
     at = where(ctx, run) + f" eps=None -> {eps!r}"
     assert_close(run.outputs["y"], ref["y"], bounds["y"], "y", at)
     for role, g in ref_grads.items():
@@ -255,11 +253,11 @@ def mvn_scale_invariance(ctx: Context) -> None:
     scaled = base.with_arrays(x=base.x * a)
     if nv:
         base, scaled = base.with_params(eps=eps / a), scaled.with_params(eps=eps)
-    assume(_fits(scaled.x, dtype) and _fits(base.x, dtype) and _fits(np.array([eps / a, eps]), dtype))
+    ctx.assume(_fits(scaled.x, dtype) and _fits(base.x, dtype) and _fits(np.array([eps / a, eps]), dtype), "the scaled input or its eps does not fit the dtype")
     dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(case.x.shape)
     r0 = ctx.run(base, dtype, layout, grads=True, dy=dy)
     r1 = ctx.run(scaled, dtype, layout, grads=True, dy=dy)
-    assume(_fits(r0.outputs["y"], dtype) and _fits(r0.grads["x"][np.isfinite(r0.grads["x"])], dtype))
+    ctx.assume(_fits(r0.outputs["y"], dtype) and _fits(r0.grads["x"][np.isfinite(r0.grads["x"])], dtype), "the unscaled result is subnormal or overflows in the dtype")
     at = where(ctx, r1) + f" a=2^{k}"
     assert_equal(r1.outputs["y"], r0.outputs["y"] * (1.0 if nv else a), "y(a x)", at)
     assert_equal(r1.grads["x"], r0.grads["x"] / (a if nv else 1.0), "dx(a x)", at)

@@ -29,7 +29,7 @@ def ill_conditioned_inputs(ctx: Context) -> None:
     spread = np.broadcast_to(np.sqrt(np.maximum(c.std**2 - case.params.get("eps", 1e-5), 0)), c.mean.shape)
     spread = np.where(spread > 0, spread, 1.0)
     x = (centred + sign * ratio * spread).reshape(case.x.shape)
-    ctx.assume(representable(x, dtype))
+    ctx.assume(representable(x, dtype), "the ill-conditioned input does not fit the dtype")
     shifted = case.with_arrays(x=x)
     if case.get("running_mean") is not None and not c.batch_stats:  # eval statistics move with the data
         shifted = shifted.with_arrays(running_mean=case.get("running_mean") - c.mean.reshape(-1)
@@ -53,7 +53,7 @@ def constant_group_gives_beta(ctx: Context) -> None:
     case = batch_stats_case(ctx, allow_constant=False)
     dtype, layout = ctx.dtype(), ctx.layout()
     value = ctx.draw(st.sampled_from(CONSTANTS), "constant")
-    ctx.assume(representable(np.array([value]), dtype))  # the constant must be a value of the dtype
+    ctx.assume(representable(np.array([value]), dtype), "the constant is not a value of the dtype")
     view, c = ctx.record.moment_geometry(case)
     pick = np.random.default_rng(ctx.seed("group_seed"))
     group = tuple(int(pick.integers(0, s)) for s in c.mean.shape)
@@ -72,7 +72,7 @@ def layout_consistency(ctx: Context) -> None:
     contiguous ones (within twice the model's bound: kernels may sum in another order)."""
     case, dtype = ctx.case(), ctx.dtype()
     layouts = [l for l in ctx.backend.layouts if l != "contiguous"]
-    ctx.assume(layouts)
+    ctx.assume(bool(layouts), "the backend supports no other layout")
     layout = ctx.draw(st.sampled_from(layouts), "layout")
     base = ctx.run(case, dtype, "contiguous", grads=True)
     other = ctx.run(case, dtype, layout, grads=True, dy=base.dy)

@@ -8,7 +8,6 @@ the loop), and on the backend alone, as independence of the split.
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import assume
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
@@ -82,9 +81,9 @@ def rank_split_invariance(ctx: Context) -> None:
     alone, with no spec in the loop."""
     case, dtype, layout = ctx.case(), ctx.dtype(), ctx.layout()
     n = case.x.shape[0]
-    assume(n >= 3)
+    ctx.assume(n >= 3, "needs a batch of at least three samples to re-split")
     sizes = ctx.draw(other_split(n, tuple(case.params["rank_sizes"])), "other_rank_sizes")
-    assume(sizes != tuple(case.params["rank_sizes"]))
+    ctx.assume(sizes != tuple(case.params["rank_sizes"]), "the drawn split equals the case's own")
     dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(case.x.shape)
     first = ctx.run(case, dtype, layout, grads=True, dy=dy)
     second = ctx.run(case.with_params(rank_sizes=sizes), dtype, layout, grads=True, dy=dy)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from normspec.spec.moments import as_float64
+from normspec.spec.moments import affine, as_float64
 
 MOMENTUM_STYLES = ("new", "decay")
 
@@ -80,14 +80,6 @@ def whitening(xg, eps):
     return Whitening(mean, xc, sigma, lam, vecs, phi)
 
 
-def _affine(y, weight, bias, shape):
-    if weight is not None:
-        y = y * as_float64(weight).reshape(shape)
-    if bias is not None:
-        y = y + as_float64(bias).reshape(shape)
-    return y
-
-
 def decorrelated_batch_norm(x, weight=None, bias=None, running_mean=None, running_whitening=None, *,
                             group_size: int, training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
                             momentum_style: str = "new") -> DecorrelatedResult:
@@ -110,7 +102,7 @@ def decorrelated_batch_norm(x, weight=None, bias=None, running_mean=None, runnin
     else:
         mean = new_rm.reshape(xg.shape[0], 1, group_size)
         yg = np.einsum("gmi,gij->gmj", xg - mean, new_rw)
-    return DecorrelatedResult(_affine(ungrouped(yg, x.shape), weight, bias, shape), new_rm, new_rw)
+    return DecorrelatedResult(affine(ungrouped(yg, x.shape), weight, bias, shape), new_rm, new_rw)
 
 
 def divided_differences(lam, eps):

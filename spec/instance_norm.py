@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from normspec.spec.moments import as_float64, moments, moments_backward
+from normspec.spec.moments import affine, as_float64, moments, moments_backward
 
 
 class InstanceNormResult(NamedTuple):
@@ -42,14 +42,6 @@ def _check(x: np.ndarray, input_stats: bool) -> None:
         raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
 
 
-def _affine(y, weight, bias, shape):
-    if weight is not None:
-        y = y * as_float64(weight).reshape(shape)
-    if bias is not None:
-        y = y + as_float64(bias).reshape(shape)
-    return y
-
-
 def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *, training: bool = True,
                   momentum: float | None = 0.1, eps: float = 1e-5) -> InstanceNormResult:
     """y = gamma_c (x - mu_nc)/sqrt(sigma^2_nc + eps) + beta_c, statistics over the spatial dims."""
@@ -72,7 +64,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
             new_var = (1.0 - factor) * new_var + factor * batch_var
     else:
         xhat = (x - new_mean.reshape(shape)) / np.sqrt(new_var.reshape(shape) + eps)
-    return InstanceNormResult(_affine(xhat, weight, bias, shape), new_mean, new_var)
+    return InstanceNormResult(affine(xhat, weight, bias, shape), new_mean, new_var)
 
 
 def instance_norm_backward(dy, x, weight=None, running_mean=None, running_var=None, *, training: bool = True,

@@ -61,3 +61,13 @@ def moments_backward(g_hat: np.ndarray, m: Moments, axes: tuple[int, ...]) -> np
     sum_g = g_hat.sum(axis=axes, keepdims=True)
     sum_gx = (g_hat * m.xhat).sum(axis=axes, keepdims=True)
     return (m.count * g_hat - sum_g - m.xhat * sum_gx) / (m.count * m.std)
+
+
+def affine(y: np.ndarray, weight, bias, shape: tuple[int, ...]) -> np.ndarray:
+    """gamma y + beta with gamma, beta reshaped to `shape`; an absent weight or bias is left out
+    (PyTorch's affine=False)."""
+    if weight is not None:
+        y = y * as_float64(weight).reshape(shape)
+    if bias is not None:
+        y = y + as_float64(bias).reshape(shape)
+    return y

@@ -32,7 +32,7 @@ def _affine(y, inputs, shape):
 def _bn_variant(*, unbiased_normalize=False, eps_outside=False, one_pass=False, axes_fn=None,
                 eval_batch_stats=False, momentum_flipped=False, biased_running=False, cumulative_as_fixed=False,
                 folded_shift=False, mutate_input=False, no_single_value_check=False, noise=False,
-                ignore_strides=False, first_two_samples=False, half_accumulate=False, half_count=False):
+                ignore_strides=False, first_two_samples=False, half_accumulate=False, half_var=False):
     """A BatchNorm forward with the named mistakes (all False: a correct implementation)."""
 
     def forward(inputs, params):
@@ -61,10 +61,9 @@ def _bn_variant(*, unbiased_normalize=False, eps_outside=False, one_pass=False, 
             else:
                 var = ((stats_x - mean) ** 2).mean(axis=axes, keepdims=True)
             count = stats_x.size // stats_x.shape[1]
-            if half_count:  # the count held in the input dtype: float16 counts exactly only up to 2048
-                n = float(np.array(count, dtype=x.dtype))
-                mean = first + (stats_x - first).sum(axis=axes, keepdims=True) / n
-                var = ((stats_x - mean) ** 2).sum(axis=axes, keepdims=True) / n
+            if half_var:  # the variance stored in the input dtype: inf in float16 once std > 256
+                with np.errstate(over="ignore"):
+                    var = var.astype(x.dtype).astype(acc)
             if unbiased_normalize and count > 1:
                 var = var * count / (count - 1)
         else:
@@ -200,6 +199,24 @@ def _bn_backward_dy_layout_of_x(inputs, params, dy):
     return bn_ref.backward(inputs, params, _as_laid_out_like(dy, inputs["x"]))
 
 
+def _bn_empty_batch_nan(inputs, params):
+    """An empty batch updates the running statistics with the mean of no values (NaN), as a kernel
+    that divides sums by the count does; other calls are the reference's."""
+    x = inputs["x"]
+    if x.size == 0:
+        out = {"y": x.copy()}
+        if params.get("training", True) and inputs.get("running_mean") is not None:
+            out["running_mean"] = np.full_like(inputs["running_mean"], np.nan)
+            out["running_var"] = np.full_like(inputs["running_var"], np.nan)
+        return out
+    return bn_ref.forward(inputs, params)
+
+
+# Bugs in how a call on an empty input is handled: the backend hands empty inputs to the kernel
+# instead of answering them itself (NumpyBackend.forward).
+KERNEL_SEES_EMPTY = {"nan_running_stats_on_empty_batch"}
+
+
 BUGS = {
     "batch_norm": {
         "unbiased_variance_in_normalization": dict(forward=_bn_variant(unbiased_normalize=True)),
@@ -218,7 +235,8 @@ BUGS = {
         "stats_from_first_samples": dict(forward=_bn_variant(first_two_samples=True)),
         "statistics_detached_in_backward": dict(backward=_bn_backward_detached),
         "backward_reads_dy_in_x_layout": dict(backward=_bn_backward_dy_layout_of_x),
-        "count_in_half_precision": dict(forward=_bn_variant(half_count=True)),
+        "variance_in_half_precision": dict(forward=_bn_variant(half_var=True)),
+        "nan_running_stats_on_empty_batch": dict(forward=_bn_empty_batch_nan),
     },
     "layer_norm": {
         "last_dim_only": dict(forward=_ln_variant(last_dim_only=True)),
@@ -242,6 +260,8 @@ def buggy_backend(norm: str, bug: str) -> NumpyBackend:
     kernel = replace(reference, **BUGS[norm][bug])
     backend.kernels = {**backend.kernels, norm: kernel}
     backend.name = f"numpy+{bug}"
+    if bug in KERNEL_SEES_EMPTY:
+        backend.forward = lambda name, inputs, params: backend.kernels[name].forward(inputs, params)
     return backend
 
 

@@ -307,3 +307,26 @@ def test_zca_spec_is_rotation_equivariant_and_whitens():
     rot = np.kron(np.eye(2), q)
     y0 = decorrelated_batch_norm(x, group_size=3, eps=1e-3).y
     np.testing.assert_allclose(decorrelated_batch_norm(x @ rot.T, group_size=3, eps=1e-3).y, y0 @ rot.T, atol=1e-12)
+
+
+def test_numpy_whitening_backward_forms_gamma_dy_in_float32():
+    """Regression: a float16 gamma * dy in the NumPy ZCA backward broke the model's bound (1.27x);
+    the recorded example passes now, and a kernel that rounds gamma * dy to float16 fails it."""
+    import normspec.impls.numpy_kernels.decorrelated_batch_norm as zca
+    from normspec.impls.numpy_backend import NumpyBackend
+    from normspec.properties import PropertyFailure, replay
+    from regressions.decorrelated_half_gamma_dy import draws
+
+    record = get_norm("decorrelated_batch_norm")
+    replay("backward_matches_spec", record, NumpyBackend(), draws)
+
+    def half_gamma_dy(inputs, params, dy):
+        shape = (1, dy.shape[1]) + (1,) * (dy.ndim - 2)
+        rounded = (dy * inputs["weight"].astype(dy.dtype).reshape(shape)).astype(np.float32)
+        return zca.backward({**inputs, "weight": None}, params, rounded) | {
+            k: v for k, v in zca.backward(inputs, params, dy).items() if k != "x"}
+
+    backend = NumpyBackend()
+    backend.kernels = {**backend.kernels, "decorrelated_batch_norm": Kernel(forward=zca.forward, backward=half_gamma_dy)}
+    with pytest.raises(PropertyFailure, match="dx"):
+        replay("backward_matches_spec", record, backend, draws)

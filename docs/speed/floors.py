@@ -33,7 +33,7 @@ from threading import Thread
 import numpy as np
 
 from normspec.bench import cpu_times, median_iqr, steal_pct, time_call
-from normspec.impls import fast_numpy_kernels
+from normspec.impls.fast_numpy import batch_norm, reductions, row_norms, runtime
 
 STOLEN: list[float] = []  # the hypervisor's steal time during each timing, in percent
 
@@ -103,7 +103,7 @@ def main() -> None:
         (f"ufunc, per-row scalar, ufunc buffer capped at the row", capped(lambda i: np.multiply(rows2d, per_row, out=rows2d))),
         ("BLAS row sums (np.dot with ones)", lambda i: np.dot(rows2d, per_column)),
         ("BLAS sums of squares (np.vecdot)", lambda i: np.vecdot(rows2d, rows2d)),
-        ("BLAS sums of squares (numpy:fast row_dots)", lambda i: fast_numpy_kernels.row_dots(rows2d, rows2d)),
+        ("BLAS sums of squares (numpy:fast row_dots)", lambda i: reductions.row_dots(rows2d, rows2d)),
     ]
     copy_ms = median_ms(dram[0][1], args.repeats)
     print(f"{args.mb} MiB float32, {args.tile_kib} KiB tiles, median of {args.repeats}")
@@ -138,7 +138,7 @@ def calls_against_the_gil(row: int, calls: int = 2000) -> None:
     tiles = 2**18 // row
     cases = [("np.matmul(tile, v)", lambda t, v: np.matmul(t, v)), ("np.dot(tile, v)", lambda t, v: np.dot(t, v)),
              ("np.vecdot(tile, tile)", lambda t, v: np.vecdot(t, t)),
-             ("row_dots(tile, tile)", lambda t, v: fast_numpy_kernels.row_dots(t, t)),
+             ("row_dots(tile, tile)", lambda t, v: reductions.row_dots(t, t)),
              ("np.multiply(tile, 1.0, out=tile)", lambda t, v: np.multiply(t, 1.0, out=t))]
 
     def loop(call):
@@ -168,27 +168,26 @@ def calls_against_the_gil(row: int, calls: int = 2000) -> None:
 
 def kernels_against_target(x: np.ndarray, repeats: int) -> None:
     """numpy:fast forward on one thread and on all, each next to a copy of the same array."""
-    k = fast_numpy_kernels
     tokens = x.reshape(-1, 1024)
     cnn = x.reshape(-1, 64, 64, 64)
     gamma, beta = np.full(1024, 1.5, np.float32), np.full(1024, 0.25, np.float32)
-    cases = [("LayerNorm, (tokens, 1024)", lambda: k.layer_norm_forward(tokens, gamma, beta, (1024,), 1e-5)),
-             ("RMSNorm, (tokens, 1024)", lambda: k.rms_norm_forward(tokens, gamma, (1024,), None)),
-             ("BatchNorm2d, (N, 64, 64, 64)", lambda: k.batch_norm_forward({"x": cnn}, {"training": True}))]
+    cases = [("LayerNorm, (tokens, 1024)", lambda: row_norms.layer_norm_forward(tokens, gamma, beta, (1024,), 1e-5)),
+             ("RMSNorm, (tokens, 1024)", lambda: row_norms.rms_norm_forward(tokens, gamma, (1024,), None)),
+             ("BatchNorm2d, (N, 64, 64, 64)", lambda: batch_norm.batch_norm_forward({"x": cnn}, {"training": True}))]
     y = np.empty_like(x)
-    threads = k.THREADS
+    threads = runtime.THREADS
     print(f"numpy:fast forward, {x.nbytes // 2**20} MiB float32{'':17s} {'1 thread':>9s} {f'{threads} threads':>10s} "
           f"{'best':>6s} {'50%':>6s} {'steal':>6s}")
     try:
         for label, call in cases:
             copy_ms = median_ms(lambda: np.copyto(y, x), repeats)
-            k.THREADS = 1
+            runtime.THREADS = 1
             one = median_ms(call, repeats)
-            k.THREADS = threads
+            runtime.THREADS = threads
             many = median_ms(call, repeats)
             print(f"{label:50s} {one:9.1f} {many:10.1f} {one / threads:6.1f} {2 * copy_ms:6.1f}{steal_note()}")
     finally:
-        k.THREADS = threads
+        runtime.THREADS = threads
     print(f"ms; best = the one-thread time / {threads}, what perfect scaling would give; 50% = twice a copy of the\n"
           f"same array timed just before; steal during the {threads}-thread timing.")
 
@@ -196,8 +195,7 @@ def kernels_against_target(x: np.ndarray, repeats: int) -> None:
 def threads_against_processes(x: np.ndarray, repeats: int) -> None:
     """numpy:fast LayerNorm forward on two threads, then as two forked processes, each normalizing
     half the rows into shared memory: the difference is what the threads lose to the GIL."""
-    k = fast_numpy_kernels
-    if not hasattr(os, "fork") or k.THREADS != 2:
+    if not hasattr(os, "fork") or runtime.THREADS != 2:
         return
     rows = x.size // 1024
     shared = [np.frombuffer(mmap.mmap(-1, x.nbytes), dtype=np.float32).reshape(rows, 1024) for _ in range(2)]
@@ -205,16 +203,16 @@ def threads_against_processes(x: np.ndarray, repeats: int) -> None:
     xs[...] = x.reshape(rows, 1024)
     ys[...] = 0
     gamma, beta = np.full(1024, 1.5, np.float32), np.full(1024, 0.25, np.float32)
-    threads_ms = median_ms(lambda: k.layer_norm_forward(xs, gamma, beta, (1024,), 1e-5), repeats)
+    threads_ms = median_ms(lambda: row_norms.layer_norm_forward(xs, gamma, beta, (1024,), 1e-5), repeats)
 
     def child(half: int, ready: int, go: int, done: int) -> None:
         part = slice(half * rows // 2, (half + 1) * rows // 2)
-        k.THREADS = 1
-        k.new_output = lambda shape, dtype: ys[part]  # this process's half of the shared output
-        k.layer_norm_forward(xs[part], gamma, beta, (1024,), 1e-5)  # warm its scratch buffers
+        runtime.THREADS = 1
+        row_norms.new_output = lambda shape, dtype: ys[part]  # this process's half of the shared output
+        row_norms.layer_norm_forward(xs[part], gamma, beta, (1024,), 1e-5)  # warm its scratch buffers
         os.write(ready, b"r")
         os.read(go, 1)
-        k.layer_norm_forward(xs[part], gamma, beta, (1024,), 1e-5)
+        row_norms.layer_norm_forward(xs[part], gamma, beta, (1024,), 1e-5)
         os.write(done, b"d")
 
     samples = []

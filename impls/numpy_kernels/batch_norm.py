@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from normspec.impls.running import running_update, uses_batch_statistics
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 from normspec.impls.numpy_kernels.moments import affine_backward, apply_affine, normalize, normalize_backward
 
 
 def _geometry(x):
     return (0,) + tuple(range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
-
-
-def _uses_batch_stats(inputs, params):
-    has_running = inputs.get("running_mean") is not None and inputs.get("running_var") is not None
-    return params.get("training", True) or not has_running
 
 
 def _check(x, params, batch):
@@ -25,7 +21,7 @@ def _normalized(inputs, params):
     x = inputs["x"]
     axes, shape = _geometry(x)
     eps = params.get("eps", 1e-5)
-    batch = _uses_batch_stats(inputs, params)
+    batch = uses_batch_statistics(inputs, params)
     _check(x, params, batch)
     if batch:
         return (*normalize(x, axes, eps), batch)
@@ -37,22 +33,9 @@ def _normalized(inputs, params):
 
 
 def _running_update(inputs, params, mean, var, count):
-    rm, rv = inputs["running_mean"], inputs["running_var"]
-    momentum = params.get("momentum", 0.1)
-    tracked = params.get("num_batches_tracked", 0) + 1
-    if momentum is None:
-        factor = 1.0 / tracked
-    elif params.get("momentum_style", "new") == "decay":
-        factor = 1.0 - momentum
-    else:
-        factor = momentum
-    var = var.reshape(-1)
-    if params.get("running_var_style", "unbiased") == "unbiased":
-        var = var * (count / (count - 1))
-    acc = mean.dtype
-    new_rm = (1 - factor) * rm.astype(acc) + factor * mean.reshape(-1)
-    new_rv = (1 - factor) * rv.astype(acc) + factor * var
-    return new_rm.astype(rm.dtype), new_rv.astype(rv.dtype)
+    """The new running statistics (`normspec.impls.running`), in the buffers' dtype."""
+    return running_update(inputs["running_mean"], inputs["running_var"], mean.reshape(-1), var.reshape(-1), count,
+                          params, lambda new, like: new.astype(like.dtype))
 
 
 def forward(inputs, params):

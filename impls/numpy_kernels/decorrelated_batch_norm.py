@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from normspec.impls.numpy_kernels.moments import apply_affine
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 
 
@@ -49,18 +50,10 @@ def _state(inputs, params):
     return x, batch, xc, phi, root, vecs, mean
 
 
-def _affine(y, inputs, shape):
-    if inputs.get("weight") is not None:
-        y = y * inputs["weight"].astype(y.dtype).reshape(shape)
-    if inputs.get("bias") is not None:
-        y = y + inputs["bias"].astype(y.dtype).reshape(shape)
-    return y
-
-
 def forward(inputs, params):
     x, batch, xc, phi, _, _, mean = _state(inputs, params)
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-    out = {"y": _affine(_ungroup(np.matmul(xc, phi), x.shape), inputs, shape).astype(x.dtype)}
+    out = {"y": apply_affine(_ungroup(np.matmul(xc, phi), x.shape), inputs, shape).astype(x.dtype)}
     if params.get("training", True) and inputs.get("running_mean") is not None:
         m = params.get("momentum", 0.1)
         f = m if params.get("momentum_style", "new") == "new" else 1.0 - m
@@ -75,8 +68,11 @@ def backward(inputs, params, dy):
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     gs = params["group_size"]
-    dyw = dy if inputs.get("weight") is None else dy * inputs["weight"].astype(dy.dtype).reshape(shape)
-    g = _groups(dyw, gs, xc.dtype)
+    # gamma * dy in the accumulation dtype: rounded to float16 it errs by float16's roundoff,
+    # past the model's bound for a float32-accumulating kernel (found by the dev profile)
+    acc = xc.dtype
+    dyw = dy.astype(acc) if inputs.get("weight") is None else dy.astype(acc) * inputs["weight"].astype(acc).reshape(shape)
+    g = _groups(dyw, gs, acc)
     if batch:
         a = np.matmul(xc.transpose(0, 2, 1), g)
         a = (a + a.transpose(0, 2, 1)) * xc.dtype.type(0.5)

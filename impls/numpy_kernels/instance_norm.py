@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from normspec.impls.running import uses_batch_statistics
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 from normspec.impls.numpy_kernels.moments import affine_backward, apply_affine, normalize, normalize_backward
 
@@ -15,17 +16,12 @@ def _geometry(x):
     return tuple(range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
-def _input_stats(inputs, params):
-    running = inputs.get("running_mean") is not None and inputs.get("running_var") is not None
-    return params.get("training", True) or not running
-
-
 def _normalized(inputs, params):
     """(xhat, mean, var, inv_std, whether the instance's own statistics were used)."""
     x = inputs["x"]
     axes, shape = _geometry(x)
     eps = params.get("eps", 1e-5)
-    if _input_stats(inputs, params):
+    if uses_batch_statistics(inputs, params):
         if math.prod(x.shape[2:]) <= 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
         return (*normalize(x, axes, eps), True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from normspec.impls.numpy_kernels.moments import apply_affine
+from normspec.impls.running import uses_batch_statistics
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 from normspec.impls.numpy_kernels.batch_norm import _running_update
 
@@ -51,11 +53,6 @@ def combine(gathered):
     return n, mean, m2 / n
 
 
-def _uses_batch_stats(inputs, params):
-    has_running = inputs.get("running_mean") is not None and inputs.get("running_var") is not None
-    return params.get("training", True) or not has_running
-
-
 def _statistics(inputs, params):
     """(xhat per rank, group mean, group biased var, inv_std, count, batch?) in the accumulation dtype."""
     x = inputs["x"]
@@ -63,7 +60,7 @@ def _statistics(inputs, params):
     acc = accumulation_dtype(x.dtype)
     eps = acc.type(params.get("eps", 1e-5))
     parts = shards(x, params)
-    batch = _uses_batch_stats(inputs, params)
+    batch = uses_batch_statistics(inputs, params)
     if batch:
         count, mean, var = combine([local_statistics(p) for p in parts])
         if params.get("training", True) and count <= 1:
@@ -78,20 +75,11 @@ def _statistics(inputs, params):
     return xhats, mean, var, inv_std, count, batch
 
 
-def _affine(xhat, inputs, shape):
-    y = xhat
-    if inputs.get("weight") is not None:
-        y = y * inputs["weight"].astype(xhat.dtype).reshape(shape)
-    if inputs.get("bias") is not None:
-        y = y + inputs["bias"].astype(xhat.dtype).reshape(shape)
-    return y
-
-
 def forward(inputs, params):
     x = inputs["x"]
     _, shape = _geometry(x)
     xhats, mean, var, _, count, _ = _statistics(inputs, params)
-    out = {"y": np.concatenate([_affine(xh, inputs, shape) for xh in xhats]).astype(x.dtype)}
+    out = {"y": np.concatenate([apply_affine(xh, inputs, shape) for xh in xhats]).astype(x.dtype)}
     if params.get("training", True) and inputs.get("running_mean") is not None:
         out["running_mean"], out["running_var"] = _running_update(inputs, params, mean, var, count)
     return out

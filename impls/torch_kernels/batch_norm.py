@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from normspec.impls.running import momentum_factor
 from normspec.impls.torch_backend import torch_kernel
 
 
@@ -18,11 +19,7 @@ def forward(inputs, params):
     # F.batch_norm updates running stats in place: hand it clones, return them as the new state.
     rm = None if rm is None else rm.detach().clone()
     rv = None if rv is None else rv.detach().clone()
-    momentum = params.get("momentum", 0.1)
-    if momentum is None:  # cumulative average, as nn.BatchNorm does with num_batches_tracked
-        momentum = 1.0 / (params.get("num_batches_tracked", 0) + 1)
-    elif params.get("momentum_style", "new") == "decay":
-        momentum = 1.0 - momentum
+    momentum = momentum_factor(params)  # momentum=None: 1/num_batches_tracked, as nn.BatchNorm does
     y = F.batch_norm(
         inputs["x"], rm, rv, inputs.get("weight"), inputs.get("bias"),
         training=training or rm is None, momentum=momentum, eps=params.get("eps", 1e-5),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from normspec.impls.running import running_update
 from normspec.impls.torch_backend import torch_kernel
 
 TASK = f"{__name__}:rank_task"
@@ -114,19 +115,8 @@ class SyncBatchNormRank(torch.autograd.Function):
 
 
 def _running_update(rm, rv, mean, var, count, params):
-    momentum = params.get("momentum", 0.1)
-    tracked = params.get("num_batches_tracked", 0) + 1
-    if momentum is None:
-        factor = 1.0 / tracked
-    elif params.get("momentum_style", "new") == "decay":
-        factor = 1.0 - momentum
-    else:
-        factor = momentum
-    if params.get("running_var_style", "unbiased") == "unbiased":
-        var = var * (count / (count - 1))
-    new_rm = (1 - factor) * rm.to(mean.dtype) + factor * mean
-    new_rv = (1 - factor) * rv.to(var.dtype) + factor * var
-    return new_rm.to(rm.dtype), new_rv.to(rv.dtype)
+    """The new running statistics (`normspec.impls.running`), in the buffers' dtype."""
+    return running_update(rm, rv, mean, var, count, params, lambda new, like: new.to(like.dtype))
 
 
 def rank_forward(x, weight, bias, running_mean, running_var, params):

@@ -40,6 +40,20 @@ class Case:
     def get(self, role: str) -> np.ndarray | None:
         return self.arrays.get(role)
 
+    def array_or(self, role: str, shape: tuple[int, ...], fill: float) -> np.ndarray:
+        """The array of `role` reshaped to `shape`, or `fill` everywhere where the case has none
+        (an absent weight acts as ones, an absent bias as zeros: PyTorch's affine=False)."""
+        a = self.arrays.get(role)
+        return np.full(shape, float(fill)) if a is None else a.reshape(shape)
+
+    def kwargs(self, *names: str) -> dict[str, Any]:
+        """The parameters among `names` that this case sets (to pass on to a spec function)."""
+        return {k: self.params[k] for k in names if k in self.params}
+
+    def present(self, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The gradients of x and of the roles this case has (a spec backward may return more)."""
+        return {role: g for role, g in grads.items() if role == "x" or self.arrays.get(role) is not None}
+
     def with_arrays(self, **arrays) -> "Case":
         merged = dict(self.arrays)
         for role, a in arrays.items():

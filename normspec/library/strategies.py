@@ -20,6 +20,8 @@ seeds = st.integers(0, 2**32 - 1)
 centre_ratios = st.one_of(st.just(0.0), st.floats(-3.0, 3.0), st.sampled_from([-100.0, 50.0, 1e3]))
 spreads = st.floats(-2.0, 2.0).map(lambda e: float(10.0**e))  # std of each group: 1e-2 .. 1e2
 eps_values = st.sampled_from([1e-5, 1e-3, 1e-1, 1e-8, 0.5])
+# Running-statistics momentum: PyTorch's default, None (cumulative average), any, and 1 (keep the last batch's)
+momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
 
 
 def standard_values(rng: np.random.Generator, shape: tuple[int, ...], distribution: str) -> np.ndarray:
@@ -184,3 +186,47 @@ def near_square(length: int, dims: int) -> tuple[int, ...]:
         sides.append(side)
         rest //= side
     return tuple(sides) + (rest,)
+
+# ---------------------------------------------------------------- pieces of the records' case strategies
+# Plain functions of `draw` (not composites), so that a record calling them draws exactly the
+# values, labels and order it would draw inline.
+
+def flag(draw, value: bool | None, label: str) -> bool:
+    """`value` where the caller pinned it (a record override), else a drawn boolean."""
+    return draw(st.booleans(), label=label) if value is None else value
+
+
+def mode(draw, training: bool | None, track_running_stats: bool | None) -> tuple[bool, bool]:
+    """(training, track_running_stats) of a call with running statistics, each drawn unless pinned."""
+    return flag(draw, training, "training"), flag(draw, track_running_stats, "track_running_stats")
+
+
+def affine_arrays(draw, shape: tuple[int, ...], affine: bool | None, label: str = "affine") -> dict[str, np.ndarray]:
+    """{"weight", "bias"} of `shape` (random, not their initial values), or {} without affine."""
+    if not flag(draw, affine, label):
+        return {}
+    return {"weight": draw(affine_vector(shape, kind="weight")), "bias": draw(affine_vector(shape, kind="bias"))}
+
+
+def channel_shape(draw, spatial_dims: int | None, *, dims: tuple[int, int] = (0, 3), channels: int = 5,
+                  side: int = 5, side_3d: int = 3, batch: int = 6) -> tuple[int, int, tuple[int, ...]]:
+    """(N, C, S) of an (N, C, *S) input: the number of spatial dims (unless pinned), C, each side
+    (at most `side_3d` with three spatial dims, to bound the size) and N, drawn in that order."""
+    nsp = draw(st.integers(*dims), label="spatial_dims") if spatial_dims is None else spatial_dims
+    c = draw(st.integers(1, channels), label="C")
+    sides = tuple(draw(st.integers(1, side if nsp < 3 else side_3d), label="side") for _ in range(nsp))
+    n = draw(st.integers(1, batch), label="N")
+    return n, c, sides
+
+
+def batch_norm_running_state(draw, x: np.ndarray, arrays: dict, params: dict, conventions: bool) -> None:
+    """BatchNorm's running state, added to `arrays` and `params`: random running statistics near
+    the batch's own, a momentum, num_batches_tracked, and (with `conventions`) the momentum and
+    running-variance conventions, PyTorch's twice as often as the others."""
+    arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
+    params["momentum"] = draw(momenta, label="momentum")
+    params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
+    if conventions:
+        params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
+        params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]),
+                                           label="running_var_style")

@@ -16,10 +16,12 @@ unbiased, wrong axes) miss it by orders of magnitude, which is what the harness'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from normspec.library.conditioning import Conditioning
+from normspec.library.case import Case
+from normspec.library.conditioning import Conditioning, DivisiveCondition, MvnCondition, ResponseCondition
 
 SAFETY = 16.0
 
@@ -63,6 +65,25 @@ class Bounds:
         return name in self.values
 
 
+# The one signature of a record's bound function (`NormRecord.error_model`):
+# bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds, where `reference` holds the
+# float64 spec's outputs on the dtype-rounded case and `ref_grads` its gradients for upstream `dy`.
+# The model cores below take a condition object (what the model needs about the case) in the
+# place of the case, with the same tail.
+BoundFn = Callable[[Case, str, Mapping[str, np.ndarray], Optional[np.ndarray], Optional[Mapping[str, np.ndarray]]],
+                   Bounds]
+
+
+def moment_model(conditioning: Callable[[Case], Conditioning]) -> BoundFn:
+    """The bound function of a mean/variance normalizer described by `conditioning(case)`."""
+
+    def bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
+        return moment_bounds(conditioning(case), dtype, reference, dy, ref_grads)
+
+    bounds.__doc__ = f"The moment model on {getattr(conditioning, '__qualname__', 'a conditioning')}(case)."
+    return bounds
+
+
 def _mean_over(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return a.mean(axis=axes, keepdims=True) if axes else a
 
@@ -72,8 +93,12 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
     """Bounds for a normalizer y = gamma (x - mean)/std + beta and its gradients.
 
     err(xhat_i) <= u g(m) (1 + |xhat_i| + |mean|/std): the mean is off by u g(m) (|mean| + std),
-    the std by a relative u g(m), and the centered value by u |x_i|.
+    the std by a relative u g(m), and the centered value by u |x_i|. Where `c.view_shape` is set
+    (GroupNorm's (N, G, C/G, *S)), the model is evaluated in that view and the bounds come back in
+    the input's shape, parameter-gradient bounds one per parameter.
     """
+    if c.view_shape is not None:
+        return _in_view(c, dtype, reference, dy, ref_grads)
     u, v = compute_roundoff(dtype), storage_roundoff(dtype)
     tiny = TINY[dtype]
     offset = np.abs(c.mean) / c.std
@@ -119,8 +144,8 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
 # ---------------------------------------------------------------- response normalizations
 # (LRN, MatConvNet cross-channel and spatial normalization: y = x * d^-beta, d = offset + scale * W(x^2))
 
-def response_bounds(dtype: str, reference: dict[str, np.ndarray], window: int, beta: float,
-                    grad_magnitude: np.ndarray | None = None, ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
+def response_bounds(c: ResponseCondition, dtype: str, reference: dict[str, np.ndarray], dy: np.ndarray | None = None,
+                    ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
     """Bounds for y = x d^-beta with d = offset + scale * (window sum of squares), offset, scale > 0.
 
     The sum of `window` positive squares has relative error u growth(window), d adds one rounding
@@ -129,19 +154,18 @@ def response_bounds(dtype: str, reference: dict[str, np.ndarray], window: int, b
     such terms once more: its error is relative to `grad_magnitude` (the sum of the absolute
     terms of the backward formula), with one more growth(window) factor.
     """
+    window, beta, grad_magnitude = c.window_terms, c.beta, c.grad_magnitude
     u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
     rel = 3.0 + abs(beta) * (2.0 + growth(window))
     y = np.abs(reference["y"])
     out = {"y": SAFETY * (u * rel + v) * y + tiny}
-    if grad_magnitude is not None:
+    if dy is not None and grad_magnitude is not None:
         ref_dx = np.abs((ref_grads or {}).get("x", 0.0))
         out["x"] = SAFETY * (u * (rel + 1.0) * growth(window) * grad_magnitude + v * ref_dx) + tiny
     return Bounds(out)
 
 
-def divisive_bounds(dtype: str, reference: dict[str, np.ndarray], *, xhat: np.ndarray, offset: np.ndarray,
-                    gamma: np.ndarray, beta: np.ndarray, count: int, param_axes: tuple[int, ...],
-                    dy: np.ndarray | None = None, grad_magnitude: np.ndarray | None = None,
+def divisive_bounds(c: DivisiveCondition, dtype: str, reference: dict[str, np.ndarray], dy: np.ndarray | None = None,
                     ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
     """Bounds for divisive normalization y = gamma v/r + beta, v = z - mean_A z, r = sqrt(eps + mean_B v^2).
 
@@ -150,6 +174,8 @@ def divisive_bounds(dtype: str, reference: dict[str, np.ndarray], *, xhat: np.nd
     The input gradient's error is relative to `grad_magnitude` (the absolute terms of the backward
     formula), amplified by the worst conditioning of the sample.
     """
+    xhat, offset, gamma, beta, count = c.xhat, c.offset, c.gamma, c.beta, c.count
+    param_axes, grad_magnitude = c.param_axes, c.grad_magnitude
     u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
     g = growth(count)
     cond = 1.0 + np.abs(xhat) + offset
@@ -345,9 +371,7 @@ def _batch_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def _affine_arrays(case, shape):
-    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight").reshape(shape)
-    beta = np.zeros(shape) if case.get("bias") is None else case.get("bias").reshape(shape)
-    return gamma, beta
+    return case.array_or("weight", shape, 1.0), case.array_or("bias", shape, 0.0)
 
 
 def batch_renorm_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
@@ -535,40 +559,28 @@ def zca_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
 # ---------------------------------------------------------------- the moment-normalizer family
 # (GroupNorm, RMSNorm, MVN): the same terms, in the geometry each of them needs.
 
-def reshaped_moment_bounds(c: Conditioning, view_shape: tuple[int, ...], dtype: str, reference: dict[str, np.ndarray],
-                           dy: np.ndarray | None = None, ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
-    """The moment model evaluated in a view of the input where the reduction sets are axis-aligned
-    (GroupNorm's (N, G, C/G, *S)); `c` is the conditioning in that view. Bounds come back in the
-    input's shape, and parameter-gradient bounds flattened to one value per parameter."""
+def _in_view(c: Conditioning, dtype: str, reference: dict[str, np.ndarray], dy: np.ndarray | None,
+             ref_grads: dict[str, np.ndarray] | None) -> Bounds:
+    """`moment_bounds` in the view `c.view_shape` where the reduction sets are axis-aligned."""
+    view_shape = c.view_shape
+    flat = Conditioning(**{**c.__dict__, "view_shape": None})
     shape = reference["y"].shape
     ref = {k: np.reshape(v, view_shape) if k == "y" else v for k, v in reference.items()}
     grads = {k: (np.reshape(v, view_shape) if k == "x" else np.reshape(v, np.shape(c.gamma.sum(axis=c.param_axes))))
              for k, v in (ref_grads or {}).items()}
-    b = moment_bounds(c, dtype, ref, None if dy is None else np.reshape(dy, view_shape), grads)
+    b = moment_bounds(flat, dtype, ref, None if dy is None else np.reshape(dy, view_shape), grads)
     return Bounds({k: (np.broadcast_to(v, view_shape).reshape(shape) if k in ("y", "x") else np.reshape(v, -1))
                    for k, v in b.values.items()})
 
 
-def rms_bounds(xhat: np.ndarray, rms: np.ndarray, count: int, gamma: np.ndarray, stats_axes: tuple[int, ...],
-               param_axes: tuple[int, ...], dtype: str, reference: dict[str, np.ndarray],
-               dy: np.ndarray | None = None, ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
-    """RMSNorm y = gamma x/r, r = sqrt(mean x^2 + eps): the moment model with no centering
-    (mean 0, so no |mean|/s term), xhat = x/r and r in the place of s. The mean of squares sums
-    positive terms, so its relative error is u g(m) whatever the input."""
-    c = Conditioning(xhat, np.zeros_like(rms), rms, count, gamma, np.zeros(()), stats_axes, param_axes, True)
-    b = moment_bounds(c, dtype, reference, dy, ref_grads).values
-    b.pop("bias", None)
-    return Bounds(b)
-
-
-def mvn_bounds(centred: np.ndarray, mean: np.ndarray, sigma: np.ndarray, eps: float | None, count: int,
-               stats_axes: tuple[int, ...], dtype: str, reference: dict[str, np.ndarray],
-               dy: np.ndarray | None = None, ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
+def mvn_bounds(c: MvnCondition, dtype: str, reference: dict[str, np.ndarray], dy: np.ndarray | None = None,
+               ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
     """MVN y = (x - mu)/d with d = sigma + eps (eps outside the square root), or y = x - mu
     without variance normalization (eps None). The mean errs by u g(m) (|mu| + sigma) and sigma by
     a relative u g(m); so the centred value errs by u g(m) (|x - mu| + |mu| + sigma), and in units
     of d, cond = 1 + |y| + (|mu| + sigma)/d. The gradient dx = (dy - mean dy)/d - y mean(dy y)/sigma
     carries 1/sigma, not 1/d, in its last term; it is undefined where sigma = 0."""
+    centred, mean, sigma, eps, count, stats_axes = c.centred, c.mean, c.sigma, c.eps, c.count, c.stats_axes
     u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
     g = growth(count)
     grads = ref_grads or {}

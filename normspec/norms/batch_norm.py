@@ -10,10 +10,9 @@ from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register
 from normspec.spec import batch_norm, batch_norm_backward, moments
-from normspec.library.strategies import (Reach, affine_vector, channel_running_stats, eps_values, grouped_values,
-                                         near_square, reach_values, seeds)
+from normspec.library.strategies import (Reach, affine_arrays, batch_norm_running_state, channel_shape, eps_values,
+                                         grouped_values, mode, near_square, reach_values, seeds)
 
-momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
 
 
 @st.composite
@@ -25,17 +24,14 @@ def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=No
     use batch statistics have at least `min_per_channel` values per channel. With `reach`,
     `reach.sets` channels of N * prod(S) = `reach.length` values (spatial sides near square).
     """
-    nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
     if reach is not None:
+        nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
         c, length = reach.sets, reach.length
         n = 2 if length % 2 == 0 and length > 2 and nsp else (1 if nsp else length)
         sides = near_square(length // n, nsp) if nsp else ()
     else:
-        c = draw(st.integers(1, 5), label="C")
-        sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
-        n = draw(st.integers(1, 6), label="N")
-    training = draw(st.booleans(), label="training") if training is None else training
-    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+        n, c, sides = channel_shape(draw, spatial_dims)
+    training, running = mode(draw, training, track_running_stats)
     if (training or not running) and n * math.prod(sides) < min_per_channel:
         n = -(-min_per_channel // math.prod(sides))
     shape = (n, c) + sides
@@ -43,26 +39,17 @@ def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=No
         x = reach_values(np.random.default_rng(draw(seeds, label="seed")), shape, (1,), reach)
     else:
         x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
-    affine = draw(st.booleans(), label="affine") if affine is None else affine
-    arrays = {"x": x}
-    if affine:
-        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
-        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     eps = reach.eps if reach is not None and reach.eps is not None else draw(eps_values, label="eps")
     params = {"training": training, "eps": eps}
     if running:
-        arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
-        params["momentum"] = draw(momenta, label="momentum")
-        params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
-        if conventions:
-            params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
-            params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]), label="running_var_style")
+        batch_norm_running_state(draw, x, arrays, params, conventions)
     return Case("batch_norm", arrays, params)
 
 
 def _spec_kwargs(case: Case) -> dict:
     keys = ("training", "momentum", "eps", "momentum_style", "running_var_style", "num_batches_tracked")
-    return {k: case.params[k] for k in keys if k in case.params}
+    return case.kwargs(*keys)
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -77,7 +64,7 @@ def reference(case: Case) -> dict[str, np.ndarray]:
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     grads = batch_norm_backward(dy, case.x, case.get("weight"), case.get("running_mean"), case.get("running_var"),
                                 training=case.params.get("training", True), eps=case.params.get("eps", 1e-5))
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+    return case.present(grads)
 
 
 def conditioning(case: Case) -> Conditioning:
@@ -86,8 +73,8 @@ def conditioning(case: Case) -> Conditioning:
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     eps = case.params.get("eps", 1e-5)
     has_running = case.get("running_mean") is not None
-    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight").reshape(shape)
-    beta = np.zeros(shape) if case.get("bias") is None else case.get("bias").reshape(shape)
+    gamma = case.array_or("weight", shape, 1.0)
+    beta = case.array_or("bias", shape, 0.0)
     count = x.size // x.shape[1]
     if case.params.get("training", True) or not has_running:
         m = moments(x, axes, eps)
@@ -114,6 +101,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=batch_norm_cases,
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'min_per_channel', 'spatial_dims', 'track_running_stats', 'training', 'reach'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
                       "shift_invariant", "channel_axis_1", "accepts_empty"}),

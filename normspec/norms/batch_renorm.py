@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from normspec.library.case import Case
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.batch_renorm import batch_renorm, batch_renorm_backward
-from normspec.library.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.library.strategies import affine_arrays, channel_shape, eps_values, flag, grouped_values, seeds
 from normspec.library.tolerance import batch_renorm_bounds
 
 RENORM = register_trait("renorm", "Batch Renorm: r, d corrections against moving mean/std, rmax = 1, dmax = 0 is BatchNorm")
@@ -26,19 +26,13 @@ def batch_renorm_cases(draw, *, training=None, track_running_stats=None, affine=
                        conventions=True, allow_constant=True, rmax=None, dmax=None):
     """Batch Renorm calls: (N, C, *S), train or eval, moving statistics always present (r and d
     need them), drawn so that r and d are clipped in some channels and not in others."""
-    nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
-    c = draw(st.integers(1, 5), label="C")
-    sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
-    n = draw(st.integers(1, 6), label="N")
-    training = draw(st.booleans(), label="training") if training is None else training
+    n, c, sides = channel_shape(draw, spatial_dims)
+    training = flag(draw, training, "training")
     if training and n * math.prod(sides) < 2:
         n = -(-2 // math.prod(sides))
     shape = (n, c) + sides
     x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
-    arrays = {"x": x}
-    if draw(st.booleans(), label="affine") if affine is None else affine:
-        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
-        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     rng = np.random.default_rng(draw(seeds, label="running_seed"))
     axes = (0,) + tuple(range(2, x.ndim))
     spread = x.std(axis=axes) + 1e-3
@@ -61,7 +55,7 @@ _KEYS = ("training", "rmax", "dmax", "momentum", "eps", "momentum_style")
 
 def reference(case: Case) -> dict[str, np.ndarray]:
     r = batch_renorm(case.x, case.get("weight"), case.get("bias"), case.get("running_mean"), case.get("running_std"),
-                     **{k: case.params[k] for k in _KEYS if k in case.params})
+                     **case.kwargs(*_KEYS))
     out = {"y": r.y}
     if case.params.get("training", True):
         out["running_mean"], out["running_std"] = r.running_mean, r.running_std
@@ -71,8 +65,8 @@ def reference(case: Case) -> dict[str, np.ndarray]:
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     keys = ("training", "rmax", "dmax", "eps")
     grads = batch_renorm_backward(dy, case.x, case.get("weight"), case.get("running_mean"), case.get("running_std"),
-                                  **{k: case.params[k] for k in keys if k in case.params})
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+                                  **case.kwargs(*keys))
+    return case.present(grads)
 
 
 def bench_case(shape, rng) -> Case | None:
@@ -90,6 +84,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=batch_renorm_cases,
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'dmax', 'rmax', 'spatial_dims', 'track_running_stats', 'training'}),
     error_model=batch_renorm_bounds,
     traits=frozenset({"batch_dependent", "channel_axis_1", RENORM, POPULATION, EXACT_SCALE}),
     outputs=("y", "running_mean", "running_std"),

@@ -33,7 +33,7 @@ def centered_weight_norm_cases(draw, *, dim="draw", eps=None, learned_gain=None)
 
 
 def _kwargs(case):
-    return {k: case.params[k] for k in ("dim", "eps", "scale") if k in case.params}
+    return case.kwargs(*("dim", "eps", "scale"))
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -58,6 +58,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=centered_weight_norm_cases,
+    overrides=frozenset({'dim', 'eps', 'learned_gain'}),
     error_model=tolerance.centered_weight_norm_bounds,
     traits=frozenset({WEIGHT_REPARAMETRIZATION}),
     differentiable=("x", "weight"),

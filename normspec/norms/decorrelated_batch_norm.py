@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from normspec.library.case import Case
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.decorrelated_batch_norm import decorrelated_batch_norm, decorrelated_batch_norm_backward
-from normspec.library.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.library.strategies import affine_arrays, eps_values, grouped_values, mode, seeds
 from normspec.library.tolerance import zca_bounds
 from normspec.norms.batch_renorm import POPULATION
 
@@ -32,8 +32,7 @@ def decorrelated_cases(draw, *, training=None, track_running_stats=None, affine=
     c = gs * groups
     sides = tuple(draw(st.integers(1, 4), label="side") for _ in range(nsp))
     n = draw(st.integers(1, 8), label="N")
-    training = draw(st.booleans(), label="training") if training is None else training
-    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+    training, running = mode(draw, training, track_running_stats)
     if (training or not running) and n * math.prod(sides) < 2:
         n = -(-2 // math.prod(sides))
     shape = (n, c) + sides
@@ -45,10 +44,7 @@ def decorrelated_cases(draw, *, training=None, track_running_stats=None, affine=
             block = slice(g * gs, (g + 1) * gs)
             mix[block, block] = np.eye(gs) + rng.normal(0.0, 0.7, (gs, gs))
         x = np.moveaxis(np.moveaxis(x, 1, -1) @ mix, -1, 1)
-    arrays = {"x": x}
-    if draw(st.booleans(), label="affine") if affine is None else affine:
-        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
-        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     params = {"group_size": gs, "training": training, "eps": draw(eps_values, label="eps")}
     if running:
         axes = (0,) + tuple(range(2, x.ndim))
@@ -66,7 +62,7 @@ _KEYS = ("group_size", "training", "momentum", "eps", "momentum_style")
 
 def reference(case: Case) -> dict[str, np.ndarray]:
     r = decorrelated_batch_norm(case.x, case.get("weight"), case.get("bias"), case.get("running_mean"),
-                                case.get("running_whitening"), **{k: case.params[k] for k in _KEYS if k in case.params})
+                                case.get("running_whitening"), **case.kwargs(*_KEYS))
     out = {"y": r.y}
     if case.params.get("training", True) and r.running_mean is not None:
         out["running_mean"], out["running_whitening"] = r.running_mean, r.running_whitening
@@ -77,8 +73,8 @@ def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     keys = ("group_size", "training", "eps")
     grads = decorrelated_batch_norm_backward(dy, case.x, case.get("weight"), case.get("running_mean"),
                                              case.get("running_whitening"),
-                                             **{k: case.params[k] for k in keys if k in case.params})
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+                                             **case.kwargs(*keys))
+    return case.present(grads)
 
 
 def bench_case(shape, rng) -> Case | None:
@@ -97,6 +93,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=decorrelated_cases,
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'group_size', 'spatial_dims', 'track_running_stats', 'training'}),
     error_model=zca_bounds,
     traits=frozenset({"batch_dependent", "channel_axis_1", WHITENING, POPULATION}),
     outputs=("y", "running_mean", "running_whitening"),

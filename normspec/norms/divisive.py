@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library import tolerance
-from normspec.library.strategies import affine_vector, eps_values, grouped_values
+from normspec.library.conditioning import DivisiveCondition
+from normspec.library.strategies import affine_arrays, eps_values, grouped_values
 from normspec.registry import NormRecord, register
 from normspec.spec.divisive import BORDERS, divisive_norm, divisive_norm_backward, divisive_parts
 
@@ -29,10 +30,7 @@ def divisive_cases(draw, *, batch_field=None, border=None, affine=None, spatial_
     x = draw(grouped_values(shape, (0, 1), allow_constant=allow_constant), label="x")
     summation = draw(field(len(shape), batch=batch_field, label="summation"))
     suppression = draw(field(len(shape), batch=batch_field, label="suppression"))
-    arrays = {"x": x}
-    if (draw(st.booleans(), label="affine") if affine is None else affine):
-        arrays["weight"] = draw(affine_vector((shape[1],), kind="weight"))
-        arrays["bias"] = draw(affine_vector((shape[1],), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (shape[1],), affine)}
     params = {"summation": summation, "suppression": suppression,
               "eps": draw(st.one_of(st.just(1.0), eps_values), label="eps"),
               "border": draw(st.sampled_from(BORDERS), label="border") if border is None else border}
@@ -51,7 +49,7 @@ def reference(case: Case) -> dict[str, np.ndarray]:
 
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     grads = divisive_norm_backward(dy, case.x, case.get("weight"), **_kwargs(case))
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+    return case.present(grads)
 
 
 def _channel(case: Case, role: str, default: float) -> np.ndarray:
@@ -74,9 +72,8 @@ def error_model(case: Case, dtype: str, ref, dy=None, ref_grads=None):
         dv = g / p.r + np.abs(p.v) * p.suppression.mean_transpose(g * np.abs(p.v) / p.r**3)
         magnitude = dv + p.summation.mean_transpose(dv)
     axes = (0,) + tuple(range(2, case.x.ndim))
-    return tolerance.divisive_bounds(dtype, ref, xhat=p.v / p.r, offset=offset, gamma=gamma, beta=beta,
-                                     count=max(counts), param_axes=axes, dy=dy, grad_magnitude=magnitude,
-                                     ref_grads=ref_grads)
+    condition = DivisiveCondition(p.v / p.r, offset, gamma, beta, max(counts), axes, magnitude)
+    return tolerance.divisive_bounds(condition, dtype, ref, dy, ref_grads)
 
 
 def bench_case(shape, rng) -> Case | None:
@@ -99,6 +96,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=divisive_cases,
+    overrides=frozenset({'affine', 'allow_constant', 'batch_field', 'border', 'spatial_dims'}),
     error_model=error_model,
     traits=frozenset({"scale_invariant", "channel_axis_1"}),
     bench_case=bench_case,

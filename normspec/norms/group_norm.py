@@ -11,8 +11,8 @@ from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register
 from normspec.spec.group_norm import group_axes, group_norm, group_norm_backward
 from normspec.spec.moments import moments
-from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, near_square, reach_values, seeds
-from normspec.library.tolerance import reshaped_moment_bounds
+from normspec.library.strategies import (Reach, affine_arrays, eps_values, grouped_values,
+                                         near_square, reach_values, seeds)
 
 
 @st.composite
@@ -38,10 +38,7 @@ def group_norm_cases(draw, *, num_groups=None, affine=None, spatial_dims=None, a
         i, j = int(rng.integers(0, n)), int(rng.integers(0, g))
         view[i, j] = view[i, j, 0]
         x = view.reshape(shape)
-    arrays = {"x": x}
-    if draw(st.booleans(), label="affine") if affine is None else affine:
-        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
-        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     return Case("group_norm", arrays, {"num_groups": g, "eps": draw(eps_values, label="eps")})
 
 
@@ -56,10 +53,7 @@ def _reach_case(draw, nsp: int, num_groups, affine, reach: Reach):
     sides = near_square(length // cpg, nsp) if nsp else ()
     shape = (n, g * cpg) + sides
     x = reach_values(np.random.default_rng(draw(seeds, label="seed")), (n, g, cpg) + sides, (0, 1), reach).reshape(shape)
-    arrays = {"x": x}
-    if draw(st.booleans(), label="affine") if affine is None else affine:
-        arrays["weight"] = draw(affine_vector((shape[1],), kind="weight"))
-        arrays["bias"] = draw(affine_vector((shape[1],), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (shape[1],), affine)}
     eps = reach.eps if reach.eps is not None else draw(eps_values, label="eps")
     return Case("group_norm", arrays, {"num_groups": g, "eps": eps})
 
@@ -72,7 +66,7 @@ def reference(case: Case) -> dict[str, np.ndarray]:
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     grads = group_norm_backward(dy, case.x, case.params["num_groups"], case.get("weight"),
                                 eps=case.params.get("eps", 1e-5))
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+    return case.present(grads)
 
 
 def grouped_view(case: Case) -> tuple[int, ...]:
@@ -87,13 +81,9 @@ def grouped_conditioning(case: Case) -> Conditioning:
     stats_axes, param_axes = group_axes(case.x.ndim)
     m = moments(case.x.reshape(view), stats_axes, case.params.get("eps", 1e-5))
     cshape = (1,) + view[1:3] + (1,) * (len(view) - 3)
-    gamma = np.ones(cshape) if case.get("weight") is None else case.get("weight").reshape(cshape)
-    beta = np.zeros(cshape) if case.get("bias") is None else case.get("bias").reshape(cshape)
-    return Conditioning(m.xhat, m.mean, m.std, m.count, gamma, beta, stats_axes, param_axes, True)
-
-
-def error_model(case, dtype, ref, dy, ref_grads):
-    return reshaped_moment_bounds(grouped_conditioning(case), grouped_view(case), dtype, ref, dy, ref_grads)
+    gamma = case.array_or("weight", cshape, 1.0)
+    beta = case.array_or("bias", cshape, 0.0)
+    return Conditioning(m.xhat, m.mean, m.std, m.count, gamma, beta, stats_axes, param_axes, True, view_shape=view)
 
 
 def bench_case(shape, rng) -> Case | None:
@@ -112,10 +102,10 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=group_norm_cases,
-    error_model=error_model,
+    overrides=frozenset({'affine', 'allow_constant', 'num_groups', 'spatial_dims', 'reach'}),
+    conditioning=grouped_conditioning,
     traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant",
                       "channel_axis_1", "accepts_empty"}),
-    moment_view=lambda case: (grouped_view(case), grouped_conditioning(case)),
     torch_modules=("torch.nn.GroupNorm",),
     torch_functional="torch.nn.functional.group_norm",
     bench_case=bench_case,

@@ -11,13 +11,12 @@ from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.instance_norm import instance_norm, instance_norm_backward, uses_input_stats
 from normspec.spec.moments import moments
-from normspec.library.strategies import (Reach, affine_vector, channel_running_stats, eps_values, grouped_values,
-                                         near_square, reach_values, seeds)
+from normspec.library.strategies import (Reach, affine_arrays, channel_running_stats, eps_values, grouped_values,
+                                         mode, momenta, near_square, reach_values, seeds)
 
 register_trait("per_instance_running_stats",
                "running statistics are fed the batch-mean of per-instance statistics; eval uses them per channel")
 
-momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
 
 
 @st.composite
@@ -34,8 +33,7 @@ def instance_norm_cases(draw, *, training=None, track_running_stats=None, affine
         c = draw(st.integers(1, 5), label="C")
         sides = [draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp)]
         n = draw(st.integers(1, 4), label="N")
-    training = draw(st.booleans(), label="training") if training is None else training
-    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+    training, running = mode(draw, training, track_running_stats)
     if (training or not running) and math.prod(sides) < 2:
         sides[-1] = 2
     shape = (n, c) + tuple(sides)
@@ -43,10 +41,7 @@ def instance_norm_cases(draw, *, training=None, track_running_stats=None, affine
         x = reach_values(np.random.default_rng(draw(seeds, label="seed")), shape, (0, 1), reach)
     else:
         x = draw(grouped_values(shape, (0, 1), allow_constant=allow_constant), label="x")
-    arrays = {"x": x}
-    if draw(st.booleans(), label="affine") if affine is None else affine:
-        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
-        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     eps = reach.eps if reach is not None and reach.eps is not None else draw(eps_values, label="eps")
     params = {"training": training, "eps": eps}
     if running:
@@ -56,7 +51,7 @@ def instance_norm_cases(draw, *, training=None, track_running_stats=None, affine
 
 
 def _spec_kwargs(case: Case) -> dict:
-    return {k: case.params[k] for k in ("training", "momentum", "eps") if k in case.params}
+    return case.kwargs(*("training", "momentum", "eps"))
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -71,7 +66,7 @@ def reference(case: Case) -> dict[str, np.ndarray]:
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     grads = instance_norm_backward(dy, case.x, case.get("weight"), case.get("running_mean"), case.get("running_var"),
                                    training=case.params.get("training", True), eps=case.params.get("eps", 1e-5))
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+    return case.present(grads)
 
 
 def conditioning(case: Case) -> Conditioning:
@@ -80,8 +75,8 @@ def conditioning(case: Case) -> Conditioning:
     param_axes = (0,) + axes
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     eps = case.params.get("eps", 1e-5)
-    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight").reshape(shape)
-    beta = np.zeros(shape) if case.get("bias") is None else case.get("bias").reshape(shape)
+    gamma = case.array_or("weight", shape, 1.0)
+    beta = case.array_or("bias", shape, 0.0)
     if uses_input_stats(case.get("running_mean"), case.get("running_var"), case.params.get("training", True)):
         m = moments(x, axes, eps)
         return Conditioning(m.xhat, m.mean, m.std, m.count, gamma, beta, axes, param_axes, True,
@@ -107,6 +102,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=instance_norm_cases,
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'spatial_dims', 'track_running_stats', 'training', 'reach'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "per_instance_running_stats", "batch_independent",
                       "scale_invariant", "shift_invariant", "channel_axis_1", "accepts_empty"}),

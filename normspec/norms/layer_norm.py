@@ -42,7 +42,7 @@ def reference(case: Case) -> dict[str, np.ndarray]:
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     grads = layer_norm_backward(dy, case.x, case.params["normalized_shape"], case.get("weight"),
                                 eps=case.params.get("eps", 1e-5))
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+    return case.present(grads)
 
 
 def conditioning(case: Case) -> Conditioning:
@@ -50,8 +50,8 @@ def conditioning(case: Case) -> Conditioning:
     k = len(case.params["normalized_shape"])
     axes = tuple(range(x.ndim - k, x.ndim))
     m = moments(x, axes, case.params.get("eps", 1e-5))
-    gamma = np.ones(x.shape[x.ndim - k:]) if case.get("weight") is None else case.get("weight")
-    beta = np.zeros(x.shape[x.ndim - k:]) if case.get("bias") is None else case.get("bias")
+    gamma = case.array_or("weight", x.shape[x.ndim - k:], 1.0)
+    beta = case.array_or("bias", x.shape[x.ndim - k:], 0.0)
     return Conditioning(m.xhat, m.mean, m.std, m.count, gamma, beta, axes, tuple(range(x.ndim - k)), True)
 
 
@@ -70,6 +70,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=layer_norm_cases,
+    overrides=frozenset({'allow_constant', 'bias', 'elementwise_affine', 'min_batch', 'reach'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant", "accepts_empty"}),
     torch_modules=("torch.nn.LayerNorm",),

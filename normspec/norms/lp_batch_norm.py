@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.lp_batch_norm import lp_batch_norm, lp_batch_norm_backward, lp_scale
-from normspec.library.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.spec.lp_batch_norm import lp_batch_norm, lp_batch_norm_backward
+from normspec.library.strategies import affine_arrays, channel_shape, eps_values, grouped_values, mode, seeds
 from normspec.library.tolerance import lp_batch_norm_bounds
 from normspec.norms.batch_renorm import EXACT_SCALE, POPULATION
 
@@ -22,20 +22,13 @@ def lp_batch_norm_cases(draw, *, training=None, track_running_stats=None, affine
                         conventions=True, allow_constant=True, p=None, eps_placement=None, constant=None):
     """Lp batch norm calls: p in {1, 1.5, 2, 3, 4, inf (top-k)}, eps outside or inside, with or
     without running statistics."""
-    nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
-    c = draw(st.integers(1, 5), label="C")
-    sides = tuple(draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp))
-    n = draw(st.integers(1, 6), label="N")
-    training = draw(st.booleans(), label="training") if training is None else training
-    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+    n, c, sides = channel_shape(draw, spatial_dims)
+    training, running = mode(draw, training, track_running_stats)
     if (training or not running) and n * math.prod(sides) < 2:
         n = -(-2 // math.prod(sides))
     shape = (n, c) + sides
     x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
-    arrays = {"x": x}
-    if draw(st.booleans(), label="affine") if affine is None else affine:
-        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
-        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     p = draw(st.sampled_from(P_VALUES), label="p") if p is None else p
     params = {"p": p, "training": training, "eps": draw(eps_values, label="eps")}
     if math.isinf(p):
@@ -61,7 +54,7 @@ _KEYS = ("p", "k", "constant", "training", "momentum", "eps", "eps_placement", "
 
 def reference(case: Case) -> dict[str, np.ndarray]:
     r = lp_batch_norm(case.x, case.get("weight"), case.get("bias"), case.get("running_mean"),
-                      case.get("running_scale"), **{k: case.params[k] for k in _KEYS if k in case.params})
+                      case.get("running_scale"), **case.kwargs(*_KEYS))
     out = {"y": r.y}
     if case.params.get("training", True) and r.running_mean is not None:
         out["running_mean"], out["running_scale"] = r.running_mean, r.running_scale
@@ -71,8 +64,8 @@ def reference(case: Case) -> dict[str, np.ndarray]:
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     keys = ("p", "k", "constant", "training", "eps", "eps_placement")
     grads = lp_batch_norm_backward(dy, case.x, case.get("weight"), case.get("running_mean"),
-                                   case.get("running_scale"), **{k: case.params[k] for k in keys if k in case.params})
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+                                   case.get("running_scale"), **case.kwargs(*keys))
+    return case.present(grads)
 
 
 def bench_case(shape, rng) -> Case | None:
@@ -90,6 +83,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=lp_batch_norm_cases,
+    overrides=frozenset({'affine', 'allow_constant', 'constant', 'conventions', 'eps_placement', 'p', 'spatial_dims', 'track_running_stats', 'training'}),
     error_model=lp_batch_norm_bounds,
     traits=frozenset({"batch_dependent", "channel_axis_1", LP_SCALE, POPULATION, EXACT_SCALE}),
     outputs=("y", "running_mean", "running_scale"),

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library import tolerance
+from normspec.library.conditioning import ResponseCondition
 from normspec.library.strategies import grouped_values
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.lrn import (LRN_CONVENTIONS, SPATIAL_REDUCTIONS, lrn_window, matconvnet_window, response_backward,
@@ -113,7 +114,7 @@ def error_model(case: Case, dtype: str, ref, dy=None, ref_grads=None):
     window, beta = window_of(case)
     terms = int(np.prod([before + after + 1 for _, before, after in window.windows]))
     magnitude = None if dy is None else response_gradient_magnitude(dy, case.x, window, beta)
-    return tolerance.response_bounds(dtype, ref, terms, beta, magnitude, ref_grads)
+    return tolerance.response_bounds(ResponseCondition(terms, beta, magnitude), dtype, ref, dy, ref_grads)
 
 
 def lrn_bench_case(shape, rng) -> Case | None:
@@ -145,6 +146,7 @@ register(NormRecord(
     family="response",
     paper="Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep CNNs, sec. 3.3",
     cases=lrn_cases,
+    overrides=frozenset({'allow_constant', 'convention', 'parity', 'spatial_dims', 'zero_offset'}),
     traits=frozenset({RESPONSE, HOMOGENEOUS, "batch_independent", "channel_axis_1"}),
     torch_modules=("torch.nn.LocalResponseNorm",),
     torch_functional="torch.nn.functional.local_response_norm",
@@ -157,6 +159,7 @@ register(NormRecord(
     family="response",
     paper="Vedaldi & Lenc 2015, MatConvNet manual, vl_nnnormalize (cross-channel normalization)",
     cases=matconvnet_cross_channel_cases,
+    overrides=frozenset({'allow_constant', 'parity', 'spatial_dims', 'zero_offset'}),
     traits=frozenset({RESPONSE, HOMOGENEOUS, "batch_independent", "channel_axis_1"}),
     bench_case=mcn_cross_bench_case,
     **COMMON,
@@ -167,6 +170,7 @@ register(NormRecord(
     family="response",
     paper="Vedaldi & Lenc 2015, MatConvNet manual, vl_nnspnorm (spatial normalization)",
     cases=matconvnet_spatial_cases,
+    overrides=frozenset({'allow_constant', 'reduction', 'spatial_dims'}),
     traits=frozenset({RESPONSE, "batch_independent", "channel_axis_1"}),
     bench_case=mcn_spatial_bench_case,
     **COMMON,

@@ -8,6 +8,7 @@ from normspec.library.case import Case
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.mvn import centered, mvn, mvn_axes, mvn_backward
 from normspec.library.strategies import eps_values, grouped_values
+from normspec.library.conditioning import MvnCondition
 from normspec.library.tolerance import mvn_bounds
 
 register_trait("eps_outside_sqrt",
@@ -34,7 +35,7 @@ def mvn_cases(draw, *, across_channels=None, normalize_variance=None, spatial_di
 
 
 def _kwargs(case: Case) -> dict:
-    return {k: case.params[k] for k in ("across_channels", "normalize_variance", "eps") if k in case.params}
+    return case.kwargs(*("across_channels", "normalize_variance", "eps"))
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -56,7 +57,7 @@ def statistics(case: Case):
 def error_model(case, dtype, ref, dy, ref_grads):
     c, mean, sigma, axes, count = statistics(case)
     eps = case.params.get("eps", 1e-9) if case.params.get("normalize_variance", True) else None
-    return mvn_bounds(c, mean, sigma, eps, count, axes, dtype, ref, dy, ref_grads)
+    return mvn_bounds(MvnCondition(c, mean, sigma, eps, count, axes), dtype, ref, dy, ref_grads)
 
 
 def bench_case(shape, rng) -> Case | None:
@@ -74,6 +75,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=mvn_cases,
+    overrides=frozenset({'across_channels', 'allow_constant', 'normalize_variance', 'spatial_dims'}),
     error_model=error_model,
     traits=frozenset({"batch_independent", "eps_outside_sqrt", "channel_axis_1"}),
     differentiable=("x",),

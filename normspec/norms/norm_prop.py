@@ -59,6 +59,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=norm_prop_cases,
+    overrides=frozenset({'activation', 'affine', 'out_features'}),
     error_model=tolerance.norm_prop_bounds,
     traits=frozenset({"batch_independent"}),
     differentiable=("x", "weight", "gamma", "bias"),

@@ -11,7 +11,7 @@ from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.moments import moments
 from normspec.spec.recurrent_batch_norm import (population, recurrent_batch_norm, recurrent_batch_norm_backward,
                                                 stats_axes)
-from normspec.library.strategies import affine_vector, eps_values, grouped_values, seeds
+from normspec.library.strategies import affine_arrays, eps_values, grouped_values, seeds
 from normspec.norms.batch_renorm import POPULATION
 
 SEQUENCE = register_trait(
@@ -45,10 +45,7 @@ def recurrent_cases(draw, *, training=None, track_running_stats=None, statistics
         n = 2
     x = draw(grouped_values((n, t, f), (1, 2) if statistics == "frame" else (2,), allow_constant=allow_constant),
              label="x")
-    arrays = {"x": x}
-    if draw(st.booleans(), label="affine") if affine is None else affine:
-        arrays["weight"] = draw(affine_vector((f,), kind="weight"))
-        arrays["bias"] = draw(affine_vector((f,), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (f,), affine)}
     params = {"statistics": statistics, "training": training, "eps": draw(eps_values, label="eps")}
     if running:
         rng = np.random.default_rng(draw(seeds, label="running_seed"))
@@ -71,7 +68,7 @@ _KEYS = ("statistics", "training", "momentum", "eps", "momentum_style", "running
 
 def reference(case: Case) -> dict[str, np.ndarray]:
     r = recurrent_batch_norm(case.x, case.get("weight"), case.get("bias"), case.get("running_mean"),
-                             case.get("running_var"), **{k: case.params[k] for k in _KEYS if k in case.params})
+                             case.get("running_var"), **case.kwargs(*_KEYS))
     out = {"y": r.y}
     if case.params.get("training", True) and r.running_mean is not None:
         out["running_mean"], out["running_var"] = r.running_mean, r.running_var
@@ -81,16 +78,16 @@ def reference(case: Case) -> dict[str, np.ndarray]:
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
     keys = ("statistics", "training", "eps")
     grads = recurrent_batch_norm_backward(dy, case.x, case.get("weight"), case.get("running_mean"),
-                                          case.get("running_var"), **{k: case.params[k] for k in keys if k in case.params})
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+                                          case.get("running_var"), **case.kwargs(*keys))
+    return case.present(grads)
 
 
 def conditioning(case: Case) -> Conditioning:
     x, p = case.x, case.params
     statistics, eps = p.get("statistics", "frame"), p.get("eps", 1e-5)
     f = x.shape[2]
-    gamma = np.ones(f) if case.get("weight") is None else case.get("weight")
-    beta = np.zeros(f) if case.get("bias") is None else case.get("bias")
+    gamma = case.array_or("weight", f, 1.0)
+    beta = case.array_or("bias", f, 0.0)
     axes = stats_axes(statistics)
     running = case.get("running_mean") is not None and case.get("running_var") is not None
     if p.get("training", True) or not running:
@@ -149,6 +146,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=recurrent_cases,
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'spatial_dims', 'statistics', 'steps', 't_max', 'track_running_stats', 'training'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "scale_invariant", "shift_invariant", SEQUENCE, POPULATION}),
     outputs=("y", "running_mean", "running_var"),

@@ -8,7 +8,8 @@ from normspec.library.case import Case
 from normspec.registry import NormRecord, register
 from normspec.spec.rms_norm import resolve_eps, rms, rms_norm, rms_norm_backward
 from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
-from normspec.library.tolerance import rms_bounds
+from normspec.library.conditioning import Conditioning
+from normspec.library.tolerance import moment_bounds
 
 
 @st.composite
@@ -42,16 +43,24 @@ def reference(case: Case, dtype: str = "float64") -> dict[str, np.ndarray]:
 def reference_grad(case: Case, dy: np.ndarray, dtype: str = "float64") -> dict[str, np.ndarray]:
     grads = rms_norm_backward(dy, case.x, case.params["normalized_shape"], case.get("weight"),
                               eps=case.params.get("eps"), dtype=dtype)
-    return {role: g for role, g in grads.items() if role == "x" or case.get(role) is not None}
+    return case.present(grads)
 
 
-def error_model(case, dtype, ref, dy, ref_grads):
+def conditioning(case: Case, dtype: str = "float64") -> Conditioning:
+    """RMSNorm y = gamma x/r, r = sqrt(mean x^2 + eps), as the moment model with no centering: mean
+    0 (no |mean|/s term), x/r in the place of xhat and r in the place of s. The mean of squares
+    sums positive terms, so its relative error is u g(m) whatever the input."""
     x, shape = case.x, tuple(case.params["normalized_shape"])
     k = len(shape)
     r = rms(x, shape, eps=resolve_eps(case.params.get("eps"), dtype))
-    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight")
-    return rms_bounds(x / r, r, int(np.prod(shape)), gamma, tuple(range(x.ndim - k, x.ndim)), tuple(range(x.ndim - k)),
-                      dtype, ref, dy, ref_grads)
+    gamma = case.array_or("weight", shape, 1.0)
+    return Conditioning(x / r, np.zeros_like(r), r, int(np.prod(shape)), gamma, np.zeros(()),
+                        tuple(range(x.ndim - k, x.ndim)), tuple(range(x.ndim - k)), True)
+
+
+def error_model(case: Case, dtype: str, ref, dy=None, ref_grads=None):
+    """The moment model on the conditioning with the eps the run's dtype resolves (eps=None)."""
+    return moment_bounds(conditioning(case, dtype), dtype, ref, dy, ref_grads)
 
 
 def bench_case(shape, rng) -> Case | None:
@@ -68,6 +77,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=rms_norm_cases,
+    overrides=frozenset({'allow_constant', 'elementwise_affine', 'eps_none', 'reach'}),
     error_model=error_model,
     traits=frozenset({"batch_independent", "scale_invariant", "accepts_empty"}),
     differentiable=("x", "weight"),

@@ -43,7 +43,7 @@ def spectral_norm_cases(draw, *, training=None, dim="draw", n_power_iterations=N
 
 
 def _kwargs(case):
-    return {k: case.params[k] for k in ("dim", "n_power_iterations", "eps", "training") if k in case.params}
+    return case.kwargs(*("dim", "n_power_iterations", "eps", "training"))
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -71,6 +71,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=spectral_norm_cases,
+    overrides=frozenset({'dim', 'n_power_iterations', 'training'}),
     error_model=tolerance.spectral_norm_bounds,
     traits=frozenset({WEIGHT_REPARAMETRIZATION, POWER_ITERATION_STATE}),
     differentiable=("x",),

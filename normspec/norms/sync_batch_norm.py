@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
-from normspec.library.strategies import affine_vector, channel_running_stats, eps_values, grouped_values
+from normspec.library.strategies import batch_norm_running_state, affine_arrays, eps_values, grouped_values, mode
 from normspec.library.tolerance import growth
 from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register, register_trait
@@ -26,7 +26,6 @@ RANK_SYNCHRONIZED = register_trait(
     "unsplit norm over the concatenated batch",
 )
 MIN_RANKS, MAX_RANKS = 2, 4
-momenta = st.one_of(st.just(0.1), st.none(), st.floats(0.0, 1.0), st.just(1.0))
 
 
 @st.composite
@@ -47,24 +46,13 @@ def sync_batch_norm_cases(draw, *, training=None, track_running_stats=None, affi
     nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
     c = draw(st.integers(1, 4), label="C")
     sides = tuple(draw(st.integers(1, 4 if nsp < 3 else 2), label="side") for _ in range(nsp))
-    training = draw(st.booleans(), label="training") if training is None else training
-    running = draw(st.booleans(), label="track_running_stats") if track_running_stats is None else track_running_stats
+    training, running = mode(draw, training, track_running_stats)
     shape = (sum(sizes), c) + sides
     x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
-    affine = draw(st.booleans(), label="affine") if affine is None else affine
-    arrays = {"x": x}
-    if affine:
-        arrays["weight"] = draw(affine_vector((c,), kind="weight"))
-        arrays["bias"] = draw(affine_vector((c,), kind="bias"))
+    arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     params = {"rank_sizes": sizes, "training": training, "eps": draw(eps_values, label="eps")}
     if running:
-        arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
-        params["momentum"] = draw(momenta, label="momentum")
-        params["num_batches_tracked"] = draw(st.integers(0, 5), label="num_batches_tracked")
-        if conventions:
-            params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
-            params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]),
-                                               label="running_var_style")
+        batch_norm_running_state(draw, x, arrays, params, conventions)
     return Case("sync_batch_norm", arrays, params)
 
 
@@ -113,8 +101,8 @@ def conditioning(case: Case) -> Conditioning:
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     eps = case.params.get("eps", 1e-5)
-    gamma = np.ones(shape) if case.get("weight") is None else case.get("weight").reshape(shape)
-    beta = np.zeros(shape) if case.get("bias") is None else case.get("bias").reshape(shape)
+    gamma = case.array_or("weight", shape, 1.0)
+    beta = case.array_or("bias", shape, 0.0)
     per_sample = x.size // max(x.shape[0] * x.shape[1], 1)
     counts = [n * per_sample for n in rank_sizes_of(case.params, x.shape[0])]
     if case.params.get("training", True) or case.get("running_mean") is None:
@@ -146,6 +134,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=sync_batch_norm_cases,
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'rank_sizes', 'ranks', 'spatial_dims', 'track_running_stats', 'training'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
                       "shift_invariant", "channel_axis_1", RANK_SYNCHRONIZED}),

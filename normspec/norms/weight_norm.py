@@ -88,6 +88,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=weight_norm_cases,
+    overrides=frozenset({'dim', 'min_rank'}),
     error_model=tolerance.weight_norm_bounds,
     traits=frozenset({WEIGHT_REPARAMETRIZATION}),
     differentiable=("x", "weight"),

@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.table import Table
 
 from normspec.library.case import Case
-from normspec.library import tolerance
 from normspec.registry import get_norm
 from normspec.report import counterexample_text
 from normspec.validate import adapters
@@ -145,10 +144,7 @@ def _expected(norm: str, call: dict) -> dict:
     try:
         ref = record.reference(case)
         ref_grads = record.reference_grad(case, dy) if dy is not None else {}
-        if record.error_model is not None:
-            bounds = record.error_model(case, dtype, ref, dy, ref_grads)
-        else:
-            bounds = tolerance.moment_bounds(record.conditioning(case), dtype, ref, dy, ref_grads)
+        bounds = record.bounds(case, dtype, ref, dy, ref_grads)
     except Exception as exc:
         return {"spec_raises": f"{type(exc).__name__}: {exc}"}
     expect = {}

@@ -282,41 +282,49 @@ class INOnePassLargeMaps(ReachInstanceNorm2d):
 
 
 class _RowNorm(torch.autograd.Function):
-    """LayerNorm over the last dim with its closed-form backward (a fused kernel's structure)."""
+    """LayerNorm over the trailing `n` values with its closed-form backward (a fused kernel's
+    structure); weight and bias may be None."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, dy_like_x):
-        rows = x.reshape(-1, x.shape[-1]).to(acc(x))
+    def forward(ctx, x, weight, bias, n, eps, dy_like_x):
+        rows = x.reshape(-1, n).to(acc(x))
         mean, var = two_pass(rows, (1,))
         rstd = torch.rsqrt(var + eps)
         xhat = (rows - mean) * rstd
-        y = xhat * weight.to(rows.dtype) + bias.to(rows.dtype)
-        ctx.save_for_backward(xhat, rstd, weight)
+        w = torch.ones(n, dtype=rows.dtype) if weight is None else weight.reshape(-1).to(rows.dtype)
+        b = torch.zeros(n, dtype=rows.dtype) if bias is None else bias.reshape(-1).to(rows.dtype)
+        ctx.save_for_backward(xhat, rstd, w)
         ctx.x_stride, ctx.shape, ctx.dtype, ctx.dy_like_x = x.stride(), x.shape, x.dtype, dy_like_x
-        return y.reshape(x.shape).to(x.dtype)
+        ctx.param_shape = None if weight is None else (weight.shape, weight.dtype)
+        ctx.has_bias = bias is not None
+        return (xhat * w + b).reshape(x.shape).to(x.dtype)
 
     @staticmethod
     def backward(ctx, dy):
-        xhat, rstd, weight = ctx.saved_tensors
+        xhat, rstd, w = ctx.saved_tensors
         if ctx.dy_like_x:  # the kernel indexes dy with x's strides (no .contiguous(), no stride check)
             dy = torch.as_strided(dy, dy.shape, ctx.x_stride, dy.storage_offset())
-        g = dy.reshape(-1, dy.shape[-1]).to(xhat.dtype)
-        gw = g * weight.to(xhat.dtype)
+        g = dy.reshape(xhat.shape).to(xhat.dtype)
+        gw = g * w
         dx = rstd * (gw - gw.mean(dim=1, keepdim=True) - xhat * (gw * xhat).mean(dim=1, keepdim=True))
-        return (dx.reshape(ctx.shape).to(ctx.dtype), (g * xhat).sum(0).to(weight.dtype),
-                g.sum(0).to(weight.dtype), None, None)
+        dweight = dbias = None
+        if ctx.param_shape is not None:
+            shape, dtype = ctx.param_shape
+            dweight = (g * xhat).sum(0).reshape(shape).to(dtype)
+            dbias = g.sum(0).reshape(shape).to(dtype) if ctx.has_bias else None
+        return dx.reshape(ctx.shape).to(ctx.dtype), dweight, dbias, None, None, None
 
 
 class RowLayerNorm(nn.LayerNorm):
-    """A correct LayerNorm over the last dim with a hand-written backward (affine only; other
-    configurations go to the parent)."""
+    """A correct LayerNorm with a hand-written backward (the structure of a fused kernel)."""
 
     dy_like_x = False
 
     def forward(self, x):
-        if len(self.normalized_shape) != 1 or self.weight is None or self.bias is None:
-            return super().forward(x)
-        return _RowNorm.apply(x, self.weight, self.bias, self.eps, self.dy_like_x)
+        n = 1
+        for s in self.normalized_shape:
+            n *= s
+        return _RowNorm.apply(x, self.weight, self.bias, n, self.eps, self.dy_like_x)
 
 
 class LNBackwardAssumesInputLayout(RowLayerNorm):
@@ -361,3 +369,24 @@ CONTROLS = {
     "group_norm": ("ReachGroupNorm", "group_norm"),
     "instance_norm": ("ReachInstanceNorm2d", "instance_norm"),
 }
+
+
+# PyTorch's own modules as drop-ins (subclasses, as a user's wrapper would be): must be accepted.
+class TorchLayerNorm(nn.LayerNorm):
+    pass
+
+
+class TorchBatchNorm2d(nn.BatchNorm2d):
+    pass
+
+
+class TorchGroupNorm(nn.GroupNorm):
+    pass
+
+
+class TorchRMSNorm(nn.RMSNorm):
+    pass
+
+
+class TorchInstanceNorm2d(nn.InstanceNorm2d):
+    pass
