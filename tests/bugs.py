@@ -154,7 +154,10 @@ def _ln_variant(*, last_dim_only=False, over_batch=False, eps_outside=False, one
         mean = first + (xa - first).mean(axis=axes, keepdims=True)  # exact for constant sets
         n = int(np.prod([x.shape[a] for a in axes]))
         long_row = one_pass_above is not None and n > one_pass_above
-        var = (xa * xa).mean(axis=axes, keepdims=True) - mean**2 if one_pass or long_row else ((xa - mean) ** 2).mean(axis=axes, keepdims=True)
+        if one_pass or long_row:
+            var = (xa * xa).mean(axis=axes, keepdims=True) - mean**2
+        else:
+            var = ((xa - mean) ** 2).mean(axis=axes, keepdims=True)
         if tail_block is not None and len(axes) == 1 and n > tail_block and n % tail_block:
             # blocks of `tail_block` values; the masked tail of the last block is dropped from the sums
             kept = xa[..., : n - n % tail_block]

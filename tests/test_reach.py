@@ -115,7 +115,8 @@ def test_empty_training_batch_leaves_running_stats_and_counts_the_call_as_pytorc
     m(torch.zeros(0, 3, 2, 2))
     r = batch_norm(np.zeros((0, 3, 2, 2)), None, None, np.full(3, 0.5), np.ones(3), training=True)
     assert r.y.shape == (0, 3, 2, 2)
-    assert np.array_equal(m.running_mean.numpy(), r.running_mean) and np.array_equal(m.running_var.numpy(), r.running_var)
+    assert np.array_equal(m.running_mean.numpy(), r.running_mean)
+    assert np.array_equal(m.running_var.numpy(), r.running_var)
     assert int(m.num_batches_tracked) == r.num_batches_tracked == 1
 
 

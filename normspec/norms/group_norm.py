@@ -52,7 +52,8 @@ def _reach_case(draw, nsp: int, num_groups, affine, reach: Reach):
     cpg = length if not nsp else (2 if length % 2 == 0 and length > 2 else 1)
     sides = near_square(length // cpg, nsp) if nsp else ()
     shape = (n, g * cpg) + sides
-    x = reach_values(np.random.default_rng(draw(seeds, label="seed")), (n, g, cpg) + sides, (0, 1), reach).reshape(shape)
+    rng = np.random.default_rng(draw(seeds, label="seed"))
+    x = reach_values(rng, (n, g, cpg) + sides, (0, 1), reach).reshape(shape)
     arrays = {"x": x, **affine_arrays(draw, (shape[1],), affine)}
     eps = reach.eps if reach.eps is not None else draw(eps_values, label="eps")
     return Case("group_norm", arrays, {"num_groups": g, "eps": eps})
