@@ -79,6 +79,20 @@ class Backend(abc.ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (benchmarks call this); a no-op for host backends."""
 
+    def shares_memory(self, a: Any, b: Any) -> bool:
+        """Whether two native arrays overlap in memory: NumPy arrays by `np.shares_memory`, tensors
+        (anything with `untyped_storage`) by the byte ranges of their storages. Backends whose
+        arrays are neither override this."""
+        if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+            return bool(np.shares_memory(a, b))
+        if hasattr(a, "untyped_storage") and hasattr(b, "untyped_storage"):
+            sa, sb = a.untyped_storage(), b.untyped_storage()
+            if getattr(sa, "device", None) != getattr(sb, "device", None):
+                return False
+            a0, b0 = sa.data_ptr(), sb.data_ptr()
+            return a0 < b0 + sb.nbytes() and b0 < a0 + sa.nbytes() and sa.nbytes() > 0 and sb.nbytes() > 0
+        return False
+
     def __repr__(self) -> str:
         return f"<backend {self.name}>"
 

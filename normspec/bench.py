@@ -25,6 +25,8 @@ from normspec.impls.base import Backend
 from normspec.registry import NormRecord
 
 PASSES = ("forward", "forward+backward")
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}  # the dtypes a bench can ask for
+DTYPES = tuple(ITEMSIZE)
 
 # Representative activations, float32 sizes in the names: CNN (N, C, H, W), transformer (tokens, hidden).
 SHAPE_PRESETS: dict[str, tuple[int, ...]] = {
@@ -55,6 +57,17 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise ValueError(f"shape {text!r} is neither a preset ({', '.join(SHAPE_PRESETS)}) "
                          f"nor dimensions like 16384x1024 or 64x64x64x64 (at least 2, each >= 1)")
     return text, shape
+
+
+def memory_needed(shape: tuple[int, ...], dtype: str, passes: Iterable[str] = PASSES) -> int:
+    """Host bytes one measurement of `shape` may hold at once, an upper estimate per element: the
+    float64 case (8) and, for a backward pass, the float64 upstream gradient (8); x, y, dy, dx and
+    the two copy-roofline buffers in the dtype (6 x itemsize); four intermediates in the kernels'
+    accumulation dtype (4 x max(itemsize, 4)). Shapes past the available memory are refused."""
+    n = math.prod(shape)
+    item = ITEMSIZE[dtype]
+    backward = 8 if "forward+backward" in passes else 0
+    return n * (8 + backward + 6 * item + 4 * max(item, 4))
 
 
 # ---------------------------------------------------------------------------- byte models
@@ -90,7 +103,7 @@ BYTE_MODELS: dict[str, Callable[..., int]] = {
 
 def bytes_moved(record: NormRecord, case: Case, outputs: dict[str, int], dtype: str, pass_: str) -> int:
     model = BYTE_MODELS.get(record.name, default_byte_model)
-    return int(model(case, outputs, np.dtype(dtype).itemsize, pass_, record.differentiable))
+    return int(model(case, outputs, ITEMSIZE[dtype], pass_, record.differentiable))
 
 
 # ---------------------------------------------------------------------------- preparation
@@ -141,7 +154,7 @@ def prepare(record: NormRecord, backend: Backend, shape: tuple[int, ...], dtype:
     if warmup:
         call()
         backend.synchronize()
-    itemsize = np.dtype(dtype).itemsize
+    itemsize = ITEMSIZE[dtype]
     return Prepared(call, bytes_moved(record, case, counts, dtype, pass_), case.x.size * itemsize, backend)
 
 
@@ -290,9 +303,11 @@ class Plan:
         return len(self.records) * len(self.backends) * len(self.shapes) * len(self.dtypes) * len(self.passes)
 
 
-def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None) -> list[Result]:
-    """Measure every combination of the plan; unsupported ones come back with `skipped` set."""
-    results: list[Result] = []
+def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None, *,
+        into: list[Result] | None = None) -> list[Result]:
+    """Measure every combination of the plan; unsupported ones come back with `skipped` set.
+    Results are appended to `into` group by group (an interrupted run keeps them)."""
+    results: list[Result] = [] if into is None else into
     copies: dict[int, Callable[[], None]] = {}
     for record in plan.records:
         for label, shape in plan.shapes:

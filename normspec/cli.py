@@ -45,8 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Parse, then run the subcommand; SIGINT/SIGTERM end it with a one-line message and 130/143
+    (the subcommands keep and write their partial results first)."""
+    from normspec.guard import exit_status, install_signal_handlers, interrupted_message
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if argv is None:  # the console script, not a call from Python code (tests, embedding)
+        install_signal_handlers()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt as exc:
+        print(interrupted_message(args.command, exc), file=sys.stderr)
+        return exit_status(exc)
 
 
 if __name__ == "__main__":

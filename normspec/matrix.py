@@ -1,6 +1,8 @@
 """Running every property x norm x backend, with expected failures applied."""
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -68,12 +70,24 @@ def judge(name: str, record: NormRecord, backend: Backend, profile: str) -> Verd
     return verdict
 
 
-def run_plan(p: Plan, profile: str, on_result: Callable[[Verdict], None] = lambda v: None) -> list[Verdict]:
-    verdicts = []
+def run_plan(p: Plan, profile: str, on_result: Callable[[Verdict], None] = lambda v: None, *,
+             into: list[Verdict] | None = None, warned: dict[str, int] | None = None) -> list[Verdict]:
+    """Judge every cell of the plan. Verdicts are appended to `into` as they come (an interrupted
+    run keeps them). With `warned`, Python warnings raised while judging (a backend's NumPy
+    overflow, say) are counted there by origin instead of reaching the terminal."""
+    verdicts = [] if into is None else into
     for record in p.records:
         for backend in p.backends:
             for name in p.properties:
-                verdict = judge(name, record, backend, profile)
+                if warned is None:
+                    verdict = judge(name, record, backend, profile)
+                else:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("default")
+                        verdict = judge(name, record, backend, profile)
+                    for w in caught:
+                        where = f"{w.category.__name__}: {w.message} ({os.path.basename(w.filename)}:{w.lineno})"
+                        warned[where] = warned.get(where, 0) + 1
                 verdicts.append(verdict)
                 on_result(verdict)
     return verdicts

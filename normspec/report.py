@@ -36,6 +36,64 @@ def matrix_table(verdicts: list[Verdict]) -> Table:
     return table
 
 
+def not_implemented(v: Verdict) -> bool:
+    """A skip because the backend has no kernel for the norm at all (folded into one line per backend)."""
+    return v.status == "skipped" and v.reason == f"{v.backend} does not implement {v.norm}"
+
+
+def not_applicable(v: Verdict) -> bool:
+    return v.status == "skipped" and v.reason.startswith("does not apply")
+
+
+SUMMARY_COLUMNS = (("passed", "passed", "green"), ("xfail", "xfail", "yellow"), ("xpass", "XPASS", "magenta"),
+                   ("failed", "FAILED", "bold red"), ("skipped", "skipped", "dim"), ("n/a", "n/a", "dim"))
+
+
+def summary_rows(verdicts: list[Verdict]) -> list[tuple[str, str, dict[str, int]]]:
+    """(norm, backend, counts) per pair the backend implements; n/a: properties that do not apply."""
+    rows: dict[tuple[str, str], dict[str, int]] = {}
+    for v in verdicts:
+        if not_implemented(v):
+            continue
+        counts = rows.setdefault((v.norm, v.backend), {k: 0 for k, _, _ in SUMMARY_COLUMNS})
+        counts["n/a" if not_applicable(v) else v.status] += 1
+    return [(n, b, c) for (n, b), c in rows.items()]
+
+
+def summary_table(verdicts: list[Verdict], title: str = "normspec check") -> Table:
+    """One row per norm x backend with counts: fits 100 columns for the whole catalogue."""
+    rows = summary_rows(verdicts)
+    shown = [(k, label, style) for k, label, style in SUMMARY_COLUMNS
+             if k in ("passed", "failed", "xfail", "n/a") or any(c[k] for _, _, c in rows)]
+    table = Table(title=title, title_justify="left")
+    table.add_column("norm", no_wrap=True)
+    table.add_column("backend", no_wrap=True)
+    for _, label, _ in shown:
+        table.add_column(label, justify="right", no_wrap=True)
+    for norm, backend, counts in rows:
+        cells = [f"[{style}]{counts[k]}[/]" if counts[k] and k not in ("n/a", "skipped", "passed")
+                 else (str(counts[k]) if counts[k] else "[dim]·[/]") for k, _, style in shown]
+        table.add_row(norm, backend, *cells)
+    return table
+
+
+def folded_not_implemented(verdicts: list[Verdict]) -> dict[str, list[str]]:
+    """{backend: [norms it does not implement]} among the checked pairs."""
+    out: dict[str, list[str]] = {}
+    for v in verdicts:
+        if not_implemented(v) and v.norm not in out.setdefault(v.backend, []):
+            out[v.backend].append(v.norm)
+    return out
+
+
+def matrix_json(verdicts: list[Verdict]) -> dict[str, dict[str, str]]:
+    """{property: {"norm/backend": status}}: the full property matrix."""
+    m: dict[str, dict[str, str]] = {}
+    for v in verdicts:
+        m.setdefault(v.property, {})[f"{v.norm}/{v.backend}"] = v.status
+    return m
+
+
 def summary(verdicts: list[Verdict]) -> dict[str, int]:
     counts = {s: 0 for s in STYLE}
     for v in verdicts:
@@ -101,12 +159,18 @@ def counterexample_text(v: Verdict) -> str:
     return "; ".join(parts)
 
 
-def to_json(verdicts: list[Verdict], seconds: float, profile: str, absent: dict[str, str]) -> str:
+def to_json(verdicts: list[Verdict], seconds: float, profile: str, absent: dict[str, str], *,
+            complete: bool = True, planned: int | None = None, warnings: dict[str, int] | None = None) -> str:
     return json.dumps({
         "profile": profile,
+        "complete": complete,
+        "planned": len(verdicts) if planned is None else planned,
         "seconds": round(seconds, 3),
         "summary": summary(verdicts),
         "absent_backends": absent,
+        "not_implemented": folded_not_implemented(verdicts),
+        "captured_warnings": warnings or {},
+        "matrix": matrix_json(verdicts),
         "results": [
             {
                 "property": v.property, "norm": v.norm, "backend": v.backend, "status": v.status,
@@ -120,18 +184,65 @@ def to_json(verdicts: list[Verdict], seconds: float, profile: str, absent: dict[
 
 
 def print_details(console: Console, verdicts: list[Verdict]) -> None:
+    """Failures (each with its counterexample and reproducer), then expected failures grouped by
+    their reason (each reason and link once), then other skips grouped by reason."""
     for v in verdicts:
         if v.status == "failed":
-            console.print(f"\n[bold red]FAIL[/] {v.property} · {v.norm} · {v.backend}")
+            console.print(f"\n[bold red]FAIL[/] {v.property} · {v.norm} · {v.backend}", highlight=False)
             console.print(f"  {v.message}", markup=False, highlight=False)
             if v.draws:
                 console.print(f"  minimal counterexample: {counterexample_text(v)}", markup=False, highlight=False)
             if v.reproducer:
                 console.print(f"  reproducer: python {v.reproducer}", markup=False, highlight=False)
-        elif v.status in ("xfail", "xpass"):
-            tag = "expected failure" if v.status == "xfail" else "XPASS (expected to fail, passed: upstream fixed?)"
-            console.print(f"\n[yellow]{tag}[/] {v.property} · {v.norm} · {v.backend}: {v.reason} {v.link}",
-                          highlight=False)
-    skipped = [v for v in verdicts if v.status == "skipped" and not v.reason.startswith("does not apply")]
-    for v in skipped:
-        console.print(f"[dim]skipped {v.property} · {v.norm} · {v.backend}: {v.reason}[/]", highlight=False)
+    for status, tag in (("xfail", "expected failure"), ("xpass", "XPASS (expected to fail, passed: upstream fixed?)")):
+        groups: dict[tuple[str, str], list[Verdict]] = {}
+        for v in verdicts:
+            if v.status == status:
+                groups.setdefault((v.reason, v.link), []).append(v)
+        for (reason, link), vs in groups.items():
+            where = ", ".join(f"{v.property} · {v.norm} · {v.backend}" for v in vs)
+            console.print(f"\n[yellow]{tag}[/] ({len(vs)}): {where}", highlight=False)
+            console.print(f"  {reason}", markup=False, highlight=False)
+            if link:
+                console.print(f"  {link}", markup=False, highlight=False)
+    skips: dict[str, list[Verdict]] = {}
+    for v in verdicts:
+        if v.status == "skipped" and not not_applicable(v) and not not_implemented(v):
+            skips.setdefault(v.reason, []).append(v)
+    for reason, vs in skips.items():
+        where = ", ".join(f"{v.property} · {v.norm} · {v.backend}" for v in vs[:6])
+        more = f" and {len(vs) - 6} more" if len(vs) > 6 else ""
+        console.print(f"[dim]skipped ({reason}): {where}{more}[/]", highlight=False)
+    for backend, missing in folded_not_implemented(verdicts).items():
+        console.print(f"[dim]{backend} does not implement {len(missing)} norm(s), not checked: "
+                      f"{', '.join(missing)}[/]", highlight=False)
+
+
+def to_junit(verdicts: list[Verdict], seconds: float, *, complete: bool = True) -> str:
+    """JUnit XML: one testsuite per norm x backend, one testcase per property (skips and expected
+    failures as <skipped>, failures with their counterexample and reproducer)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites", name="normspec check", time=f"{seconds:.3f}")
+    if not complete:
+        root.set("incomplete", "true")
+    suites: dict[tuple[str, str], Any] = {}
+    for v in verdicts:
+        key = (v.norm, v.backend)
+        if key not in suites:
+            suites[key] = ET.SubElement(root, "testsuite", name=f"normspec.check.{v.norm}.{v.backend}")
+        case = ET.SubElement(suites[key], "testcase", classname=f"{v.norm}.{v.backend}", name=v.property,
+                             time=f"{v.seconds:.3f}")
+        if v.status == "failed":
+            f = ET.SubElement(case, "failure", message=v.message[:500])
+            f.text = "\n".join(filter(None, [v.message, v.draws and "minimal counterexample: " + counterexample_text(v),
+                                             v.reproducer and f"reproducer: python {v.reproducer}"]))
+        elif v.status in ("skipped", "xfail"):
+            ET.SubElement(case, "skipped", message=(v.reason + (f" {v.link}" if v.link else ""))[:500])
+    for (norm, backend), suite in suites.items():
+        mine = [v for v in verdicts if (v.norm, v.backend) == (norm, backend)]
+        suite.set("tests", str(len(mine)))
+        suite.set("failures", str(sum(v.status == "failed" for v in mine)))
+        suite.set("skipped", str(sum(v.status in ("skipped", "xfail") for v in mine)))
+        suite.set("time", f"{sum(v.seconds for v in mine):.3f}")
+    return ET.tostring(root, encoding="unicode")

@@ -39,12 +39,23 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Where Hypothesis stores failing examples (replayed first on the next run). None, the default for
+# library use and the harness's tests, stores nothing; the command line sets a directory under
+# normspec's cache (`normspec.guard.configure_hypothesis`), never the working directory.
+EXAMPLE_DATABASE: list = [None]
+
+
+def set_example_database(database) -> None:
+    EXAMPLE_DATABASE[0] = database
+
+
 def hypothesis_settings(profile: str) -> settings:
     if profile not in PROFILES:
         raise KeyError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
     return settings(
         deadline=None,
-        database=None,
+        # a derandomized profile (ci) runs the same examples every time: no database (Hypothesis forbids one)
+        database=None if PROFILES[profile].get("derandomize") else EXAMPLE_DATABASE[0],
         print_blob=False,
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),
@@ -350,6 +361,10 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
         last["ctx"] = ctx
         p.func(ctx)
 
+    # One database entry per property x norm x backend (all share `check`'s source, which is what
+    # Hypothesis would key on); the key leaves the derandomized seed, which comes from the source, alone.
+    owner = getattr(backend, "database_key", backend.name)
+    check._hypothesis_internal_database_key = f"normspec:{p.name}:{record.name}:{owner}:{exclude_dtypes}".encode()
     try:
         check()
     except (Unsatisfiable, FailedHealthCheck) as exc:

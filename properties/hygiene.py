@@ -35,6 +35,33 @@ def inputs_unmodified(ctx: Context) -> None:
 
 
 @prop("hygiene")
+def outputs_not_aliased(ctx: Context) -> None:
+    """Two calls return independent results: the outputs of the second share no memory with those of
+    the first, and the first call's outputs are unchanged by the second call. A kernel that hands
+    back one cached output buffer per shape (a workspace reused across calls) breaks it: the caller's
+    earlier result silently changes. The second call's input is the first's, permuted and negated."""
+    case, dtype, layout = ctx.case(), ctx.dtype(), ctx.layout()
+    ctx.supported(case, dtype, layout)
+    case = ctx.rounded(case, dtype)
+    rng = np.random.default_rng(ctx.seed("permutation_seed"))
+    other = case.with_arrays(x=-rng.permutation(case.x.ravel()).reshape(case.x.shape))
+    b = ctx.backend
+    at = f"{b.name} {dtype} {layout} {case.describe()}"
+    try:
+        first = b.forward(case.norm, ctx.natives(case, dtype, layout), case.params)
+        before = {name: b.to_numpy(value) for name, value in first.items()}
+        second = b.forward(case.norm, ctx.natives(other, dtype, layout), case.params)
+    except Exception as exc:
+        raise PropertyFailure(f"raised {type(exc).__name__}: {exc} [{at}]") from exc
+    for name, value in first.items():
+        for other_name, later in second.items():
+            if b.shares_memory(value, later):
+                raise PropertyFailure(f"{other_name} of a second call shares memory with {name} of the first call: "
+                                      f"the caller's earlier result is overwritten [{at}]")
+        assert_equal(b.to_numpy(value), before[name], f"{name} of the first call after a second call", at)
+
+
+@prop("hygiene")
 def deterministic(ctx: Context) -> None:
     """The same inputs give bitwise the same outputs and gradients on every call."""
     case, dtype, layout = ctx.case(), ctx.dtype(), ctx.layout()

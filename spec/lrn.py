@@ -95,7 +95,8 @@ def lrn_window(shape: tuple[int, ...], size: int, alpha: float, k: float, conven
 
 def response_forward(x, window: ResponseWindow, beta: float) -> np.ndarray:
     x = as_float64(x)
-    return x * window.denominator(x) ** (-beta)
+    with np.errstate(divide="ignore"):  # a zero denominator (kappa = 0, x = 0) gives inf, as the formula says
+        return x * window.denominator(x) ** (-beta)
 
 
 def response_backward(dy, x, window: ResponseWindow, beta: float) -> np.ndarray:

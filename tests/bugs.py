@@ -220,6 +220,23 @@ def _bn_empty_batch_nan(inputs, params):
 KERNEL_SEES_EMPTY = {"nan_running_stats_on_empty_batch"}
 
 
+def _reusing_outputs(forward):
+    """The forward, but each result is copied into one cached buffer per output, shape and dtype and
+    that buffer is returned (a workspace reused across calls, as kernels with preallocated outputs
+    do): a second call overwrites the caller's first result."""
+    workspace: dict = {}
+
+    def reused(inputs, params):
+        out = forward(inputs, params)
+        for name, value in out.items():
+            buffer = workspace.setdefault((name, value.shape, value.dtype), np.empty_like(value))
+            np.copyto(buffer, value)
+            out[name] = buffer
+        return out
+
+    return reused
+
+
 BUGS = {
     "batch_norm": {
         "unbiased_variance_in_normalization": dict(forward=_bn_variant(unbiased_normalize=True)),
@@ -240,6 +257,7 @@ BUGS = {
         "backward_reads_dy_in_x_layout": dict(backward=_bn_backward_dy_layout_of_x),
         "variance_in_half_precision": dict(forward=_bn_variant(half_var=True)),
         "nan_running_stats_on_empty_batch": dict(forward=_bn_empty_batch_nan),
+        "output_buffer_reused": dict(forward=_reusing_outputs(bn_ref.forward)),
     },
     "layer_norm": {
         "last_dim_only": dict(forward=_ln_variant(last_dim_only=True)),
@@ -252,6 +270,7 @@ BUGS = {
         "tail_block_dropped": dict(forward=_ln_variant(tail_block=1024)),
         "one_pass_variance_above_4096": dict(forward=_ln_variant(one_pass_above=4096)),
         "ignores_storage_offset": dict(forward=_ln_variant(ignore_offset=True)),
+        "output_buffer_reused": dict(forward=_reusing_outputs(ln_ref.forward)),
     },
 }
 
@@ -275,3 +294,8 @@ def correct_variant_backend(norm: str) -> NumpyBackend:
     backend.kernels = {**backend.kernels, norm: replace(backend.kernels[norm], forward=variant)}
     backend.name = "numpy+no_bug"
     return backend
+
+
+def reused_output_backend(norm: str = "layer_norm") -> NumpyBackend:
+    """`buggy_backend(norm, "output_buffer_reused")`: one cached output buffer per shape, returned."""
+    return buggy_backend(norm, "output_buffer_reused")

@@ -18,12 +18,13 @@ def run_cli(*args):
 def test_check_passes_on_reference_backends_and_writes_json(tmp_path):
     out = tmp_path / "r.json"
     r = run_cli("check", "--norm", "batch_norm", "--backend", "numpy", "--property", "forward_matches_spec,scale_invariance",
-                "--profile", "dev", "--quiet", "--json", str(out))
+                "--profile", "dev", "--quiet", "--json", str(out), "--matrix")
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(out.read_text())
     assert report["summary"]["passed"] == 2 and report["summary"]["failed"] == 0
     assert {x["property"] for x in report["results"]} == {"forward_matches_spec", "scale_invariance"}
-    assert "forward_matches_spec" in r.stdout  # the matrix is printed
+    assert "forward_matches_spec" in r.stdout  # the matrix is printed on request (--matrix)
+    assert report["matrix"]["scale_invariance"]["batch_norm/numpy"] == "passed"
 
 
 def test_expected_failure_is_shown_with_reason_and_link():

@@ -41,6 +41,8 @@ CATCHES = {
     ("layer_norm", "one_pass_variance_above_4096"): ["reach_forward_matches_spec"],
     ("layer_norm", "ignores_storage_offset"): ["forward_matches_spec", "layout_consistency"],
     ("batch_norm", "nan_running_stats_on_empty_batch"): ["empty_input_gives_empty_output"],
+    ("batch_norm", "output_buffer_reused"): ["outputs_not_aliased"],
+    ("layer_norm", "output_buffer_reused"): ["outputs_not_aliased"],
 }
 FOUNDATION = ("batch_norm", "layer_norm")
 
@@ -49,17 +51,52 @@ def test_every_seeded_bug_has_a_catching_property():
     assert {(n, b) for n in BUGS for b in BUGS[n]} == set(CATCHES)
 
 
-@pytest.mark.parametrize("norm", FOUNDATION)
-def test_every_applicable_property_is_shown_to_reject_a_bug(norm):
+# The modules of generic properties (applied by trait); family modules and identities are tested elsewhere.
+GENERIC_MODULES = ("agreement", "statistics", "invariance", "inference", "robustness", "hygiene")
+
+
+def _generic_applicable(norm: str) -> set[str]:
     record = get_norm(norm)
-    applicable = {name for name, p in PROPERTIES.items() if p.applies(record)
-                  and p.__class__ and p.func.__module__.split(".")[-1] in
-                  ("agreement", "statistics", "invariance", "inference", "robustness", "hygiene")}
-    shown = {p for (n, _), props in CATCHES.items() if n == norm for p in props}
-    # properties that apply to every norm are shown on BatchNorm or LayerNorm, whichever has the bug
-    shown_any = {p for props in CATCHES.values() for p in props}
-    missing = {p for p in applicable if p not in shown and p not in shown_any}
-    assert not missing, f"no seeded bug demonstrates {sorted(missing)} on {norm}"
+    return {name for name, p in PROPERTIES.items()
+            if p.applies(record) and p.func.__module__.rsplit(".", 1)[-1] in GENERIC_MODULES}
+
+
+def _shown_on(norm: str) -> set[str]:
+    """Properties that CATCHES says reject a seeded bug of `norm`."""
+    return {p for (n, _), props in CATCHES.items() if n == norm for p in props}
+
+
+def test_every_generic_module_contributes_properties():
+    """The module filter names real modules: a renamed one would silently drop its properties."""
+    modules = {p.func.__module__.rsplit(".", 1)[-1] for p in PROPERTIES.values()}
+    assert set(GENERIC_MODULES) <= modules, f"no properties from {sorted(set(GENERIC_MODULES) - modules)}"
+    for norm in FOUNDATION:
+        assert _generic_applicable(norm), f"no generic property applies to {norm}"
+
+
+@pytest.mark.parametrize("norm,bug,prop", [(n, b, p) for (n, b), props in CATCHES.items() for p in props])
+def test_a_catching_property_applies_to_its_norm(norm, bug, prop):
+    """A property can only be shown on a norm it applies to (else it is skipped there, not failed)."""
+    assert prop in PROPERTIES, f"CATCHES names an unknown property {prop}"
+    assert PROPERTIES[prop].applies(get_norm(norm)), f"{prop} does not apply to {norm}, yet is listed for {bug}"
+
+
+@pytest.mark.parametrize("norm", FOUNDATION)
+def test_a_property_of_this_norm_only_is_shown_on_this_norm(norm):
+    """A generic property that applies to this norm and not to the other foundation norm must reject
+    a seeded bug of this norm: no other norm can demonstrate it."""
+    others = set().union(*(_generic_applicable(n) for n in FOUNDATION if n != norm))
+    own = _generic_applicable(norm) - others
+    missing = own - _shown_on(norm)
+    assert not missing, f"no seeded {norm} bug demonstrates {sorted(missing)} (they apply to {norm} only)"
+
+
+def test_a_property_of_both_norms_is_shown_on_one_of_them():
+    """A generic property that applies to BatchNorm and LayerNorm alike is shown on whichever has the bug."""
+    both = set.intersection(*(_generic_applicable(n) for n in FOUNDATION))
+    shown = set().union(*(_shown_on(n) for n in FOUNDATION))
+    missing = both - shown
+    assert not missing, f"no seeded bug of {' or '.join(FOUNDATION)} demonstrates {sorted(missing)}"
 
 
 @pytest.mark.parametrize("norm,bug,prop", [(n, b, p) for (n, b), props in CATCHES.items() for p in props])

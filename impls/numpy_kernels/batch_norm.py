@@ -35,7 +35,12 @@ def _normalized(inputs, params):
 def _running_update(inputs, params, mean, var, count):
     """The new running statistics (`normspec.impls.running`), in the buffers' dtype."""
     return running_update(inputs["running_mean"], inputs["running_var"], mean.reshape(-1), var.reshape(-1), count,
-                          params, lambda new, like: new.astype(like.dtype))
+                          params, _cast)
+
+
+def _cast(new, like):
+    with np.errstate(over="ignore"):  # a running statistic past the dtype's range rounds to inf
+        return new.astype(like.dtype)
 
 
 def forward(inputs, params):

@@ -1,6 +1,8 @@
 """`normspec bench`: norms x shapes x dtypes x backends side by side, against the copy roofline."""
 from __future__ import annotations
 
+import importlib.util
+import math
 import sys
 import time
 from pathlib import Path
@@ -8,7 +10,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from normspec.cli import EXIT_OK, EXIT_USAGE, split_names as _split
+from normspec.cli import EXIT_OK, EXIT_USAGE
+from normspec.cli import split_names as _split
+from normspec.guard import (
+    PathError,
+    available_memory,
+    check_writable_dir,
+    exit_status,
+    human_bytes,
+    interrupted_message,
+)
 
 
 def cmd_bench(args) -> int:
@@ -33,14 +44,38 @@ def cmd_bench(args) -> int:
         print(f"normspec bench: {what}", file=sys.stderr)
         return EXIT_USAGE
     dtypes = _split(args.dtype) or ["float32"]
+    bad_dtypes = [d for d in dtypes if d not in bench.DTYPES]
+    if bad_dtypes:
+        print(f"normspec bench: unknown dtype(s) {', '.join(bad_dtypes)}; dtypes: {', '.join(bench.DTYPES)}",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.repeats < 1:
         print("normspec bench: --repeats must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    available = available_memory()
+    if available is not None:
+        for label, shape in shapes:
+            for dtype in dtypes:
+                need = bench.memory_needed(shape, dtype, passes)
+                if need > available:
+                    print(f"normspec bench: shape {label} in {dtype} needs about {human_bytes(need)} of memory "
+                          f"({math.prod(shape):,} elements; see normspec.bench.memory_needed), but "
+                          f"{human_bytes(available)} is available; choose a smaller shape", file=sys.stderr)
+                    return EXIT_USAGE
+    try:
+        check_writable_dir(args.out, "--out")
+    except PathError as exc:
+        print(f"normspec bench: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    plot = importlib.util.find_spec("matplotlib") is not None
     console = Console()
     if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
         console = Console(width=160)
     for name, why in absent.items():
-        console.print(f"[dim]backend {name} skipped: {why}[/]", highlight=False)
+        console.print(f"[dim]backend {name} not available: {why}[/]", highlight=False)
+    if not plot:  # said at the start, not discovered at the end
+        console.print("[yellow]matplotlib is not installed: bench.csv will be written, bench.png will not "
+                      "(pip install 'normspec[bench]', or pip install matplotlib)[/]", highlight=False)
     if not backends:
         print("normspec bench: no backend is available", file=sys.stderr)
         return EXIT_USAGE
@@ -48,7 +83,7 @@ def cmd_bench(args) -> int:
                       repeats=args.repeats, absent=absent)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=args.quiet) as progress:
+                  console=console, transient=True, disable=args.quiet or not console.is_terminal) as progress:
         task = progress.add_task("benchmarking", total=plan.size)
         first = [True]
 
@@ -58,17 +93,35 @@ def cmd_bench(args) -> int:
             first[0] = False
             progress.update(task, description=label)
 
-        results = bench.run(plan, step)
-        progress.update(task, advance=1)
+        results: list = []
+        interrupted = None
+        try:
+            bench.run(plan, step, into=results)
+            progress.update(task, advance=1)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
     seconds = time.perf_counter() - start
     console.print(bench.results_table(results))
     warning = bench.contention_warning(results)
     if warning:
         console.print(f"[yellow]{warning}[/]", highlight=False)
+    skips: dict[str, list[str]] = {}
+    for r in results:
+        if r.skipped:
+            skips.setdefault(r.skipped, []).append(f"{r.norm} {r.pass_} {r.shape} {r.dtype} {r.backend}")
+    for why, where in skips.items():
+        console.print(f"[dim]skipped ({why}): {'; '.join(where[:4])}{' ...' if len(where) > 4 else ''}[/]",
+                      highlight=False)
     out = Path(args.out)
     csv_path = bench.write_csv(results, out / "bench.csv")
-    png_path = bench.plot(results, out / "bench.png")
-    console.print(f"{len(results)} measurements in {seconds:.1f}s; wrote {csv_path} and {png_path}", highlight=False)
+    wrote = f"wrote {csv_path}"
+    if plot:
+        wrote += f" and {bench.plot(results, out / 'bench.png')}"
+    console.print(f"{len(results)} measurements in {seconds:.1f}s; {wrote}", highlight=False)
+    if interrupted is not None:
+        print(interrupted_message("bench", interrupted, f"{len(results)} of {plan.size} measurements kept in "
+                                  f"{csv_path}"), file=sys.stderr)
+        return exit_status(interrupted)
     return EXIT_OK
 
 

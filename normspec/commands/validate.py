@@ -1,13 +1,25 @@
 """`normspec validate TARGET`: put your own implementation through every property that applies."""
 from __future__ import annotations
 
+import os
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
 
 from normspec.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, split_names
+from normspec.guard import (
+    PathError,
+    cache_dir,
+    check_writable_dir,
+    check_writable_file,
+    configure_hypothesis,
+    exit_status,
+    interrupted_message,
+    memory_size,
+    seconds,
+)
 from normspec.properties.core import PROFILES
 
 HELP = """\
@@ -22,13 +34,58 @@ The norm is inferred from the base class or the name; --as names it otherwise.
 Exit status: 0 accepted, 1 rejected, 2 usage error."""
 
 
+def default_report_dir() -> Path:
+    """Where reproducers go when --report-dir is not given: a new directory under normspec's cache,
+    created only when there is a failure to reproduce."""
+    return cache_dir() / "reports" / time.strftime(f"validate-%Y%m%d-%H%M%S-{os.getpid()}")
+
+
+def check_outputs(args) -> None:
+    """Every output path and dtype is checked before any work (PathError: exit 2)."""
+    from normspec.validate.candidate import ALL_DTYPES
+
+    bad = [d for d in split_names(args.dtype) if d not in ALL_DTYPES]
+    if bad:
+        raise PathError(f"unknown dtype(s) {', '.join(bad)}; known: {', '.join(ALL_DTYPES)}")
+    if args.json and args.json != "-":
+        check_writable_file(args.json, "--json")
+    if args.junit_xml:
+        check_writable_file(args.junit_xml, "--junit-xml")
+    if args.report_dir:
+        check_writable_dir(args.report_dir, "--report-dir")
+    if args.hypothesis_db and args.hypothesis_db != "none":
+        check_writable_dir(args.hypothesis_db, "--hypothesis-db")
+
+
+def write_outputs(args, result, reproducers, to_stdout: bool) -> None:
+    from normspec.validate.report import to_json, to_junit
+
+    if args.json:
+        text = to_json(result, reproducers)
+        if to_stdout:
+            sys.stdout.write(text + "\n")
+        else:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(text)
+    if args.junit_xml:
+        Path(args.junit_xml).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.junit_xml).write_text(to_junit(result, reproducers))
+
+
 def cmd_validate(args) -> int:
     from normspec.validate import UsageError, validate
-    from normspec.validate.report import print_report, to_json, to_junit, write_reproducers
+    from normspec.validate.report import print_report, write_reproducers
 
+    try:
+        check_outputs(args)
+    except PathError as exc:
+        print(f"normspec validate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_hypothesis(None if args.hypothesis_db in (None, "none") else args.hypothesis_db,
+                         database=args.hypothesis_db != "none")
     to_stdout = args.json == "-"
     console = Console(stderr=to_stdout)
-    report_dir = Path(args.report_dir) if args.report_dir else Path(tempfile.mkdtemp(prefix="normspec-validate-"))
+    report_dir = Path(args.report_dir) if args.report_dir else default_report_dir()
 
     def progress(o):
         if not args.quiet and not o.verdict.reason.startswith("not applicable: does not apply"):
@@ -38,20 +95,27 @@ def cmd_validate(args) -> int:
         result = validate(args.target, as_norm=args.as_norm, kind=args.kind, profile=args.profile,
                           example_timeout=args.example_timeout, run_timeout=args.run_timeout,
                           properties=split_names(args.property) or None, dtypes=split_names(args.dtype) or None,
-                          fail_fast=args.fail_fast, on_result=progress)
+                          fail_fast=args.fail_fast, memory_limit=args.memory_limit, keep_temp=args.keep_temp,
+                          on_result=progress)
     except UsageError as exc:
         print(f"normspec validate: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        result = getattr(exc, "partial_result", None)
+        kept = "no property had finished"
+        if result is not None and result.outcomes:
+            reproducers = write_reproducers(result, report_dir)
+            print_report(console, result, reproducers)
+            write_outputs(args, result, reproducers, to_stdout)
+            kept = f"{len(result.outcomes)} result(s) so far shown" + (" and written (marked incomplete)"
+                                                                      if args.json or args.junit_xml else "")
+        elif result is not None:
+            write_outputs(args, result, {}, to_stdout)
+        print(interrupted_message("validate", exc, kept), file=sys.stderr)
+        return exit_status(exc)
     reproducers = write_reproducers(result, report_dir)
     print_report(console, result, reproducers)
-    if args.json:
-        text = to_json(result, reproducers)
-        if to_stdout:
-            sys.stdout.write(text + "\n")
-        else:
-            Path(args.json).write_text(text)
-    if args.junit_xml:
-        Path(args.junit_xml).write_text(to_junit(result, reproducers))
+    write_outputs(args, result, reproducers, to_stdout)
     return EXIT_OK if result.accepted else EXIT_FAILED
 
 
@@ -70,11 +134,20 @@ def register(sub) -> None:
     v.add_argument("--dtype", action="append", help="only these dtypes (default: every one the candidate accepts)")
     v.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' for stdout)")
     v.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report to FILE")
-    v.add_argument("--report-dir", help="where reproducer scripts go (default: a new temporary directory)")
-    v.add_argument("--example-timeout", type=float, default=EXAMPLE_TIMEOUT,
+    v.add_argument("--report-dir", help="where reproducer scripts of failures go (default: a new directory under "
+                   "~/.cache/normspec/reports, created only when something fails)")
+    v.add_argument("--example-timeout", type=seconds, default=EXAMPLE_TIMEOUT,
                    help=f"seconds one call of the candidate may take (default {EXAMPLE_TIMEOUT:.0f})")
-    v.add_argument("--run-timeout", type=float, default=RUN_TIMEOUT,
+    v.add_argument("--run-timeout", type=seconds, default=RUN_TIMEOUT,
                    help=f"seconds the whole validation may take (default {RUN_TIMEOUT:.0f})")
+    v.add_argument("--memory-limit", type=memory_size, default="auto", metavar="SIZE",
+                   help="writable memory the candidate's worker may use, e.g. 2G or none (default: half the "
+                        "available memory, at most 4G); exceeding it is reported as such")
+    v.add_argument("--keep-temp", action="store_true",
+                   help="keep the worker's scratch directory (its cwd and candidate-output.log)")
+    v.add_argument("--hypothesis-db", metavar="DIR",
+                   help="Hypothesis' example database (stored failures are replayed first on the next run); "
+                        "default ~/.cache/normspec/hypothesis, 'none' for no database")
     v.add_argument("--fail-fast", action="store_true", help="stop at the first failing property")
     v.add_argument("--quiet", action="store_true", help="no per-property progress lines")
     v.set_defaults(func=cmd_validate)

@@ -354,11 +354,44 @@ def _tensors(kind, inputs, requires_grad=()):
     return out
 
 
+# The previous call's outputs as the candidate returned them, and a copy of their values: the next
+# call reports whether they changed, or whether its own outputs share memory with them.
+_PREVIOUS: dict = {}
+
+
+def _overlap(a, b) -> bool:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.shares_memory(a, b))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        sa, sb = a.untyped_storage(), b.untyped_storage()
+        return (sa.device == sb.device and sa.nbytes() > 0 and sb.nbytes() > 0
+                and sa.data_ptr() < sb.data_ptr() + sb.nbytes() and sb.data_ptr() < sa.data_ptr() + sa.nbytes())
+    return False
+
+
+def _against_previous(objects: dict) -> dict:
+    """{"changed": {name: the previous call's output now}, "shared": [(new name, previous name)]};
+    then these outputs become the previous ones."""
+    report = {"changed": {}, "shared": []}
+    for name, (obj, copy) in _PREVIOUS.items():
+        if not same_bits(obj, copy):
+            report["changed"][name] = to_float64(obj)
+        for new_name, new in objects.items():
+            if _overlap(new, obj):
+                report["shared"].append((new_name, name))
+    _PREVIOUS.clear()
+    for name, obj in objects.items():
+        obj = obj.detach() if isinstance(obj, torch.Tensor) else obj
+        _PREVIOUS[name] = (obj, obj.clone() if isinstance(obj, torch.Tensor) else np.array(obj, copy=True))
+    return report
+
+
 def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=None, wrt=(), outputs=("y",)):
     """Run one call. inputs: {role: (float64 values, dtype, layout)}; dy likewise (or None).
 
     Returns {"outputs": {name: float64}, "grads": {role: float64}, "mutated": {role: float64 after
-    the call}, "dtypes": {name: dtype}}. The caller's tensors (x, weight, bias, dy) are compared
+    the call}, "dtypes": {name: dtype}, "previous": what became of the previous call's outputs}.
+    The caller's tensors (x, weight, bias, dy) are compared
     bitwise before and after: a candidate that writes into them is reported through "mutated".
     """
     if unsupported(norm, kind, params):
@@ -402,6 +435,7 @@ def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=N
     result["dtypes"]["y"] = dtype_name(y)
     for name, value in state.items():
         result["outputs"][name] = to_float64(value)
+    result["previous"] = _against_previous({"y": y, **state})
     if grads_wanted:
         roles = [r for r in wrt if leaves.get(r) is not None]
         if kind == "spec":

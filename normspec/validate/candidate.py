@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from hypothesis import reject
 
+from normspec.guard import human_bytes
 from normspec.impls.base import Backend, Kernel
 
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -46,11 +48,12 @@ class CandidateRaised(Exception):
     """The candidate raised (or broke the drop-in contract); ctx.run reports it as a failure."""
 
 
-@dataclass
+@dataclass(eq=False)
 class RemoteArray:
     values: np.ndarray  # float64, exactly the dtype-rounded values
     dtype: str
     layout: str = "contiguous"
+    shares_with: list = field(default_factory=list)  # earlier RemoteArrays whose memory the worker's array shares
 
     @property
     def shape(self):
@@ -77,16 +80,91 @@ def signal_name(code: int) -> str:
         return f"exit status {code}"
 
 
+OUTPUT_HEAD = 1 << 20  # bytes of the candidate's output kept from the start...
+OUTPUT_TAIL = 64 << 10  # ...and from the end; what lies between is counted and dropped
+
+
+class CappedLog:
+    """The candidate's stdout/stderr, read from a pipe by a thread: the first `head` bytes go to
+    `path`, the last `tail` bytes are kept in memory, the rest is only counted. `close()` appends the
+    tail after a line saying how much was dropped, so a chatty candidate cannot fill the disk."""
+
+    def __init__(self, fd: int, path: str, head: int = OUTPUT_HEAD, tail: int = OUTPUT_TAIL):
+        self.fd, self.path, self.head, self.tail_size = fd, path, head, tail
+        self.total = 0
+        self._tail = bytearray()
+        self._file = open(path, "ab")
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, name="normspec-candidate-output", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except OSError:
+                break
+            if not chunk:
+                break
+            with self._lock:
+                room = max(0, self.head - self.total)
+                if room and self._file is not None:
+                    self._file.write(chunk[:room])
+                    self._file.flush()
+                self.total += len(chunk)
+                self._tail += chunk[room:]
+                excess = len(self._tail) - self.tail_size
+                if excess > 0:
+                    del self._tail[:excess]
+
+    @property
+    def dropped(self) -> int:
+        return max(0, self.total - self.head - len(self._tail))
+
+    def tail_text(self, n: int = 600) -> str:
+        with self._lock:
+            kept = bytes(self._tail)
+        if len(kept) < n:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(0, 2)
+                    f.seek(max(0, f.tell() - (n - len(kept))))
+                    kept = f.read() + kept
+            except OSError:
+                pass
+        return kept[-n:].decode(errors="replace").strip()
+
+    def close(self) -> None:
+        self._thread.join(timeout=2.0)
+        with self._lock:
+            if self._file is None:
+                return
+            if self.total > self.head:
+                if self.dropped:
+                    self._file.write(f"\n[normspec: {self.dropped} bytes of the candidate's output dropped here; "
+                                     f"the first {self.head} and the last {len(self._tail)} are kept]\n".encode())
+                self._file.write(bytes(self._tail))
+            self._file.close()
+            self._file = None
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
+
 @dataclass
 class Worker:
-    """A spawned interpreter holding the candidate (see `normspec.validate.worker`)."""
+    """A spawned interpreter holding the candidate (see `normspec.validate.worker`), leading its own
+    session, so that killing its process group ends whatever the candidate started too."""
 
     target: str
     scratch: str
     cwd: str = field(default_factory=os.getcwd)
+    memory_limit: int | None = None
     process: Any = None
     conn: Any = None
     starts: int = 0
+    logs: list = field(default_factory=list)
 
     @property
     def log_path(self) -> str:
@@ -96,48 +174,81 @@ class Worker:
         """A fresh interpreter (`python -m normspec.validate.worker`), talking over a socket pair."""
         parent, child = socket.socketpair()
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        with open(self.log_path, "ab") as log:
+        if self.memory_limit:
+            env["NORMSPEC_WORKER_MEMORY"] = str(int(self.memory_limit))
+        read_fd, write_fd = os.pipe()
+        try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "normspec.validate.worker", str(child.fileno()), self.target, self.cwd,
                  self.scratch],
-                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.scratch, env=env)
-        child.close()
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
+                cwd=self.scratch, env=env, start_new_session=True)
+        finally:
+            os.close(write_fd)
+            child.close()
+        try:  # restarts share one budget: the log never holds more than OUTPUT_HEAD from the starts
+            written = os.path.getsize(self.log_path)
+        except OSError:
+            written = 0
+        self.logs.append(CappedLog(read_fd, self.log_path, head=max(0, OUTPUT_HEAD - written),
+                                   tail=OUTPUT_TAIL if written < 2 * OUTPUT_HEAD else 0))
         self.conn = Connection(parent.detach())
         self.starts += 1
 
+    @property
+    def output_bytes(self) -> int:
+        return sum(log.total for log in self.logs)
+
+    @property
+    def output_dropped(self) -> int:
+        return sum(log.dropped for log in self.logs)
+
     def log_tail(self, n: int = 600) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - n))
-                return f.read().decode(errors="replace").strip()
-        except OSError:
-            return ""
+        return self.logs[-1].tail_text(n) if self.logs else ""
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker's process group: the worker and everything the candidate started in it."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _reap(self) -> int | None:
         try:
             return self.process.wait(5.0)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.kill_group()
             return self.process.wait()
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = True) -> None:
+        """End the worker (asked to exit first when `graceful`), then its whole process group."""
         if self.process is not None:
-            if self.alive():
+            if self.alive() and graceful:
                 try:
                     self.conn.send({"op": "exit"})
                     self.process.wait(2.0)
                 except Exception:
-                    self.process.kill()
+                    pass
+            self.kill_group()
             self._reap()
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        for log in self.logs:
+            log.close()
         self.process = None
+
+    def _abandon(self) -> int | None:
+        """Kill a worker that crashed or hung (and what it started); its exit status."""
+        self.kill_group()
+        code = self._reap()
+        self.process = None
+        return code
 
     def request(self, msg: dict, timeout: float) -> tuple:
         """Send one request and wait for its reply; CandidateAbort on a crash or a timeout."""
@@ -163,19 +274,26 @@ class Worker:
                 try:
                     return self.conn.recv()
                 except (EOFError, OSError):
-                    code = self._reap()
+                    code = self._abandon()
                     tail = self.log_tail()
-                    self.process = None
+                    if self.memory_limit and any(m in tail for m in ("MemoryError", "bad_alloc", "allocate memory")):
+                        raise CandidateAbort("memory-limit", f"the candidate ran out of the worker's memory limit of "
+                                             f"{human_bytes(self.memory_limit)} and the interpreter died "
+                                             f"({signal_name(code)}); raise it with --memory-limit", msg)
                     raise CandidateAbort("crashed", f"the candidate crashed the interpreter ({signal_name(code)})"
                                          + (f"; its last output: {tail[-300:]}" if tail else ""), msg)
             if not self.alive():
                 continue  # poll again: recv raises EOFError and we report the crash
             if remaining <= 0:
-                self.process.kill()
-                self._reap()
-                self.process = None
+                self._abandon()
                 raise CandidateAbort("hung", f"the candidate did not return within {timeout:.0f}s "
                                      "(per-example time limit); it was killed", msg)
+
+
+def memory_abort(worker: Worker, reply: tuple, msg: dict | None = None) -> CandidateAbort:
+    limit = human_bytes(worker.memory_limit) if worker.memory_limit else "(none set)"
+    return CandidateAbort("memory-limit", f"the candidate exceeded the worker's memory limit of {limit} "
+                          f"({reply[1]}: {reply[2][:200]}); raise it with --memory-limit", msg)
 
 
 class CandidateBackend(Backend):
@@ -195,6 +313,7 @@ class CandidateBackend(Backend):
         self.kernels = {norm: Kernel(forward=self._no_direct_call, unsupported=self._unsupported)}
         self.recording: list[dict] | None = None  # when a list, every call and its result is appended
         self.calls = 0
+        self.previous: dict[str, RemoteArray] = {}  # the last call's outputs, updated if the worker saw them change
 
     # -- Backend contract
     @staticmethod
@@ -219,6 +338,10 @@ class CandidateBackend(Backend):
 
     def forward(self, norm, inputs, params):
         return self._call(norm, inputs, params)["outputs"]
+
+    def shares_memory(self, a, b) -> bool:
+        """As the worker saw it: the candidate returned overlapping arrays in two calls."""
+        return any(x is a for x in getattr(b, "shares_with", ())) or any(x is b for x in getattr(a, "shares_with", ()))
 
     def gradients(self, norm, inputs, params, dy, wrt):
         return self._call(norm, inputs, params, dy=dy, wrt=wrt)["grads"]
@@ -246,6 +369,8 @@ class CandidateBackend(Backend):
                 abort.kind, abort.message = "run-limit", "the whole-run time limit was reached during a call"
             raise
         self.calls += 1
+        if reply[0] == "memory":
+            raise memory_abort(self.worker, reply, msg)
         if reply[0] == "unsupported":
             if dy is not None and "backward" in reply[1]:
                 raise CapabilityMissing(reply[1])
@@ -261,8 +386,19 @@ class CandidateBackend(Backend):
                 target.values = np.array(values, dtype=np.float64)
         if self.recording is not None:
             self.recording.append({"msg": msg, "result": result})
-        wrap = lambda v: RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
-        return {"outputs": {k: wrap(v) for k, v in result["outputs"].items()},
+        def wrap(v):
+            return RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
+
+        outputs = {k: wrap(v) for k, v in result["outputs"].items()}
+        previous = result.get("previous", {})
+        for name, now in previous.get("changed", {}).items():  # the second call wrote into the first's result
+            if name in self.previous:
+                self.previous[name].values = np.asarray(now, dtype=np.float64)
+        for new_name, old_name in previous.get("shared", []):
+            if new_name in outputs and old_name in self.previous:
+                outputs[new_name].shares_with.append(self.previous[old_name])
+        self.previous = dict(outputs)
+        return {"outputs": outputs,
                 "grads": {k: wrap(v) for k, v in result["grads"].items()},
                 "mutated": result["mutated"]}
 
@@ -273,6 +409,8 @@ class CandidateBackend(Backend):
         msg = {"op": "steps", "norm": self.norm, "inputs": {r: a.wire() for r, a in inputs.items()},
                "params": dict(params), "steps": list(steps), "eval_x": eval_x}
         reply = self.worker.request(msg, self.timeout() * (len(steps) + 1))
+        if reply[0] == "memory":
+            raise memory_abort(self.worker, reply, msg)
         if reply[0] != "ok":
             raise CandidateRaised(f"the candidate raised {reply[1]}: {reply[2] if len(reply) > 2 else ''}")
         return reply[1]

@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from normspec.guard import human_bytes
 from normspec.library.case import Case
 from normspec.registry import get_norm
 from normspec.report import counterexample_text
@@ -87,8 +88,16 @@ def print_report(console: Console, result: ValidationResult, reproducers: dict[s
             console.print(f"  minimal counterexample: {counterexample(o)}", markup=False, highlight=False)
         if v.property in reproducers:
             console.print(f"  reproducer: python {reproducers[v.property]}", markup=False, highlight=False)
+    if result.output_dropped:
+        console.print(f"[dim]the candidate printed {human_bytes(result.output_bytes)}; its log kept the first and "
+                      f"last parts and dropped {human_bytes(result.output_dropped)}[/]", highlight=False)
+    if result.scratch:
+        console.print(f"[dim]kept the worker's directory (its output in candidate-output.log): {result.scratch}[/]",
+                      highlight=False)
     verdict = "ACCEPTED" if result.accepted else "REJECTED"
     style = "bold green" if result.accepted else "bold red"
+    if not result.complete:
+        verdict, style = "INCOMPLETE (interrupted)", "bold yellow"
     counts = {}
     for o in result.outcomes:
         if not _other_norm(o, result.norm):
@@ -101,7 +110,10 @@ def print_report(console: Console, result: ValidationResult, reproducers: dict[s
 def to_json(result: ValidationResult, reproducers: dict[str, str]) -> str:
     return json.dumps({
         "target": result.target, "norm": result.norm, "kind": result.kind, "profile": result.profile,
-        "accepted": result.accepted, "seconds": round(result.seconds, 3),
+        "accepted": result.accepted and result.complete, "complete": result.complete,
+        "seconds": round(result.seconds, 3),
+        "candidate_output_bytes": result.output_bytes, "candidate_output_dropped_bytes": result.output_dropped,
+        "captured_warnings": result.captured_warnings,
         "first_counterexample_seconds": None if result.first_counterexample_s is None
         else round(result.first_counterexample_s, 3),
         "dtypes": list(result.dtypes), "layouts": list(result.layouts), "not_exercised": result.not_exercised,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, find, reject, settings
 from hypothesis import strategies as st
 
 from normspec.expected import expected_failure
+from normspec.guard import default_worker_memory
 from normspec.properties import PROPERTIES, Property, PropertyFailure, Verdict, replay, run_property
 from normspec.registry import NormRecord, norms
 from normspec.validate.adapters import ADAPTED_NORMS
@@ -63,6 +65,11 @@ class ValidationResult:
     seconds: float = 0.0
     first_counterexample_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    complete: bool = False  # False until every chosen property ran (an interrupt leaves it False)
+    output_bytes: int = 0  # what the candidate printed, and how much of it the capped log dropped
+    output_dropped: int = 0
+    scratch: str | None = None  # the worker's directory (with its log), when kept
+    captured_warnings: int = 0  # Python warnings raised in this process while properties ran (not shown)
 
     @property
     def failures(self) -> list[Outcome]:
@@ -265,20 +272,37 @@ def record_calls(p, view: NormRecord, backend: CandidateBackend, draws) -> list[
 def validate(target: str, *, as_norm: str | None = None, kind: str | None = None, profile: str = DEFAULT_PROFILE,
              example_timeout: float = EXAMPLE_TIMEOUT, run_timeout: float = RUN_TIMEOUT,
              properties: list[str] | None = None, dtypes: list[str] | None = None,
-             scratch: str | None = None, fail_fast: bool = False,
-             on_result: Callable[[Outcome], None] = lambda o: None) -> ValidationResult:
-    """Validate TARGET; raises UsageError for a target that cannot be validated as given."""
+             scratch: str | None = None, fail_fast: bool = False, memory_limit: int | str | None = "auto",
+             keep_temp: bool = False, on_result: Callable[[Outcome], None] = lambda o: None) -> ValidationResult:
+    """Validate TARGET; raises UsageError for a target that cannot be validated as given.
+
+    The candidate runs in a worker process group with `memory_limit` bytes of writable memory
+    ("auto": half the available memory, at most 4 GiB; None: no limit), in a scratch directory
+    removed at the end unless `keep_temp` (or `scratch`
+    is given). On KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) the worker's group is
+    killed and the exception carries the results so far as `partial_result` (`complete` False).
+    """
     check_target_syntax(target)
+    for name, value in (("example_timeout", example_timeout), ("run_timeout", run_timeout)):
+        if not (value > 0 and value != float("inf")):  # nan fails the first test
+            raise UsageError(f"{name} must be a finite number of seconds above 0, not {value!r}")
     start = time.monotonic()
     deadline = start + run_timeout
     result = ValidationResult(target=target, profile=profile)
-    worker = Worker(target, scratch or scratch_dir())
+    if memory_limit == "auto":
+        memory_limit = default_worker_memory()
+    own_scratch = scratch is None
+    worker = Worker(target, scratch or scratch_dir(), memory_limit=memory_limit)
+    graceful = True
     try:
         worker.start()
         try:
             reply = worker.request({"op": "describe"}, timeout=max(60.0, example_timeout))
         except CandidateAbort as abort:
             raise UsageError(f"importing {target} failed: {abort.message}") from None
+        if reply[0] == "memory":
+            raise UsageError(f"importing {target} exceeded the worker's memory limit ({reply[1]}: {reply[2][:200]}); "
+                             f"raise it with --memory-limit")
         if reply[0] != "ok":
             raise UsageError(f"cannot import {target}: {reply[1]}: {reply[2]}")
         info = reply[1]
@@ -310,6 +334,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         backend = CandidateBackend(worker, norm, result.kind, record.outputs, ranks=info["ranks"],
                                    dtypes=tuple(dtypes or ALL_DTYPES), layouts=ALL_LAYOUTS,
                                    example_timeout=example_timeout, deadline=deadline)
+        backend.database_key = f"candidate={target}:{result.kind}"
         try:
             accepted, refused, aborts = probe(backend, record, case)
         except CandidateAbort as abort:
@@ -326,6 +351,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
                             message=f"the candidate fails on the simplest call {case.describe()} in every dtype ({why})")
                 result.outcomes.append(Outcome(v, group="contract"))
                 result.first_counterexample_s = result.first_counterexample_s or time.monotonic() - start
+            result.complete = True
             return result
         backend.dtypes = accepted
         result.dtypes, result.layouts = accepted, backend.layouts
@@ -339,7 +365,10 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
                             message=f"the whole-run time limit of {run_timeout:.0f}s was reached first")
                 outcome = Outcome(v, group=p.group)
             else:
-                outcome = run_one(p, record, view, backend, profile, torch_kind)
+                with warnings.catch_warnings(record=True) as caught:  # the properties' own arithmetic
+                    warnings.simplefilter("default")
+                    outcome = run_one(p, record, view, backend, profile, torch_kind)
+                result.captured_warnings += len(caught)
                 if outcome.status == "skipped" and not outcome.verdict.reason.startswith("not applicable"):
                     outcome.verdict.reason = f"not applicable: {outcome.verdict.reason}"
                 if outcome.status == "failed" and outcome.verdict.draws:
@@ -350,7 +379,17 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             on_result(outcome)
             if fail_fast and outcome.status == "failed":
                 break
+        result.complete = True
         return result
+    except KeyboardInterrupt as exc:
+        graceful = False
+        exc.partial_result = result
+        raise
     finally:
-        worker.stop()
+        worker.stop(graceful=graceful)
         result.seconds = time.monotonic() - start
+        result.output_bytes, result.output_dropped = worker.output_bytes, worker.output_dropped
+        if keep_temp or not own_scratch:
+            result.scratch = worker.scratch
+        else:
+            shutil.rmtree(worker.scratch, ignore_errors=True)

@@ -3,8 +3,12 @@
 Everything the candidate does happens here, so that a raise, a hang or a segfault in it never
 takes the validating process down: the parent (`normspec.validate.candidate`) sees an error
 reply, a missed deadline or a dead process, and reports it. The candidate's stdout/stderr go to
-a log file in the report's scratch directory, and the working directory is a scratch directory,
-so relative writes by the candidate never land beside the user's files.
+the parent through a pipe (kept in a capped log in the scratch directory), and the working
+directory is a scratch directory, so relative writes by the candidate never land beside the
+user's files. The worker leads its own session (process group), so the parent ends it and every
+process the candidate started with one killpg; it also dies with the parent (PR_SET_PDEATHSIG),
+and its writable memory is limited (RLIMIT_DATA, `NORMSPEC_WORKER_MEMORY` bytes): an allocation
+past it raises in the candidate and is reported as the memory limit, not as a wrong result.
 """
 from __future__ import annotations
 
@@ -29,10 +33,44 @@ def _error(exc: BaseException) -> tuple:
     return ("error", type(exc).__name__, f"{exc}{at}")
 
 
+MEMORY_MARKERS = ("can't allocate memory", "Cannot allocate memory", "out of memory", "std::bad_alloc")
+
+
+def is_memory_error(exc: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError (NumPy's too) or torch's allocator error."""
+    return isinstance(exc, MemoryError) or any(m in str(exc) for m in MEMORY_MARKERS)
+
+
+def limit_memory(limit: int) -> None:
+    """Limit the worker's writable memory (RLIMIT_DATA: heap and private writable mappings, which is
+    where NumPy and torch allocate; unlike RLIMIT_AS it leaves address space that is only reserved,
+    as a CUDA context reserves it, alone)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except Exception:  # not Linux: the parent's killpg is the guard
+        pass
+
+
 def serve(conn, target: str, cwd: str, scratch: str) -> None:
     """Child main loop: answer ("describe" | "call" | "steps" | "exit") messages over `conn`."""
     sys.dont_write_bytecode = True
+    die_with_parent()
     os.chdir(scratch)
+    if os.environ.get("NORMSPEC_WORKER_MEMORY"):
+        limit_memory(int(os.environ["NORMSPEC_WORKER_MEMORY"]))
     import torch
 
     # One intra-op thread by default: tiny cases run ~15x faster than with OpenMP threads waiting
@@ -66,6 +104,8 @@ def serve(conn, target: str, cwd: str, scratch: str) -> None:
             reply = ("unsupported", str(exc))
         except BaseException as exc:  # the candidate's own exception, whatever it is
             reply = _error(exc)
+            if is_memory_error(exc):
+                reply = ("memory",) + reply[1:]
         try:
             conn.send(reply)
         except Exception as exc:  # e.g. an unpicklable result

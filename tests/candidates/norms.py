@@ -235,6 +235,20 @@ class HandLayerNorm(nn.LayerNorm):
         return y.to(x.dtype)
 
 
+class LNReusedOutputBuffer(HandLayerNorm):
+    """Writes every result into one preallocated output buffer per shape and dtype and returns that
+    buffer (a workspace cache): the caller's earlier result changes under it on the next call."""
+
+    _workspace: dict = {}
+
+    def forward(self, x):
+        y = super().forward(x)
+        key = (tuple(y.shape), y.dtype)
+        buffer = LNReusedOutputBuffer._workspace.setdefault(key, torch.empty_like(y))
+        buffer.copy_(y.detach())
+        return buffer
+
+
 class LNOnePassVariance(HandLayerNorm):
     """var = E[x^2] - E[x]^2: the LayerNorm-at-+2000 report."""
 
@@ -613,6 +627,7 @@ class SigsegvLayerNorm(HandLayerNorm):
 # ---------------------------------------------------------------- the catalogue
 
 CATALOGUE = {
+    "ln_output_buffer_reused": ("LNReusedOutputBuffer", "layer_norm"),
     "bn_biased_running_var": ("BNBiasedRunningVar", "batch_norm"),
     "bn_momentum_flipped": ("BNMomentumFlipped", "batch_norm"),
     "bn_momentum_none_ignored": ("BNMomentumNoneIgnored", "batch_norm"),
