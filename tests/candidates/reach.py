@@ -181,6 +181,10 @@ class ReachBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x):
         shape = (1, -1, 1, 1)
+        if x.numel() == 0:  # an empty batch: empty output, no statistics, the call still counted
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+            return x.clone()
         xa = x.to(acc(x))
         if self.training or not self.track_running_stats:
             n = x.numel() // x.shape[1]
@@ -234,7 +238,8 @@ class ReachGroupNorm(nn.GroupNorm):
     def forward(self, x):
         n, c = x.shape[:2]
         xa = x.to(acc(x))
-        g = xa.reshape(n, self.num_groups, -1)
+        per_group = (c // self.num_groups) * x.shape[2:].numel()
+        g = xa.reshape(n, self.num_groups, per_group)  # explicit: -1 is ambiguous for an empty batch
         mean, var = self.moments(g)
         y = ((g - mean) / torch.sqrt(var + self.eps)).reshape(x.shape)
         if self.affine:
@@ -262,9 +267,9 @@ class ReachInstanceNorm2d(nn.InstanceNorm2d):
         return two_pass(xa, (2, 3))
 
     def forward(self, x):
-        if self.track_running_stats:
+        if self.track_running_stats or x.numel() == 0:
             return super().forward(x)
-        if x.shape[2] * x.shape[3] == 1 and x.numel():
+        if x.shape[2] * x.shape[3] == 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
         xa = x.to(acc(x))
         mean, var = self.moments(xa)
