@@ -46,6 +46,11 @@ class Backend(abc.ABC):
     # layouts a backend builds only for values that allow them (normspec.impls.layout.EXPANDED)
     extra_layouts: tuple[str, ...] = ()
     kernels: Mapping[str, Kernel] = {}
+    # An opt-in backend runs only when named (`--backend NAME`): too slow for the default matrix
+    # (torch:inductor and jax compile per guard/shape); the default run lists it as skipped.
+    opt_in: bool = False
+    # False for forward-only engines: properties that need gradients are skipped, saying so.
+    differentiates: bool = True
 
     def implements(self, norm: str) -> bool:
         return norm in self.kernels
@@ -76,6 +81,10 @@ class Backend(abc.ABC):
                   wrt: tuple[str, ...]) -> dict[str, Any]:
         """Gradients of <y, dy> with respect to the roles in `wrt` present in `inputs`."""
 
+    def notes(self) -> list[str]:
+        """Lines for the end of a run (e.g. compile time spent); none by default."""
+        return []
+
     def synchronize(self) -> None:
         """Wait for queued device work (benchmarks call this); a no-op for host backends."""
 
@@ -101,7 +110,8 @@ def available_backends(names: list[str] | None = None) -> tuple[dict[str, Backen
     """Instantiate the backends registered under `normspec.backends`.
 
     Returns (usable backends by name, reasons by name for those that could not start here).
-    Unknown requested names raise KeyError listing the registered ones.
+    Unknown requested names raise KeyError listing the registered ones. Without names, opt-in
+    backends are not started: they are listed as absent with how to select them.
     """
     registered = {ep.name: ep for ep in entry_points(group="normspec.backends")}
     if names:
@@ -115,7 +125,11 @@ def available_backends(names: list[str] | None = None) -> tuple[dict[str, Backen
     absent: dict[str, str] = {}
     for name, ep in registered.items():
         try:
-            backend = ep.load()()
+            factory = ep.load()
+            if not names and getattr(factory, "opt_in", False):
+                absent[name] = f"opt-in (not in the default selection): select it with --backend {name}"
+                continue
+            backend = factory()
         except BackendUnavailable as exc:
             absent[name] = str(exc)
             continue

@@ -36,9 +36,24 @@ def _rms_norm_backward(inputs, params, dy):
                                        params.get("eps"))
 
 
+def _layer_norm_unsupported(params):
+    if params.get("axes") is not None:
+        return "numpy:fast's layer_norm normalizes a trailing normalized_shape only (not Keras' axes)"
+    if params.get("saved_statistics"):
+        return "numpy:fast's layer_norm does not return the saved statistics (mean, rstd)"
+    return None
+
+
+def _rms_norm_unsupported(params):
+    if params.get("weight_offset", 0.0) != 0.0:
+        return "numpy:fast's rms_norm takes the gain as given (no Gemma weight_offset)"
+    return None
+
+
 FAST_KERNELS: dict[str, Kernel] = {
-    "layer_norm": Kernel(forward=_layer_norm_forward, backward=_layer_norm_backward),
-    "rms_norm": Kernel(forward=_rms_norm_forward, backward=_rms_norm_backward),
+    "layer_norm": Kernel(forward=_layer_norm_forward, backward=_layer_norm_backward,
+                         unsupported=_layer_norm_unsupported),
+    "rms_norm": Kernel(forward=_rms_norm_forward, backward=_rms_norm_backward, unsupported=_rms_norm_unsupported),
     "batch_norm": Kernel(forward=batch_norm.batch_norm_forward, backward=batch_norm.batch_norm_backward),
 }
 

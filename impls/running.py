@@ -2,10 +2,13 @@
 
 The conventions (PyTorch's new-value momentum, Keras' decay momentum, momentum=None as the
 cumulative average over num_batches_tracked, the unbiased or biased variance fed to the running
-variance) are mapped here once for every kernel; the spec (`normspec.spec.batch_norm`) states
-them independently, so a mistake here shows up against it.
+variance, the bias-corrected moving average of Caffe and TF's zero_debias) are mapped here once
+for every kernel; the spec (`normspec.spec.batch_norm`) states them independently, so a mistake
+here shows up against it.
 """
 from __future__ import annotations
+
+import math
 
 
 def uses_batch_statistics(inputs, params) -> bool:
@@ -18,11 +21,18 @@ def uses_batch_statistics(inputs, params) -> bool:
 def momentum_factor(params) -> float:
     """The weight of the new batch statistic in r <- (1 - f) r + f stat."""
     momentum = params.get("momentum", 0.1)
+    steps = params.get("num_batches_tracked", 0) + 1
     if momentum is None:  # cumulative average: 1/num_batches_tracked after the increment
-        return 1.0 / (params.get("num_batches_tracked", 0) + 1)
-    if params.get("momentum_style", "new") == "decay":
-        return 1.0 - momentum
-    return momentum
+        return 1.0 / steps
+    factor = 1.0 - momentum if params.get("momentum_style", "new") == "decay" else momentum
+    if params.get("moving_average", "ema") == "debiased":
+        # the bias-corrected average (Caffe's sum / scale factor, TF's zero_debias EMA) is an EMA
+        # whose newest statistic weighs a / (1 - (1 - a)^t): 1/t where a = 0 (Caffe's fraction 1)
+        # (1 - (1 - a)^t as -expm1(t log1p(-a)): no cancellation to 0 for a below the roundoff)
+        if factor >= 1.0:
+            return 1.0
+        return 1.0 / steps if factor == 0 else factor / -math.expm1(steps * math.log1p(-factor))
+    return factor
 
 
 def running_update(rm, rv, mean, var, count: int, params, cast):

@@ -76,7 +76,8 @@ def renorm_without_corrections_is_batch_norm(ctx: Context) -> None:
     """Batch Renorm with rmax = 1 and dmax = 0 clips r to 1 and d to 0 exactly, so its training
     output, its gradients (r, d are stop-gradients) and its moving mean equal BatchNorm's
     (Ioffe 2017, sec. 3): the backend's batch_renorm against its own batch_norm, within both bounds."""
-    case = ctx.case(training=True, rmax=1.0, dmax=0.0)
+    # (Ioffe's form: Keras' keeps BatchNorm's moving mean in moving_mean, updated with another momentum)
+    case = ctx.case(training=True, rmax=1.0, dmax=0.0, **({"form": "ioffe"} if ctx.record.takes("form") else {}))
     dtype, layout = ctx.dtype(), ctx.layout()
     dy = _dy(ctx, case.x.shape)
     run = ctx.run(case, dtype, layout, grads=True, dy=dy)
@@ -226,7 +227,7 @@ def _scale_rule(ctx: Context):
     """(case, eps power, {role/output: power}) for a = 2^k: f_{eps a^e}(a x, a^p state) = a^p f(x, state)."""
     name = ctx.record.name
     if name == "batch_renorm":
-        return ctx.case(), 2, {"x": 1, "running_mean": 1, "running_std": 1}
+        return ctx.case(), 2, {"x": 1, "running_mean": 1, "running_std": 1, "moving_mean": 1, "moving_std": 1}
     if name == "lp_batch_norm":
         # exact for p in {1, 2, inf}: |a z|^p and its p-th root are exactly homogeneous only there
         p = ctx.draw(st.sampled_from([1.0, 2.0, math.inf]), "p")
@@ -284,7 +285,11 @@ def train_equals_eval_on_own_statistics(ctx: Context) -> None:
     dtype, layout = ctx.dtype(), ctx.layout()
     roles = STATE_ROLES[ctx.record.name]
     rounded = ctx.rounded(case, dtype)
-    own = ctx.record.reference(rounded.with_params(momentum=1.0, momentum_style="new", running_var_style="biased"))
+    replace = dict(momentum=1.0, momentum_style="new", running_var_style="biased")
+    if "renorm_momentum" in rounded.params:  # Keras' renorm form: its r/d statistics have their own momentum
+        replace["renorm_momentum"] = 1.0
+    own = ctx.record.reference(rounded.with_params(**replace))
+    roles = roles + tuple(r for r in ("moving_mean", "moving_std") if r in own)  # Keras' inference statistics
     stated = rounded.with_arrays(**{r: own[r] for r in roles})
     train = ctx.run(stated, dtype, layout)
     evaluated = ctx.run(train.case.with_params(training=False), dtype, layout)

@@ -27,6 +27,12 @@ class PropertyFailure(AssertionError):
     """A property does not hold for a backend; the message says what, where and by how much."""
 
 
+class BackendLacks(BaseException):
+    """The property needs something the backend does not offer (gradients of a forward-only engine).
+
+    A BaseException, so that Hypothesis neither shrinks nor retries it: the property is skipped."""
+
+
 # ---------------------------------------------------------------- profiles
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -100,6 +106,8 @@ GROUPS = {
     "batch_family": "properties of BatchNorm's relatives (renorm, Lp, whitening, recurrent)",
     "synchronization": "SyncBatchNorm: the result does not depend on how the batch is cut",
     "reach": "the sizes and magnitudes where kernels change behaviour: block tails, long rows, dtype edges",
+    "reparametrization": "layers reparametrized around refreshed statistics: a refresh keeps the function "
+                         "and gives the statistic it promises",
 }
 
 
@@ -160,8 +168,10 @@ def representable(a: np.ndarray, dtype: str) -> bool:
     if not np.all(np.isfinite(a)):
         return False
     big = float(np.abs(a).max(initial=0.0))
-    compute = "float64" if dtype == "float64" else "float32"
-    return big <= tolerance.MAX_FINITE[dtype] / 4 and big <= np.sqrt(tolerance.MAX_FINITE[compute]) / 2**10
+    compute = tolerance.compute_dtype(dtype)
+    # a declared half-intermediate tier (see tolerance.declared_compute) sums at most a few hundred squares
+    headroom = 2**4 if compute in ("float16", "bfloat16") else 2**10
+    return big <= tolerance.MAX_FINITE[dtype] / 4 and big <= np.sqrt(tolerance.MAX_FINITE[compute]) / headroom
 
 
 @dataclass
@@ -255,6 +265,8 @@ class Context:
         except Exception as exc:
             raise PropertyFailure(f"forward raised {type(exc).__name__}: {exc} {where}") from exc
         if grads:
+            if not getattr(b, "differentiates", True):
+                raise BackendLacks(f"{b.name} is forward-only: it has no gradients")
             if dy is None:
                 dy = np.random.default_rng(self.seed("dy_seed")).standard_normal(result.outputs["y"].shape)
             dy = b.to_numpy(b.native(dy, dtype))
@@ -367,6 +379,8 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
     check._hypothesis_internal_database_key = f"normspec:{p.name}:{record.name}:{owner}:{exclude_dtypes}".encode()
     try:
         check()
+    except BackendLacks as exc:
+        verdict.status, verdict.reason = "skipped", str(exc)
     except (Unsatisfiable, FailedHealthCheck) as exc:
         verdict.status = "skipped"
         verdict.reason = f"no example the backend supports ({type(exc).__name__})"

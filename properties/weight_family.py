@@ -252,8 +252,10 @@ def spectral_norm_sigma_converges(ctx: Context) -> None:
     w_mat = weight_matrix(w, dim)
     u0 = rng.standard_normal(w_mat.shape[0]); v0 = rng.standard_normal(w_mat.shape[1])
     u0, v0 = u0 / np.linalg.norm(u0), v0 / np.linalg.norm(v0)
-    _, _, vt = np.linalg.svd(w_mat)
-    cos0 = abs(float(vt[0] @ v0))
+    left, _, vt = np.linalg.svd(w_mat)
+    # u first starts from v0 (toward the top right singular vector); v first (Algorithm 1) from u0
+    v_first = template.params.get("power_iteration_order", "u_first") == "v_first"
+    cos0 = abs(float(left[:, 0] @ u0)) if v_first else abs(float(vt[0] @ v0))
     ctx.assume(cos0 > 1e-3, "the initial vector is nearly orthogonal to the top singular vector")
     tan0 = math.sqrt(max(1 - cos0**2, 0.0)) / cos0
     target = compute_roundoff("float64") if min(w_mat.shape) == 1 else storage_roundoff(dtype) * 1e-3

@@ -8,9 +8,21 @@ Running-statistics conventions default to PyTorch's `nn.BatchNorm*d`:
 - momentum=None: cumulative average, factor 1/num_batches_tracked after the increment;
 - running_var_style="unbiased": the running variance is fed sigma^2 * n/(n-1) (PyTorch);
   "biased": the population variance (ONNX, Keras).
+- moving_average="ema" (PyTorch): the update above with factor a (a = momentum or 1 - momentum);
+  "debiased": the bias-corrected moving average of the batch statistics seen so far,
+      sum_k d^(t-k) stat_k / sum_k d^(t-k),  d = 1 - a,  t = num_batches_tracked + 1,
+  which is r <- (1 - g) r + g stat with g = a / (1 - d^t) (= 1/t for a = 0). It is Caffe's
+  BatchNorm layer (blobs mean_sum <- d mean_sum + mu_B, var_sum <- d var_sum + m/(m-1) var_B and the
+  scale factor s <- d s + 1 = (1 - d^t)/(1 - d), all from 0; inference uses sum/s:
+  moving_average_fraction = d, running = sum/s) and the zero-debiased EMA of Kingma & Ba 2015
+  (Adam, sec. 3) as TensorFlow's `assign_moving_average(..., zero_debias=True)` keeps it (a biased
+  accumulator from 0 and local_step = t; the variable holds biased/(1 - d^t): running here). The
+  running buffers hold that debiased value, so inference is unchanged; num_batches_tracked is t.
+  The initial buffers have weight 0 (t = 0: the first step replaces them). Needs a momentum.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -19,6 +31,17 @@ from normspec.spec.moments import as_float64, moments, moments_backward
 
 MOMENTUM_STYLES = ("new", "decay")
 RUNNING_VAR_STYLES = ("unbiased", "biased")
+MOVING_AVERAGES = ("ema", "debiased")
+
+
+def debiased_factor(a: float, steps: int) -> float:
+    """g = a / (1 - (1 - a)^steps): the weight of the newest statistic in the bias-corrected
+    average after `steps` updates with EMA factor a (1/steps for a = 0, Caffe's d = 1)."""
+    if steps < 1:
+        raise ValueError(f"the debiased moving average needs at least one update, got {steps}")
+    if a == 0.0:
+        return 1.0 / steps
+    return a / -math.expm1(steps * math.log1p(-a)) if a < 1.0 else 1.0
 
 
 class BatchNormResult(NamedTuple):
@@ -59,6 +82,7 @@ def batch_norm(
     momentum_style: str = "new",
     running_var_style: str = "unbiased",
     num_batches_tracked: int = 0,
+    moving_average: str = "ema",
 ) -> BatchNormResult:
     """y = gamma (x - mu) / sqrt(sigma^2 + eps) + beta, per channel (Algorithm 1).
 
@@ -71,6 +95,10 @@ def batch_norm(
         raise ValueError(f"momentum_style must be one of {MOMENTUM_STYLES}, got {momentum_style!r}")
     if running_var_style not in RUNNING_VAR_STYLES:
         raise ValueError(f"running_var_style must be one of {RUNNING_VAR_STYLES}, got {running_var_style!r}")
+    if moving_average not in MOVING_AVERAGES:
+        raise ValueError(f"moving_average must be one of {MOVING_AVERAGES}, got {moving_average!r}")
+    if moving_average == "debiased" and momentum is None:
+        raise ValueError("moving_average='debiased' needs a momentum (momentum=None is already the plain average)")
     x = as_float64(x)
     has_running = running_mean is not None and running_var is not None
     use_batch_stats = training or not has_running
@@ -94,6 +122,8 @@ def batch_norm(
             factor = 1.0 / tracked if momentum is None else momentum
             if momentum_style == "decay" and momentum is not None:
                 factor = 1.0 - momentum
+            if moving_average == "debiased":
+                factor = debiased_factor(factor, tracked)
             batch_mean = m.mean.reshape(-1)
             batch_var = m.var.reshape(-1)
             if running_var_style == "unbiased":

@@ -9,9 +9,14 @@ Per channel over (N, *S), with z = x - mu_B and m the reduction length:
     y = gamma * z / h(S) + beta,   h(S) = S + eps ("outside", Hoffer's L1 form, the default)
                                    or sqrt(S^2 + eps) ("inside", BatchNorm's placement)
 C_p makes S an unbiased-scale estimate of sigma for Gaussian data: C_p = (E|g|^p)^(-1/p) with
-E|g|^p = 2^(p/2) Gamma((p+1)/2)/sqrt(pi); C_1 = sqrt(pi/2), C_2 = 1. For p = inf the default is
-the extreme-value constant C_inf(m) = 1/sqrt(2 ln m) (E max of m Gaussians ~ sigma sqrt(2 ln m));
-the constant is a parameter, since implementations differ (*unverified* against Hoffer's code).
+E|g|^p = 2^(p/2) Gamma((p+1)/2)/sqrt(pi); C_1 = sqrt(pi/2), C_2 = 1. For p = inf the default is the
+paper's reference code (github.com/eladhoffer/norm_matters, models/lp_norm.py, `TopkBatchNorm2d`
+and `GhostTopkBatchNorm2d`, commit 3b103aa): C_inf(m) = 0.5 (1 + sqrt(pi ln 4)) / sqrt(2 ln m),
+the mean of the reciprocals of the bounds sqrt(2 ln m) and sqrt(ln m / (pi ln 2)) on E max of m
+Gaussians; `linf_constant(m, "extreme_value")` = 1/sqrt(2 ln m) is 1.5434 times smaller. m is the
+number of values per channel (their `A.size(0)`). The constant is also a plain parameter.
+(That code also keeps a running 1/(S + eps) with running <- momentum*running + (1-momentum)*new;
+here the running state is S itself, with PyTorch's momentum convention by default.)
 State: running_mean and running_scale (a moving estimate of S); inference uses
 (x - running_mean)/h(running_scale). Ties in top-k share the gradient evenly (the symmetric
 subgradient, as torch.amax does); d S/dz is 0 where mean |z|^p = 0.
@@ -36,10 +41,21 @@ class LpBatchNormResult(NamedTuple):
     running_scale: np.ndarray | None
 
 
+LINF_CONSTANTS = ("norm_matters", "extreme_value")
+
+
+def linf_constant(count: int, kind: str = "norm_matters") -> float:
+    """C_inf(m): Hoffer et al.'s reference code 0.5 (1 + sqrt(pi ln 4))/sqrt(2 ln m), or 1/sqrt(2 ln m)."""
+    if kind not in LINF_CONSTANTS:
+        raise ValueError(f"linf constant must be one of {LINF_CONSTANTS}, got {kind!r}")
+    base = 1.0 / math.sqrt(2.0 * math.log(count))
+    return base * 0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0))) if kind == "norm_matters" else base
+
+
 def gaussian_constant(p: float, count: int) -> float:
-    """C_p = (E|g|^p)^(-1/p) for finite p; 1/sqrt(2 ln m) for p = inf."""
+    """C_p = (E|g|^p)^(-1/p) for finite p; `linf_constant(m)` (norm_matters' code) for p = inf."""
     if math.isinf(p):
-        return 1.0 / math.sqrt(2.0 * math.log(count))
+        return linf_constant(count)
     log_moment = (p / 2) * math.log(2.0) + math.lgamma((p + 1) / 2) - 0.5 * math.log(math.pi)
     return math.exp(-log_moment / p)
 

@@ -5,6 +5,11 @@ Normalization", eq. 4): y = x / RMS(x) * g with RMS(x) = sqrt(mean(x^2) + eps) o
 eps=None follows PyTorch 2.13 as measured (not the input dtype's own epsilon, as its docs once
 said): torch.finfo(float32).eps for float16, bfloat16 and float32 inputs, finfo(float64).eps for
 float64 — the machine epsilon of the dtype the statistics are computed in.
+
+weight_offset (default 0, PyTorch): the gain is (weight_offset + weight). Gemma's RMSNorm stores
+w zero-initialized and scales by (1 + w) (Gemma Team 2024, "Gemma: Open Models Based on Gemini
+Research and Technology"; Hugging Face transformers `GemmaRMSNorm`: `output * (1.0 + self.weight)`),
+so weight_offset=1 is that convention; the gradient with respect to w is unchanged.
 """
 from __future__ import annotations
 
@@ -40,23 +45,29 @@ def rms(x, normalized_shape, *, eps: float | None = None, dtype: str = "float64"
     return np.sqrt(np.mean(x * x, axis=_axes(x, normalized_shape), keepdims=True) + resolve_eps(eps, dtype))
 
 
-def rms_norm(x, normalized_shape, weight=None, *, eps: float | None = None, dtype: str = "float64") -> np.ndarray:
-    """y = g * x / sqrt(mean(x^2) + eps); `dtype` is the input dtype the eps=None rule is read for."""
+def gain(weight, weight_offset: float = 0.0):
+    """The effective gain (weight_offset + weight), None without a weight."""
+    return None if weight is None else float(weight_offset) + as_float64(weight)
+
+
+def rms_norm(x, normalized_shape, weight=None, *, eps: float | None = None, dtype: str = "float64",
+             weight_offset: float = 0.0) -> np.ndarray:
+    """y = (offset + w) * x / sqrt(mean(x^2) + eps); `dtype` is the input dtype the eps=None rule is read for."""
     x = as_float64(x)
     y = x / rms(x, normalized_shape, eps=eps, dtype=dtype)
     if weight is not None:
-        y = y * as_float64(weight)
+        y = y * gain(weight, weight_offset)
     return y
 
 
 def rms_norm_backward(dy, x, normalized_shape, weight=None, *, eps: float | None = None,
-                      dtype: str = "float64") -> dict[str, np.ndarray]:
-    """Closed-form gradients {x, weight}: with xhat = x/r and g = gamma dy,
+                      dtype: str = "float64", weight_offset: float = 0.0) -> dict[str, np.ndarray]:
+    """Closed-form gradients {x, weight}: with xhat = x/r and g = gamma dy (gamma = offset + w),
     dx = (g - xhat * mean(g xhat)) / r and dgamma = sum over the batch dims of dy * xhat."""
     x, dy = as_float64(x), as_float64(dy)
     axes = _axes(x, normalized_shape)
     r = rms(x, normalized_shape, eps=eps, dtype=dtype)
     xhat = x / r
-    g = dy if weight is None else dy * as_float64(weight)
+    g = dy if weight is None else dy * gain(weight, weight_offset)
     dx = (g - xhat * np.mean(g * xhat, axis=axes, keepdims=True)) / r
     return {"x": dx, "weight": (dy * xhat).sum(axis=tuple(range(x.ndim - len(axes))))}

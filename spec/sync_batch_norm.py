@@ -14,6 +14,12 @@ backward pass the ranks all-reduce sum_R g and sum_R g xhat (g = gamma dy), so e
 gradient is BatchNorm's over the global batch. Hence: SyncBN over ranks == BN over the
 concatenated batch, for any split of the batch (uneven rank sizes included).
 
+A rank may hold an empty shard (n_r = 0), as PyTorch allows: nn.SyncBatchNorm's forward then
+all-gathers zeros for that rank and drops ranks with count 0 before combining (torch 2.13,
+torch/nn/modules/_functions.py, "remove stats from empty inputs"), and its backward still joins the
+all-reduce with zeros. Such a rank contributes nothing (n_r mu_r = 0 in every sum above) and gets an
+empty output; at least one rank must hold data.
+
 Inputs are per-rank lists; everything else (affine, running statistics, conventions) is as in
 `normspec.spec.batch_norm`. Deviation from `nn.SyncBatchNorm`: PyTorch synchronizes only when the
 module is in training mode; here batch statistics, whenever they are used (also training=False
@@ -49,8 +55,8 @@ def rank_sizes_of(params, n: int) -> tuple[int, ...]:
     if "rank_sizes" not in params:
         raise ValueError("sync_batch_norm needs the param rank_sizes (the per-rank batch sizes)")
     sizes = tuple(params["rank_sizes"])
-    if not sizes or any(int(s) != s or s < 1 for s in sizes):
-        raise ValueError(f"rank_sizes must be positive integers, one per rank, got {sizes!r}")
+    if not sizes or any(int(s) != s or s < 0 for s in sizes) or sum(sizes) < 1:
+        raise ValueError(f"rank_sizes must be non-negative integers, one per rank, not all 0, got {sizes!r}")
     if sum(sizes) != n:
         raise ValueError(f"rank_sizes {sizes!r} sum to {sum(sizes)}, but the global batch has {n} samples")
     return tuple(int(s) for s in sizes)
@@ -82,14 +88,16 @@ def check_shards(xs: Sequence) -> list[np.ndarray]:
     for r, x in enumerate(xs):
         if x.shape[1:] != first.shape[1:]:
             raise ValueError(f"rank {r} has input of shape {x.shape}, but every rank needs (N_r, *{first.shape[1:]})")
-        if x.shape[0] < 1:
-            raise ValueError(f"rank {r} has an empty batch (shape {x.shape}); every rank needs at least one sample")
+    if all(x.shape[0] == 0 for x in xs):
+        raise ValueError(f"every rank has an empty batch (shapes {[x.shape for x in xs]}); at least one needs data")
     return xs
 
 
 def rank_statistics(x: np.ndarray) -> RankStatistics:
     """(n_r, mu_r, s2_r) of one shard, per channel: two-pass mean and biased variance."""
     x = as_float64(x)
+    if x.shape[0] == 0:  # an empty shard: count 0 (PyTorch all-gathers zeros for it)
+        return RankStatistics(0, np.zeros(x.shape[1]), np.zeros(x.shape[1]))
     axes = _axes(x)
     mean = x.mean(axis=axes)
     centered = x - mean.reshape(_channel_shape(x))
@@ -99,6 +107,7 @@ def rank_statistics(x: np.ndarray) -> RankStatistics:
 def combine_statistics(stats: Sequence[RankStatistics]) -> RankStatistics:
     """The group's statistics from the all-gathered per-rank ones (Chan et al. 1979):
     n = sum n_r, mu = sum n_r mu_r / n, sigma^2 = sum n_r (s2_r + (mu_r - mu)^2) / n."""
+    stats = [s for s in stats if s.count > 0]  # ranks with an empty shard are dropped, as PyTorch does
     n = sum(s.count for s in stats)
     mean = sum(s.count * s.mean for s in stats) / n
     var = sum(s.count * (s.var + (s.mean - mean) ** 2) for s in stats) / n

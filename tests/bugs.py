@@ -96,6 +96,8 @@ def _bn_variant(*, unbiased_normalize=False, eps_outside=False, one_pass=False, 
                 factor = momentum
             if momentum_flipped and momentum is not None:
                 factor = 1.0 - factor
+            if params.get("moving_average", "ema") == "debiased" and momentum is not None:  # Caffe / TF zero_debias
+                factor = 1.0 / tracked if factor == 0 else factor / -np.expm1(tracked * np.log1p(-min(factor, 1.0)))
             count = x.size // x.shape[1]
             bvar = var.reshape(-1)
             if unbiased_normalize:
@@ -141,8 +143,7 @@ def _ln_variant(*, last_dim_only=False, over_batch=False, eps_outside=False, one
                 ignore_offset=False):
     def forward(inputs, params):
         x = _storage_start(inputs["x"]) if ignore_offset else inputs["x"]
-        k = len(tuple(params["normalized_shape"]))
-        axes = tuple(range(x.ndim - k, x.ndim))
+        axes = _ln_axes(x, params)
         if last_dim_only:
             axes = (x.ndim - 1,)
         if over_batch:
@@ -164,26 +165,40 @@ def _ln_variant(*, last_dim_only=False, over_batch=False, eps_outside=False, one
             mean = kept.sum(axis=-1, keepdims=True) / n
             var = ((kept - mean) ** 2).sum(axis=-1, keepdims=True) / n
         denom = np.sqrt(var) + eps if eps_outside else np.sqrt(var + eps)
-        gamma = inputs["weight"].astype(acc) if inputs.get("weight") is not None else 1.0
-        beta = inputs["bias"].astype(acc) * (2 if bias_twice else 1) if inputs.get("bias") is not None else 0.0
+        pshape = tuple(x.shape[a] if a in _ln_axes(x, params) else 1 for a in range(x.ndim))
+        gamma = inputs["weight"].astype(acc).reshape(pshape) if inputs.get("weight") is not None else 1.0
+        beta = inputs["bias"].astype(acc).reshape(pshape) * (2 if bias_twice else 1) \
+            if inputs.get("bias") is not None else 0.0
         if folded_shift:  # y = x * scale + (beta - mean * scale)
             scale = gamma / denom
-            return {"y": (xa * scale + (beta - mean * scale)).astype(x.dtype)}
-        return {"y": ((xa - mean) / denom * gamma + beta).astype(x.dtype)}
+            out = {"y": (xa * scale + (beta - mean * scale)).astype(x.dtype)}
+        else:
+            out = {"y": ((xa - mean) / denom * gamma + beta).astype(x.dtype)}
+        if params.get("saved_statistics"):  # torch.native_layer_norm's mean and rstd
+            out["mean"], out["rstd"] = mean.astype(x.dtype), (1.0 / denom).astype(x.dtype)
+        return out
 
     return forward
 
 
+def _ln_axes(x, params):
+    """The normalized axes: the trailing normalized_shape, or Keras' `axes`."""
+    if params.get("axes") is not None:
+        return tuple(sorted(int(a) % x.ndim for a in params["axes"]))
+    k = len(tuple(params["normalized_shape"]))
+    return tuple(range(x.ndim - k, x.ndim))
+
+
 def _ln_backward_detached(inputs, params, dy):
     x = inputs["x"]
-    k = len(tuple(params["normalized_shape"]))
-    axes = tuple(range(x.ndim - k, x.ndim))
+    axes = _ln_axes(x, params)
     from normspec.impls.numpy_kernels.moments import normalize
 
     xhat, _, _, inv_std = normalize(x, axes, params.get("eps", 1e-5))
     g = dy.astype(xhat.dtype)
     if inputs.get("weight") is not None:
-        g = g * inputs["weight"].astype(xhat.dtype)
+        pshape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
+        g = g * inputs["weight"].astype(xhat.dtype).reshape(pshape)
     grads = ln_ref.backward(inputs, params, dy)
     grads["x"] = (g * inv_std).astype(x.dtype)
     return grads

@@ -30,7 +30,7 @@ from normspec.spec import batch_norm, batch_norm_backward
 from normspec.spec.sync_batch_norm import combine_statistics, rank_statistics, sync_batch_norm, sync_batch_norm_backward
 
 RECORD = get_norm("sync_batch_norm")
-SPLITS = [(1, 4), (3, 1, 2), (1, 1, 1, 5), (2, 2)]
+SPLITS = [(1, 4), (3, 1, 2), (1, 1, 1, 5), (2, 2), (0, 3, 2), (4, 0), (2, 0, 0, 1)]  # 0: an empty rank
 
 
 def make_case(sizes, spatial=(3,), training=True, running=True, seed=0, shift=0.0):
@@ -111,7 +111,8 @@ def test_spec_backward_matches_central_differences():
 
 @pytest.mark.parametrize("params,message", [
     ({"rank_sizes": (2, 2)}, "sum to 4, but the global batch has 5"),
-    ({"rank_sizes": (5, 0)}, "positive integers"),
+    ({"rank_sizes": (6, -1)}, "non-negative integers"),
+    ({"rank_sizes": (5.5, -0.5)}, "non-negative integers"),
     ({}, "needs the param rank_sizes"),
 ])
 def test_bad_rank_sizes_are_named(params, message):
@@ -251,9 +252,11 @@ def test_nn_sync_batch_norm_does_not_synchronize_on_cpu():
         assert status == "raised" and "expected input tensor to be on GPU" in detail, detail
 
 
-def test_real_ranks_match_spec_with_uneven_sizes_and_layouts():
+@pytest.mark.parametrize("sizes", [(1, 3, 2), (0, 3, 2), (2, 0)])
+def test_real_ranks_match_spec_with_uneven_sizes_and_layouts(sizes):
+    """Uneven shards, and ranks with an empty batch (PyTorch drops their all-gathered zeros)."""
     backend = TorchCPUBackend()
-    case = make_case((1, 3, 2), spatial=(2, 3), shift=100.0)
+    case = make_case(sizes, spatial=(2, 3), shift=100.0)
     dy = np.random.default_rng(5).standard_normal(case.x.shape)
     for layout in ("contiguous", "channels_last", "strided"):
         natives = {r: backend.native(a, "float64", layout if r == "x" else "contiguous") for r, a in case.arrays.items()}

@@ -12,7 +12,8 @@ def _constant(p, count, given):
     if given is not None:
         return float(given)
     if math.isinf(p):
-        return (2.0 * math.log(count)) ** -0.5
+        # Hoffer et al.'s reference code (norm_matters, models/lp_norm.py TopkBatchNorm2d)
+        return 0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0))) / math.sqrt(2.0 * math.log(count))
     # (E|g|^p)^(-1/p) = (sqrt(pi) / (2^(p/2) Gamma((p+1)/2)))^(1/p)
     return (math.sqrt(math.pi) / (2.0 ** (p / 2) * math.gamma((p + 1) / 2))) ** (1.0 / p)
 

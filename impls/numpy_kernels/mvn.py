@@ -7,6 +7,12 @@ from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 
 
 def _axes(x, params):
+    if params.get("axes") is not None:  # ONNX's explicit axes (any set, the batch axis included)
+        ndim = x.ndim
+        axes = sorted({int(a) % ndim for a in params["axes"] if -ndim <= int(a) < ndim})
+        if not axes or len(axes) != len(tuple(params["axes"])):
+            raise ValueError(f"mvn axes {tuple(params['axes'])} do not fit an input of shape {x.shape}")
+        return tuple(axes)
     first = 1 if params.get("across_channels", False) else 2
     if x.ndim <= first:
         raise ValueError(f"mvn over axes {first}.. needs an input with more dims than {x.shape}")

@@ -28,11 +28,16 @@ def _normalized(x, params):
     return xa * inv_rms, inv_rms
 
 
+def _gain(inputs, params, acc):
+    """(weight_offset + w) in the accumulation dtype: Gemma's x̂ (1 + w) with weight_offset=1."""
+    return inputs["weight"].astype(acc) + acc.type(params.get("weight_offset", 0.0))
+
+
 def forward(inputs, params):
     x = inputs["x"]
     y, _ = _normalized(x, params)
     if inputs.get("weight") is not None:
-        y = y * inputs["weight"].astype(y.dtype)
+        y = y * _gain(inputs, params, y.dtype)
     return {"y": y.astype(x.dtype)}
 
 
@@ -41,7 +46,7 @@ def backward(inputs, params, dy):
     axes = _axes(x, params)
     xhat, inv_rms = _normalized(x, params)
     dy = dy.astype(xhat.dtype)
-    g = dy if inputs.get("weight") is None else dy * inputs["weight"].astype(xhat.dtype)
+    g = dy if inputs.get("weight") is None else dy * _gain(inputs, params, xhat.dtype)
     dx = inv_rms * (g - xhat * (g * xhat).mean(axis=axes, keepdims=True))
     grads = {"x": dx.astype(x.dtype)}
     if inputs.get("weight") is not None:

@@ -29,9 +29,13 @@ def _state(inputs, params):
         raise ValueError(f"state u{u.shape}, v{v.shape} does not fit the weight matrix {w_mat.shape}")
     if params.get("training", True):
         eps = params.get("eps", 1e-12)
+        v_first = params.get("power_iteration_order", "u_first") == "v_first"  # Algorithm 1, legacy hook
         for _ in range(params.get("n_power_iterations", 1)):
+            if v_first:
+                v = _unit(w_mat.T @ u, eps).astype(inputs["v"].dtype).astype(acc)
             u = _unit(w_mat @ v, eps).astype(inputs["u"].dtype).astype(acc)
-            v = _unit(w_mat.T @ u, eps).astype(inputs["v"].dtype).astype(acc)
+            if not v_first:
+                v = _unit(w_mat.T @ u, eps).astype(inputs["v"].dtype).astype(acc)
     sigma = np.dot(u, w_mat @ v)
     return w_mat, d, u, v, sigma
 

@@ -29,6 +29,9 @@ def shards(x, params):
 def local_statistics(x_r):
     """(n_r, mu_r, s2_r) per channel of one rank's shard, in the accumulation dtype."""
     axes, _ = _geometry(x_r)
+    if x_r.shape[0] == 0:  # an empty shard joins the all-gather with count 0
+        zeros = np.zeros(x_r.shape[1], accumulation_dtype(x_r.dtype))
+        return 0, zeros, zeros
     xa = x_r.astype(accumulation_dtype(x_r.dtype))  # a copy: the caller's shard is never written
     shift = xa[:1].copy()
     for a in axes[1:]:
@@ -41,7 +44,9 @@ def local_statistics(x_r):
 
 
 def combine(gathered):
-    """Merge the all-gathered [(n_r, mu_r, s2_r)] in rank order (Chan et al. 1979 pairwise update)."""
+    """Merge the all-gathered [(n_r, mu_r, s2_r)] in rank order (Chan et al. 1979 pairwise update);
+    ranks with count 0 (an empty shard) are dropped first, as nn.SyncBatchNorm does."""
+    gathered = [g for g in gathered if g[0] > 0]
     n, mean, var = gathered[0]
     m2 = var * n
     for n_r, mean_r, var_r in gathered[1:]:

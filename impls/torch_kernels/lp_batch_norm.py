@@ -13,7 +13,8 @@ def _constant(p, count, given):
     if given is not None:
         return float(given)
     if math.isinf(p):
-        return 1.0 / math.sqrt(2.0 * math.log(count))
+        # Hoffer et al.'s reference code (norm_matters, models/lp_norm.py TopkBatchNorm2d)
+        return 0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0))) / math.sqrt(2.0 * math.log(count))
     return math.exp(-((p / 2) * math.log(2.0) + math.lgamma((p + 1) / 2) - 0.5 * math.log(math.pi)) / p)
 
 

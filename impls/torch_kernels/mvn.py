@@ -12,10 +12,15 @@ from normspec.impls.torch_backend import torch_kernel
 
 def forward(inputs, params):
     x = inputs["x"]
-    first = 1 if params.get("across_channels", False) else 2
-    if x.ndim <= first:
-        raise ValueError(f"mvn over dims {first}.. needs an input with more dims than {tuple(x.shape)}")
-    dims = tuple(range(first, x.ndim))
+    if params.get("axes") is not None:  # ONNX's explicit axes
+        dims = tuple(sorted({d % x.ndim for d in params["axes"] if -x.ndim <= d < x.ndim}))
+        if not dims or len(dims) != len(tuple(params["axes"])):
+            raise ValueError(f"mvn axes {tuple(params['axes'])} do not fit an input of shape {tuple(x.shape)}")
+    else:
+        first = 1 if params.get("across_channels", False) else 2
+        if x.ndim <= first:
+            raise ValueError(f"mvn over dims {first}.. needs an input with more dims than {tuple(x.shape)}")
+        dims = tuple(range(first, x.ndim))
     xa = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     index = tuple(slice(0, 1) if d in dims else slice(None) for d in range(x.ndim))
     shifted = xa - xa[index]

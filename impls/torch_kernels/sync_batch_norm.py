@@ -46,6 +46,9 @@ def local_statistics(xa):
     """(n_r, mu_r, s2_r) per channel of this rank's shard: shifted two-pass, so a constant shard has
     mean exactly its value and variance exactly 0."""
     axes, shape = _geometry(xa)
+    if xa.shape[0] == 0:  # an empty shard: zeros and count 0, as nn.SyncBatchNorm all-gathers for it
+        zeros = xa.new_zeros(xa.shape[1])
+        return 0, zeros, zeros
     shift = xa[(0, slice(None)) + (0,) * (xa.ndim - 2)].reshape(shape)
     centred = xa - shift
     shifted_mean = centred.mean(dim=axes, keepdim=True)
@@ -54,7 +57,9 @@ def local_statistics(xa):
 
 
 def combine(gathered):
-    """Merge the all-gathered rows (n_r, mu_r, s2_r) in rank order (Chan et al. 1979)."""
+    """Merge the all-gathered rows (n_r, mu_r, s2_r) in rank order (Chan et al. 1979), after
+    dropping the rows of ranks with count 0 (nn.SyncBatchNorm's "remove stats from empty inputs")."""
+    gathered = [row for row in gathered if row[0, 0].item() >= 1]
     n, mean, var = gathered[0][0, 0].item(), gathered[0][1], gathered[0][2]
     m2 = var * n
     for row in gathered[1:]:

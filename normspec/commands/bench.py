@@ -28,7 +28,20 @@ def cmd_bench(args) -> int:
     from normspec.registry import norms
 
     records = norms()
-    wanted = _split(args.norm) or [n for n in bench.DEFAULT_NORMS if n in records]
+    target = None
+    if args.target:
+        from normspec.bench_target import TargetBackend, TargetError
+
+        try:
+            target = TargetBackend(args.target, as_norm=args.as_norm, kind=args.kind, compile=args.compile)
+        except TargetError as exc:
+            print(f"normspec bench: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    elif args.as_norm or args.kind or args.compile:
+        print("normspec bench: --as, --kind and --compile qualify --target", file=sys.stderr)
+        return EXIT_USAGE
+    default_norms = [target.norm] if target else [n for n in bench.DEFAULT_NORMS if n in records]
+    wanted = _split(args.norm) or default_norms
     unknown = [n for n in wanted if n not in records]
     passes = _split(args.pass_) or ["forward", "forward+backward"]
     bad_pass = [p for p in passes if p not in bench.PASSES]
@@ -76,6 +89,8 @@ def cmd_bench(args) -> int:
     if not plot:  # said at the start, not discovered at the end
         console.print("[yellow]matplotlib is not installed: bench.csv will be written, bench.png will not "
                       "(pip install 'normspec[bench]', or pip install matplotlib)[/]", highlight=False)
+    if target is not None:
+        backends[target.name] = target  # timed in the same run, table, CSV and plot as the rest
     if not backends:
         print("normspec bench: no backend is available", file=sys.stderr)
         return EXIT_USAGE
@@ -136,6 +151,12 @@ def register(sub) -> None:
     p.add_argument("--dtype", action="append", help="dtype(s): float64, float32, float16, bfloat16; default float32")
     p.add_argument("--pass", dest="pass_", action="append",
                    help="forward and/or forward+backward (the backend's gradient call); default both")
+    p.add_argument("--target", metavar="TARGET",
+                   help="also time your implementation (validate's TARGET: package.module:attr or "
+                        "path/to/file.py:attr, a torch.nn or torch.nn.functional drop-in) beside the backends")
+    p.add_argument("--as", dest="as_norm", metavar="NORM", help="the norm TARGET implements, when not inferred")
+    p.add_argument("--kind", choices=["module", "functional"], help="force the kind of a function TARGET")
+    p.add_argument("--compile", action="store_true", help="time TARGET under torch.compile (dynamic shapes)")
     p.add_argument("--repeats", type=int, default=5, help="timed samples per measurement (median and IQR)")
     p.add_argument("--out", default="normspec-report/bench", help="directory for bench.csv and bench.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -100,6 +100,9 @@ def cmd_check(args) -> int:
         console.print(f"[dim]{sum(warned.values())} warning(s) raised inside the checked code were captured, "
                       f"not shown ({len(warned)} distinct; listed under captured_warnings in --json)[/]",
                       highlight=False)
+    for backend in p.backends:
+        for line in backend.notes():
+            console.print(f"[dim]{line}[/]", highlight=False)
     counts = summary(verdicts)
     na = sum(not_applicable(v) for v in verdicts)
     missing = sum(not_implemented(v) for v in verdicts)

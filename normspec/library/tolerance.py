@@ -15,6 +15,7 @@ unbiased, wrong axes) miss it by orders of magnitude, which is what the harness'
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
@@ -38,12 +39,42 @@ TINY = {"float64": 2.2250738585072014e-308, "float32": 1.1754943508222875e-38, "
         "bfloat16": 1.1754943508222875e-38}
 
 
+# A compute precision an implementation under test declares (`normspec validate --compute`):
+# input dtype -> the dtype its arithmetic is done in. "Computes in float32" maps float64 to
+# float32 (its parameters and results pass through float32 too, so storage is float32's); the
+# lower tier of half intermediates maps float16/bfloat16 to themselves. Empty: the defaults above.
+_DECLARED: dict[str, str] = {}
+
+
+@contextmanager
+def declared_compute(mapping: dict[str, str]):
+    """Within the block, judge each dtype in `mapping` at the roundoff of the dtype it maps to."""
+    saved = dict(_DECLARED)
+    _DECLARED.clear()
+    _DECLARED.update(mapping)
+    try:
+        yield
+    finally:
+        _DECLARED.clear()
+        _DECLARED.update(saved)
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype the arithmetic is done in for inputs of `dtype`."""
+    if dtype in _DECLARED:
+        return _DECLARED[dtype]
+    return "float64" if dtype == "float64" else "float32"
+
+
 def storage_roundoff(dtype: str) -> float:
-    return UNIT_ROUNDOFF[dtype]
+    return max(UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF[_DECLARED.get(dtype, dtype)])
 
 
 def compute_roundoff(dtype: str) -> float:
-    """Roundoff of the arithmetic: float32's for half types (float32 accumulation is required)."""
+    """Roundoff of the arithmetic: float32's for half types (float32 accumulation is required),
+    unless a lower compute precision is declared (`declared_compute`)."""
+    if dtype in _DECLARED:
+        return UNIT_ROUNDOFF[_DECLARED[dtype]]
     return min(UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF["float32"])
 
 
@@ -288,15 +319,24 @@ def spectral_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=N
     u, v = case.get("u"), case.get("v")
     err_u = err_v = 0.0
     if p.get("training", True):
+        v_first = p.get("power_iteration_order", "u_first") == "v_first"
         for _ in range(p.get("n_power_iterations", 1)):
+            if v_first:  # Algorithm 1 / the legacy hook: the v half-step comes first
+                b = w_mat.T @ u
+                step = (_reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b)
+                        + 2 * _reduction(l, dtype))
+                err_v = (_tangent_gain(w_mat.T, u) * err_u if err_u else 0.0) + step
+                v = _normalize(b, eps)
             a = w_mat @ v
             step = _reduction(l, dtype) * np.linalg.norm(abs_w @ np.abs(v)) / np.linalg.norm(a) + 2 * _reduction(k, dtype)
             err_u = (_tangent_gain(w_mat, v) * err_v if err_v else 0.0) + step
             u = _normalize(a, eps)
-            b = w_mat.T @ u
-            step = _reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b) + 2 * _reduction(l, dtype)
-            err_v = _tangent_gain(w_mat.T, u) * err_u + step
-            v = _normalize(b, eps)
+            if not v_first:
+                b = w_mat.T @ u
+                step = (_reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b)
+                        + 2 * _reduction(l, dtype))
+                err_v = _tangent_gain(w_mat.T, u) * err_u + step
+                v = _normalize(b, eps)
     wv = w_mat @ v
     sigma = float(u @ wv)
     d_sigma = (np.linalg.norm(wv) * err_u + np.linalg.norm(w_mat.T @ u) * err_v
@@ -377,32 +417,47 @@ def _affine_arrays(case, shape):
 def batch_renorm_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
     """Batch Renorm y = gamma (r xhat + d) + beta: the moment model with effective affine
     (gamma r, gamma d + beta), plus the error of d = (mu_B - mu)/sigma, u g (|mu_B| + |mu| + s_B)/sigma,
-    and of the moving statistics (|mu| and |sigma| enter the update)."""
+    and of the moving statistics (|mu| and |sigma| enter the update). Keras' form: sigma floored at
+    sqrt(eps); its inference statistics (moving_mean, moving_std) bounded like the running ones,
+    and its inference divisor sqrt(relu(s^2 - eps) + eps) errs by a few u relative (eps is added back)."""
     from normspec.spec.batch_renorm import renorm_factors
     from normspec.spec.moments import moments
 
     x, p = case.x, case.params
     axes, shape = _batch_axes(x)
     eps = p.get("eps", 1e-5)
+    keras = p.get("form", "ioffe") == "keras"
     gamma, beta = _affine_arrays(case, shape)
     rm, rs = case.get("running_mean").reshape(shape), case.get("running_std").reshape(shape)
     u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
     if not p.get("training", True):
-        c = Conditioning((x - rm) / rs, rm, rs, 1, gamma, beta, axes, axes, False)
+        if keras:
+            mm, ms = case.get("moving_mean").reshape(shape), case.get("moving_std").reshape(shape)
+            sigma = np.sqrt(np.maximum(ms * ms - eps, 0.0) + eps)
+            c = Conditioning((x - mm) / sigma, mm, sigma, 1, gamma, beta, axes, axes, False)
+        else:
+            c = Conditioning((x - rm) / rs, rm, rs, 1, gamma, beta, axes, axes, False)
         return moment_bounds(c, dtype, reference, dy, ref_grads)
     m = moments(x, axes, eps)
-    r, d = renorm_factors(m, case.get("running_mean"), case.get("running_std"), p.get("rmax", 3.0), p.get("dmax", 5.0))
+    r, d = renorm_factors(m, case.get("running_mean"), case.get("running_std"), p.get("rmax", 3.0), p.get("dmax", 5.0),
+                          p.get("rmin"), p.get("form", "ioffe"), eps)
     c = Conditioning(m.xhat, m.mean, m.std, m.count, gamma * r, gamma * d + beta, axes, axes, True)
     core = {k: reference[k] for k in ("y",) if k in reference}
     b = dict(moment_bounds(c, dtype, core, dy, ref_grads).values)
     g = growth(m.count)
-    d_err = SAFETY * u * g * (np.abs(m.mean) + np.abs(rm) + m.std) / rs
+    floor = np.maximum(rs, np.sqrt(eps)) if keras else rs
+    d_err = SAFETY * u * g * (np.abs(m.mean) + np.abs(rm) + m.std) / floor
     b["y"] = b["y"] + np.abs(gamma) * d_err
-    if "running_mean" in reference:
-        b["running_mean"] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(rm))).reshape(-1) \
-            + SAFETY * v * np.abs(reference["running_mean"]) + tiny
-        b["running_std"] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(rs))).reshape(-1) \
-            + SAFETY * v * np.abs(reference["running_std"]) + tiny
+    states = [("running_mean", "running_std", rm, rs)]
+    if keras:
+        states.append(("moving_mean", "moving_std", case.get("moving_mean").reshape(shape),
+                       case.get("moving_std").reshape(shape)))
+    for mean_name, std_name, old_mean, old_std in states:
+        if mean_name in reference:
+            b[mean_name] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(old_mean))).reshape(-1) \
+                + SAFETY * v * np.abs(reference[mean_name]) + tiny
+            b[std_name] = (SAFETY * (u * g * (np.abs(m.mean) + m.std) + u * np.abs(old_std))).reshape(-1) \
+                + SAFETY * v * np.abs(reference[std_name]) + tiny
     if dy is not None and "weight" in b:
         n = int(np.prod([dy.shape[a] for a in axes]))
         cond = 1.0 + np.abs(m.xhat) + np.abs(m.mean) / m.std
@@ -573,6 +628,18 @@ def _in_view(c: Conditioning, dtype: str, reference: dict[str, np.ndarray], dy: 
                    for k, v in b.values.items()})
 
 
+def saved_statistics_bounds(c: Conditioning, dtype: str, mean: np.ndarray, rstd: np.ndarray) -> dict[str, np.ndarray]:
+    """The saved statistics of a moment normalizer (torch.native_layer_norm's mean and rstd): the
+    mean errs by u g(m) (|mu| + sigma), as in `moment_bounds`; sigma' = sqrt(var + eps) by a relative
+    u g(m) (1 + |mu|/sigma'), so rstd = 1/sigma' too; each then rounds to the dtype (v)."""
+    u, v, tiny = compute_roundoff(dtype), storage_roundoff(dtype), TINY[dtype]
+    g = growth(c.count)
+    mu = np.abs(c.mean)
+    rel = SAFETY * u * g * (1.0 + mu / c.std)
+    return {"mean": SAFETY * (u * g * (mu + c.std) + v * np.abs(mean)) + tiny,
+            "rstd": _overflow_allowed(rel * np.abs(rstd) + SAFETY * v * np.abs(rstd) + tiny, rstd, dtype)}
+
+
 def mvn_bounds(c: MvnCondition, dtype: str, reference: dict[str, np.ndarray], dy: np.ndarray | None = None,
                ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
     """MVN y = (x - mu)/d with d = sigma + eps (eps outside the square root), or y = x - mu
@@ -601,3 +668,261 @@ def mvn_bounds(c: MvnCondition, dtype: str, reference: dict[str, np.ndarray], dy
             dx = np.where(sigma > 0, SAFETY * u * g * (first + second), np.inf)
         out["x"] = dx + SAFETY * v * np.abs(np.nan_to_num(grads.get("x", 0.0))) + tiny
     return Bounds(out)
+
+
+# ---------------------------------------------------------------- normalization by reparametrization
+# The whitened layer (Natural Neural Networks), the mean-normalized layer and Raiko et al.'s
+# transformed units. Every product of m terms carries _reduction(m) on the sum of its |terms| (the
+# standard componentwise bound |fl(A B) - A B| <= gamma_m |A| |B|, Higham ch. 3), every stored
+# intermediate u_storage. A refresh adds the condition of the covariance: Sigma is computed with
+# ||dSigma|| <= (u g(N) + u_s)(lambda_max + eps + ||(|c'| + spread)|| sqrt(tr Sigma)) + u 2 in
+# (lambda_max + eps) (centering, summation, eigh's backward error), and U' = f(Sigma), U'^-1 move
+# by a relative rho = ||dSigma||/(lambda_min + eps) (the inverse square root's derivative), so the
+# refreshed product V' U' (which is W in exact arithmetic) is off by rho relative to the magnitudes
+# along the refreshed path. Where the function may be computed either way (a kernel may give y at a
+# refresh from the old parameters or the new ones), the bound covers both paths.
+
+def refresh_covariance(x: np.ndarray, eps: float, dtype: str):
+    """(c', Sigma, eigenvalues ascending, ||dSigma||, rho) of the refresh fitted on x."""
+    from normspec.spec.reparametrization import eigen, input_statistics
+
+    n, n_in = x.shape
+    c1, sigma = input_statistics(x)
+    lam, vecs = eigen(sigma, eps)
+    spread = np.sqrt(np.maximum(np.diagonal(sigma), 0.0))
+    d_sigma = (_reduction(n, dtype) + storage_roundoff(dtype)) * (
+        lam[-1] + eps + float(np.linalg.norm(np.abs(c1) + spread)) * float(np.sqrt(max(np.trace(sigma), 0.0)))) \
+        + compute_roundoff(dtype) * 2 * n_in * (lam[-1] + eps)
+    return c1, sigma, lam, vecs, d_sigma, d_sigma / (lam[0] + eps)
+
+
+def _pca_state_errors(lam, vecs, d_sigma, eps, u1, v1, w):
+    """Errors of the PCA rows of U' = (Lambda + eps)^(-1/2) E^T and the columns of V' = W E (Lambda + eps)^(1/2):
+    an eigenvector moves by ||dSigma||/gap (Davis-Kahan), its scale by dSigma/(2 s^3); where the
+    canonical sign (largest entry positive) is decided by a margin the eigenvector's error covers,
+    either sign is a correct result, and the bound admits both (2 |row|)."""
+    from normspec.spec.reparametrization import canonical_pca_basis
+
+    lam_d = lam[::-1]
+    k = lam_d.size
+    diff = np.abs(lam_d[:, None] - lam_d[None, :]) + np.where(np.eye(k, dtype=bool), np.inf, 0.0)
+    gap = diff.min(axis=1) if k > 1 else np.array([np.inf])
+    with np.errstate(divide="ignore"):
+        de = np.minimum(np.where(gap > 0, d_sigma / gap, np.inf), 2.0)
+    s = np.sqrt(lam_d + eps)
+    e = canonical_pca_basis(vecs)
+    top = -np.sort(-np.abs(e), axis=0)
+    margin = (top[0] - top[1]) / 2 if k > 1 else np.full(k, np.inf)
+    flip = de >= margin
+    row_w = np.sqrt((w * w).sum(axis=1, keepdims=True))  # (out, 1)
+    err_u = (de / s)[:, None] + np.abs(e.T) * (d_sigma / (2 * s**3))[:, None] + 2 * flip[:, None] * np.abs(u1)
+    err_v = row_w * (de * s + d_sigma / (2 * s))[None, :] + 2 * flip[None, :] * np.abs(v1)
+    return err_u, err_v
+
+
+def whitened_linear_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=None) -> Bounds:
+    """h = V U (x - c) + d and, at a refresh, c', U', V' = V U U'^-1, d' = d + V U (c' - c): the
+    products' componentwise bounds on the old path (and, at a refresh, on the refreshed path, times
+    1 + rho, rho the covariance's condition-scaled error); the state's own errors (c' by the mean's,
+    U' and V' by the inverse square root's derivative: ||dSigma||/(2 s_min^3), ||dSigma||/(2 s_min)
+    for ZCA, per eigenvector for PCA)."""
+    from normspec.spec.reparametrization import refreshes
+
+    p = case.params
+    x, v, d, c, u = case.x, case.get("weight"), case.get("bias"), case.get("running_mean"), case.get("whitening")
+    n, n_in = x.shape
+    n_out = v.shape[0]
+    eps = p.get("eps", 1e-5)
+    red_in, red_out, red_n = _reduction(n_in, dtype), _reduction(n_out, dtype), _reduction(n, dtype)
+    s, tiny = storage_roundoff(dtype), TINY[dtype]
+    ax, ac, au, av = np.abs(x), np.abs(c), np.abs(u), np.abs(v)
+    mag_y = (ax + ac) @ au.T @ av.T + np.abs(d)
+    err_y = 2 * (red_in + s) * mag_y
+    refresh = refreshes(p.get("training", True), p.get("step", 0), p.get("interval", 1))
+    out = {}
+    if refresh:
+        c1, sigma, lam, vecs, d_sigma, rho = refresh_covariance(x, eps, dtype)
+        u1, v1, d1 = reference["whitening"], reference["new_weight"], reference["new_bias"]
+        w = v @ u
+        au1, av1 = np.abs(u1), np.abs(v1)
+        u1_inv = np.linalg.solve(u1, np.eye(n_in))
+        mag_y1 = (ax + np.abs(c1)) @ au1.T @ av1.T + np.abs(d1)
+        err_w = (red_in + s) * (av @ au)  # W = V U formed by the kernel
+        err_c1 = red_n * (np.abs(c1) + np.sqrt(np.maximum(np.diagonal(sigma), 0.0))) + s * np.abs(c1)
+        err_d1 = (red_in + s) * (np.abs(d) + (av @ au) @ (ac + np.abs(c1))) + err_w @ (ac + np.abs(c1)) \
+            + np.abs(w) @ err_c1
+        err_y = err_y + (2 * red_in + 2 * s + 2 * rho) * mag_y1 + err_d1
+        s_min = np.sqrt(lam[0] + eps)
+        if p.get("method", "pca") == "zca":
+            err_u1 = d_sigma / (2 * s_min**3) * np.ones_like(u1)
+            row_w = np.sqrt((w * w).sum(axis=1, keepdims=True))
+            err_v1 = row_w * d_sigma / (2 * s_min) + (red_in + s) * (np.abs(w) + err_w) @ np.abs(u1_inv)
+        else:
+            err_u1, err_v1 = _pca_state_errors(lam, vecs, d_sigma, eps, u1, v1, w)
+            err_v1 = err_v1 + (red_in + s) * (np.abs(w) + err_w) @ np.abs(u1_inv)
+        out["running_mean"] = SAFETY * err_c1 + tiny
+        out["whitening"] = SAFETY * (err_u1 + s * au1) + tiny
+        out["new_weight"] = SAFETY * (err_v1 + s * av1) + tiny
+        out["new_bias"] = SAFETY * (err_d1 + s * np.abs(d1)) + tiny
+    out["y"] = SAFETY * (err_y + s * np.abs(reference["y"])) + tiny
+    if dy is not None:
+        ref_grads = ref_grads or {}
+        ady = np.abs(dy)
+        mag_dx = ady @ av @ au
+        err_dx = (red_out + red_in + 2 * s) * mag_dx
+        mag_dv = ady.T @ ((ax + ac) @ au.T)
+        err_dv = (red_n + 2 * red_in + 2 * s) * mag_dv
+        if refresh:
+            err_dx = err_dx + (red_out + red_in + 2 * s + 2 * rho) * (ady @ av1 @ au1)
+            path = (ady.T @ ((ax + np.abs(c1)) @ au1.T)) @ np.abs(u1_inv).T @ au.T \
+                + np.outer(ady.sum(axis=0), au @ (ac + np.abs(c1)))
+            err_dv = err_dv + (red_n + 3 * red_in + 3 * s + 2 * rho) * path
+        out["x"] = SAFETY * (err_dx + s * np.abs(ref_grads.get("x", 0.0))) + tiny
+        out["weight"] = SAFETY * (err_dv + s * np.abs(ref_grads.get("weight", 0.0))) + tiny
+        out["bias"] = SAFETY * (red_n * ady.sum(axis=0) + s * np.abs(ref_grads.get("bias", 0.0))) + tiny
+    return Bounds(out)
+
+
+def mean_normalized_linear_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=None) -> Bounds:
+    """h = W (x - mu) + b and, at a refresh, mu' = (1 - m) mu + m mean(x), b' = b + W (mu' - mu): the
+    whitened layer's model with U = I (no covariance, so no condition term): products bounded
+    componentwise on both paths, mu' by the mean's error u g(N) (|mean| + spread) and the blend's."""
+    from normspec.spec.reparametrization import refreshes
+
+    p = case.params
+    x, w, b, mu = case.x, case.get("weight"), case.get("bias"), case.get("running_mean")
+    n, n_in = x.shape
+    red_in, red_out, red_n = _reduction(n_in, dtype), _reduction(w.shape[0], dtype), _reduction(n, dtype)
+    s, tiny = storage_roundoff(dtype), TINY[dtype]
+    ax, amu, aw = np.abs(x), np.abs(mu), np.abs(w)
+    err_y = (red_in + 2 * s) * ((ax + amu) @ aw.T + np.abs(b))
+    refresh = refreshes(p.get("training", True), p.get("step", 0), p.get("interval", 1))
+    out = {}
+    mu1 = mu
+    if refresh:
+        mu1, b1 = reference["running_mean"], reference["new_bias"]
+        mean, spread = x.mean(axis=0), x.std(axis=0)
+        err_mu1 = red_n * (np.abs(mean) + spread) + 2 * s * (amu + np.abs(mean)) + s * np.abs(mu1)
+        err_b1 = (red_in + 2 * s) * (np.abs(b) + aw @ (amu + np.abs(mu1))) + aw @ err_mu1
+        err_y = err_y + (red_in + 2 * s) * ((ax + np.abs(mu1)) @ aw.T + np.abs(b1)) + err_b1
+        out["running_mean"] = SAFETY * err_mu1 + tiny
+        out["new_bias"] = SAFETY * (err_b1 + s * np.abs(b1)) + tiny
+    out["y"] = SAFETY * (err_y + s * np.abs(reference["y"])) + tiny
+    if dy is not None:
+        ref_grads = ref_grads or {}
+        ady = np.abs(dy)
+        err_dw = (red_n + 2 * s) * (ady.T @ (ax + amu))
+        if refresh:
+            path = ady.T @ (ax + np.abs(mu1)) + np.outer(ady.sum(axis=0), amu + np.abs(mu1))
+            err_dw = err_dw + (red_n + 2 * s) * path
+        out["x"] = SAFETY * ((red_out + s) * (ady @ aw) + s * np.abs(ref_grads.get("x", 0.0))) + tiny
+        out["weight"] = SAFETY * (err_dw + s * np.abs(ref_grads.get("weight", 0.0))) + tiny
+        out["bias"] = SAFETY * (red_n * ady.sum(axis=0) + s * np.abs(ref_grads.get("bias", 0.0))) + tiny
+    return Bounds(out)
+
+
+def raiko_tanh_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=None) -> Bounds:
+    """y = A f(B x + b) + C x + e, f = tanh(a) - alpha a - beta. a errs by the product's bound; tanh
+    passes it on with slope 1 - t^2 and adds its own rounding; f's terms cancel (the transformation
+    is built to make them cancel on average), so its error is relative to |t| + |alpha a| + |beta|,
+    not |f|. At a refresh alpha', beta' are means over N (u g(N) on their |terms|), and a kernel may
+    compute y through f', C', e': the magnitudes cover both paths (alpha's own error cancels there:
+    f' and C', e' use the same alpha')."""
+    from normspec.spec.reparametrization import refreshes
+
+    p = case.params
+    x = case.x
+    b_w, b, a_w, c_w, e = (case.get(r) for r in ("weight", "bias", "out_weight", "shortcut", "out_bias"))
+    al, be = case.get("alpha"), case.get("beta")
+    n, n_in = x.shape
+    h, n_out = b_w.shape[0], a_w.shape[0]
+    red_in, red_h, red_out, red_n = (_reduction(k, dtype) for k in (n_in, h, n_out, n))
+    s, uc, tiny = storage_roundoff(dtype), compute_roundoff(dtype), TINY[dtype]
+    ax, ab_w, aa_w = np.abs(x), np.abs(b_w), np.abs(a_w)
+    a = x @ b_w.T + b
+    t = np.tanh(a)
+    refresh = refreshes(p.get("training", True), p.get("step", 0), p.get("interval", 1))
+    al_mag, be_mag, c_mag, e_mag = np.abs(al), np.abs(be), np.abs(c_w), np.abs(e)
+    out = {}
+    err_a = (red_in + s) * (ax @ ab_w.T + np.abs(b))
+    err_t = err_a * (1 - t * t) + 2 * (uc + s) * np.abs(t)
+    if refresh:
+        al1, be1 = reference["alpha"], reference["beta"]
+        d_al, d_be = np.abs(al1 - al), np.abs(be1 - be)
+        al_mag, be_mag = al_mag + np.abs(al1) + d_al, be_mag + np.abs(be1) + d_be
+        c_mag = c_mag + (aa_w * d_al) @ ab_w
+        e_mag = e_mag + aa_w @ (d_al * np.abs(b) + d_be)
+        err_al = red_n * (1 + t * t).mean(axis=0) + (2 * np.abs(t) * err_t).mean(axis=0) + s * np.abs(al1)
+        err_be = red_n * (np.abs(t).mean(axis=0) + np.abs(al1) * np.abs(a).mean(axis=0)) + err_t.mean(axis=0) \
+            + np.abs(al1) * err_a.mean(axis=0) + err_al * np.abs(a.mean(axis=0)) + s * np.abs(be1)
+        out["alpha"] = SAFETY * err_al + tiny
+        out["beta"] = SAFETY * err_be + tiny
+        out["new_shortcut"] = SAFETY * ((red_h + 2 * s) * c_mag + (aa_w * err_al) @ ab_w
+                                        + s * np.abs(reference["new_shortcut"])) + tiny
+        out["new_out_bias"] = SAFETY * ((red_h + 2 * s) * e_mag + aa_w @ (err_al * np.abs(b) + err_be)
+                                        + s * np.abs(reference["new_out_bias"])) + tiny
+    mag_f = np.abs(t) + al_mag * np.abs(a) + be_mag
+    err_f = err_t + al_mag * err_a + 2 * (uc + s) * mag_f
+    mag_y = mag_f @ aa_w.T + ax @ c_mag.T + e_mag
+    err_y = err_f @ aa_w.T + 2 * (red_h + red_in + 2 * s) * mag_y
+    out["y"] = SAFETY * (err_y + s * np.abs(reference["y"])) + tiny
+    if dy is not None:
+        ref_grads = ref_grads or {}
+        ady = np.abs(dy)
+        mag_da = ady @ aa_w
+        slope_mag = 1 + t * t + al_mag
+        mag_g = mag_da * slope_mag
+        err_g = (red_out + s) * mag_g + mag_da * (2 * np.abs(t) * err_t + 2 * (uc + s) * slope_mag)
+        grads = {
+            "x": err_g @ ab_w + (red_h + s) * mag_g @ ab_w + (red_out + s) * ady @ c_mag,
+            "weight": err_g.T @ ax + (red_n + s) * mag_g.T @ ax,
+            "bias": err_g.sum(axis=0) + red_n * mag_g.sum(axis=0),
+            "out_weight": ady.T @ err_f + (red_n + s) * ady.T @ mag_f,
+            "shortcut": (red_n + s) * ady.T @ ax,
+            "out_bias": red_n * ady.sum(axis=0),
+        }
+        for role, err in grads.items():
+            out[role] = SAFETY * (err + s * np.abs(ref_grads.get(role, 0.0))) + tiny
+    return Bounds(out)
+
+
+_STATE_ROLES = {
+    "whitened_linear": {"running_mean": "running_mean", "whitening": "whitening", "new_weight": "weight",
+                        "new_bias": "bias"},
+    "mean_normalized_linear": {"running_mean": "running_mean", "new_bias": "bias"},
+    "raiko_tanh": {"alpha": "alpha", "beta": "beta", "new_shortcut": "shortcut", "new_out_bias": "out_bias"},
+}
+
+
+def refreshed_case(case, state: dict):
+    """The case with the refreshed state in place of the old parameters, evaluated without a refresh."""
+    arrays = {role: state[name] for name, role in _STATE_ROLES[case.norm].items()}
+    return case.with_arrays(**arrays).with_params(training=False)
+
+
+def refresh_preservation_bound(case, dtype: str, reference: dict, probe: np.ndarray, model: BoundFn,
+                               spec) -> np.ndarray:
+    """Bound on |layer_new(probe) - layer_old(probe)| for two evaluations by one implementation, the
+    new state being that implementation's refresh of `case` (reference: the spec's refresh): each
+    evaluation's forward bound, plus the refreshed state's errors carried to the output on the probe.
+    For the whitened layer the state's errors are carried jointly (V' U' is W up to the relative rho of
+    the covariance's condition; the per-entry errors of a PCA basis, which admit a flipped sign, cancel
+    in the product)."""
+    old = case.with_arrays(x=probe).with_params(training=False)
+    new = refreshed_case(old, reference)
+    total = model(old, dtype, spec(old))["y"] + model(new, dtype, spec(new))["y"]
+    fit = model(case, dtype, reference)
+    s = storage_roundoff(dtype)
+    ap = np.abs(probe)
+    if case.norm == "whitened_linear":
+        _, _, _, _, _, rho = refresh_covariance(case.x, case.params.get("eps", 1e-5), dtype)
+        u1, v1 = np.abs(reference["whitening"]), np.abs(reference["new_weight"])
+        mag = (ap + np.abs(reference["running_mean"])) @ u1.T @ v1.T
+        carried = SAFETY * (2 * rho + 2 * s) * mag + fit["new_bias"] + fit["running_mean"] @ (u1.T @ v1.T)
+    elif case.norm == "mean_normalized_linear":
+        carried = fit["new_bias"] + fit["running_mean"] @ np.abs(case.get("weight")).T
+    else:
+        a = np.abs(probe @ case.get("weight").T + case.get("bias"))
+        carried = (a * fit["alpha"] + fit["beta"]) @ np.abs(case.get("out_weight")).T \
+            + ap @ fit["new_shortcut"].T + fit["new_out_bias"]
+    return total + carried

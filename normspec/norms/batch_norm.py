@@ -44,11 +44,14 @@ def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=No
     params = {"training": training, "eps": eps}
     if running:
         batch_norm_running_state(draw, x, arrays, params, conventions)
+        if conventions and params["momentum"] is not None:  # Caffe's / TF zero_debias' bias-corrected average
+            params["moving_average"] = draw(st.sampled_from(["ema", "ema", "debiased"]), label="moving_average")
     return Case("batch_norm", arrays, params)
 
 
 def _spec_kwargs(case: Case) -> dict:
-    keys = ("training", "momentum", "eps", "momentum_style", "running_var_style", "num_batches_tracked")
+    keys = ("training", "momentum", "eps", "momentum_style", "running_var_style", "num_batches_tracked",
+            "moving_average")
     return case.kwargs(*keys)
 
 

@@ -23,7 +23,7 @@ EXACT_SCALE = register_trait("exact_scale_rule", "f(a x, scaled state; eps') = s
 
 @st.composite
 def batch_renorm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
-                       conventions=True, allow_constant=True, rmax=None, dmax=None):
+                       conventions=True, allow_constant=True, rmax=None, dmax=None, form=None):
     """Batch Renorm calls: (N, C, *S), train or eval, moving statistics always present (r and d
     need them), drawn so that r and d are clipped in some channels and not in others."""
     n, c, sides = channel_shape(draw, spatial_dims)
@@ -47,24 +47,39 @@ def batch_renorm_cases(draw, *, training=None, track_running_stats=None, affine=
     }
     if conventions:
         params["momentum_style"] = draw(st.sampled_from(["new", "decay"]), label="momentum_style")
+    keras = form == "keras" or (form is None and conventions and draw(st.integers(0, 2), label="keras_form") == 0)
+    if keras:  # Keras' BatchNormalization(renorm=True): its own clipping and a second set of statistics
+        params["form"] = "keras"
+        if rmax is None:
+            params["rmax"] = draw(st.sampled_from([1.0, 3.0, math.inf]), label="keras_rmax")
+        if dmax is None:
+            params["dmax"] = draw(st.sampled_from([0.0, 5.0, math.inf]), label="keras_dmax")
+        # renorm_clipping without rmin means 0; with rmax pinned to 1 (no correction), rmin = 1 too
+        params["rmin"] = 1.0 if rmax == 1.0 else draw(st.sampled_from([0.0, 0.5]), label="rmin")
+        params["renorm_momentum"] = draw(st.one_of(st.just(0.99), st.floats(0.0, 1.0)), label="renorm_momentum")
+        arrays["moving_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 1.0, c)
+        arrays["moving_std"] = spread * np.exp(rng.uniform(-1.0, 1.0, c))
     return Case("batch_renorm", arrays, params)
 
 
-_KEYS = ("training", "rmax", "dmax", "momentum", "eps", "momentum_style")
+_KEYS = ("training", "rmax", "dmax", "momentum", "eps", "momentum_style", "form", "rmin", "renorm_momentum")
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
     r = batch_renorm(case.x, case.get("weight"), case.get("bias"), case.get("running_mean"), case.get("running_std"),
-                     **case.kwargs(*_KEYS))
+                     moving_mean=case.get("moving_mean"), moving_std=case.get("moving_std"), **case.kwargs(*_KEYS))
     out = {"y": r.y}
     if case.params.get("training", True):
         out["running_mean"], out["running_std"] = r.running_mean, r.running_std
+        if r.moving_mean is not None:  # Keras' form: its inference statistics
+            out["moving_mean"], out["moving_std"] = r.moving_mean, r.moving_std
     return out
 
 
 def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
-    keys = ("training", "rmax", "dmax", "eps")
+    keys = ("training", "rmax", "dmax", "eps", "form", "rmin")
     grads = batch_renorm_backward(dy, case.x, case.get("weight"), case.get("running_mean"), case.get("running_std"),
+                                  moving_mean=case.get("moving_mean"), moving_std=case.get("moving_std"),
                                   **case.kwargs(*keys))
     return case.present(grads)
 
@@ -84,7 +99,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=batch_renorm_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'dmax', 'rmax', 'spatial_dims', 'track_running_stats', 'training'}),
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'dmax', 'form', 'rmax', 'spatial_dims',
+                         'track_running_stats', 'training'}),
     error_model=batch_renorm_bounds,
     traits=frozenset({"batch_dependent", "channel_axis_1", RENORM, POPULATION, EXACT_SCALE}),
     outputs=("y", "running_mean", "running_std"),

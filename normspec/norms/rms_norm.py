@@ -6,15 +6,17 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.registry import NormRecord, register
-from normspec.spec.rms_norm import resolve_eps, rms, rms_norm, rms_norm_backward
+from normspec.spec.rms_norm import gain, resolve_eps, rms, rms_norm, rms_norm_backward
 from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
 from normspec.library.conditioning import Conditioning
 from normspec.library.tolerance import moment_bounds
 
 
 @st.composite
-def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_none=False, reach: Reach | None = None):
-    """RMSNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims, weight or none.
+def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_none=False, conventions=True,
+                   reach: Reach | None = None):
+    """RMSNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims, weight or none;
+    with conventions, the gain convention weight_offset 0 (PyTorch) or 1 (Gemma, x̂ (1 + w)).
 
     eps=None means a dtype-dependent eps (PyTorch's rule), which a dtype-blind reference cannot
     evaluate: such cases are drawn only with eps_none=True, by the property that knows the dtype
@@ -23,8 +25,10 @@ def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_no
         batch, normalized = (reach.sets,), (reach.length,)
         x = reach_values(np.random.default_rng(draw(seeds, label="seed")), batch + normalized, (0,), reach)
     else:
-        batch = tuple(draw(st.integers(1, 4), label="batch") for _ in range(draw(st.integers(1, 2), label="batch_dims")))
-        normalized = tuple(draw(st.integers(1, 8), label="feature") for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
+        batch = tuple(draw(st.integers(1, 4), label="batch")
+                      for _ in range(draw(st.integers(1, 2), label="batch_dims")))
+        normalized = tuple(draw(st.integers(1, 8), label="feature")
+                           for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
         shape = batch + normalized
         x = draw(grouped_values(shape, tuple(range(len(batch))), allow_constant=allow_constant), label="x")
     arrays = {"x": x}
@@ -32,17 +36,22 @@ def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_no
         arrays["weight"] = draw(affine_vector(normalized, kind="weight"))
     eps = None if eps_none else (reach.eps if reach is not None and reach.eps is not None
                                  else draw(eps_values, label="eps"))
-    return Case("rms_norm", arrays, {"normalized_shape": normalized, "eps": eps})
+    params = {"normalized_shape": normalized, "eps": eps}
+    if conventions and "weight" in arrays and draw(st.booleans(), label="gemma_offset"):
+        params["weight_offset"] = 1.0
+        arrays["weight"] = arrays["weight"] - 1.0  # the same spread of gains, stored as Gemma stores them
+    return Case("rms_norm", arrays, params)
 
 
 def reference(case: Case, dtype: str = "float64") -> dict[str, np.ndarray]:
     return {"y": rms_norm(case.x, case.params["normalized_shape"], case.get("weight"), eps=case.params.get("eps"),
-                          dtype=dtype)}
+                          dtype=dtype, weight_offset=case.params.get("weight_offset", 0.0))}
 
 
 def reference_grad(case: Case, dy: np.ndarray, dtype: str = "float64") -> dict[str, np.ndarray]:
     grads = rms_norm_backward(dy, case.x, case.params["normalized_shape"], case.get("weight"),
-                              eps=case.params.get("eps"), dtype=dtype)
+                              eps=case.params.get("eps"), dtype=dtype,
+                              weight_offset=case.params.get("weight_offset", 0.0))
     return case.present(grads)
 
 
@@ -54,6 +63,8 @@ def conditioning(case: Case, dtype: str = "float64") -> Conditioning:
     k = len(shape)
     r = rms(x, shape, eps=resolve_eps(case.params.get("eps"), dtype))
     gamma = case.array_or("weight", shape, 1.0)
+    if case.get("weight") is not None:
+        gamma = gain(gamma, case.params.get("weight_offset", 0.0))  # Gemma: 1 + w
     return Conditioning(x / r, np.zeros_like(r), r, int(np.prod(shape)), gamma, np.zeros(()),
                         tuple(range(x.ndim - k, x.ndim)), tuple(range(x.ndim - k)), True)
 
@@ -77,7 +88,7 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=rms_norm_cases,
-    overrides=frozenset({'allow_constant', 'elementwise_affine', 'eps_none', 'reach'}),
+    overrides=frozenset({'allow_constant', 'conventions', 'elementwise_affine', 'eps_none', 'reach'}),
     error_model=error_model,
     traits=frozenset({"batch_independent", "scale_invariant", "accepts_empty"}),
     differentiable=("x", "weight"),

@@ -9,7 +9,8 @@ from normspec.norms.weight_norm import WEIGHT_REPARAMETRIZATION, dims_for, layer
 from normspec.library import tolerance
 from normspec.library.strategies import seeds
 from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.spectral_norm import power_iteration, spectral_norm, spectral_norm_backward, weight_matrix
+from normspec.spec.spectral_norm import (POWER_ITERATION_ORDERS, power_iteration, spectral_norm, spectral_norm_backward,
+                                         weight_matrix)
 
 POWER_ITERATION_STATE = register_trait(
     "power_iteration_state",
@@ -22,16 +23,18 @@ def unit(a: np.ndarray) -> np.ndarray:
 
 
 @st.composite
-def spectral_norm_cases(draw, *, training=None, dim="draw", n_power_iterations=None):
+def spectral_norm_cases(draw, *, training=None, dim="draw", n_power_iterations=None, conventions=True):
     """SN calls: W of rank 2-4, any dim; (u, v) a random start or the state after a few
-    iterations (as in a trained module); train or eval; 0-5 iterations."""
+    iterations (as in a trained module); train or eval; 0-5 iterations; with conventions, the
+    power-iteration order u-first (the parametrization) or v-first (Algorithm 1, the legacy hook)."""
     shape = draw(weight_shapes(min_rank=2), label="shape")
     dim = draw(dims_for(len(shape), allow_none=False), label="dim") if dim == "draw" else dim
     w = draw(weight_values(shape, (dim % len(shape),), centred=draw(st.booleans(), label="centred")), label="W")
     w_mat = weight_matrix(w, dim)
     rng = np.random.default_rng(draw(seeds, label="state_seed"))
     u, v = unit(rng.standard_normal(w_mat.shape[0])), unit(rng.standard_normal(w_mat.shape[1]))
-    u, v = power_iteration(w_mat, u, v, draw(st.sampled_from([0, 1, 3]), label="warm_up"), 1e-12)
+    order = draw(st.sampled_from(POWER_ITERATION_ORDERS), label="power_iteration_order") if conventions else None
+    u, v = power_iteration(w_mat, u, v, draw(st.sampled_from([0, 1, 3]), label="warm_up"), 1e-12, order or "u_first")
     params = {
         "dim": dim,
         "n_power_iterations": draw(st.sampled_from([1, 1, 0, 2, 5]), label="n_power_iterations")
@@ -39,11 +42,13 @@ def spectral_norm_cases(draw, *, training=None, dim="draw", n_power_iterations=N
         "eps": draw(st.sampled_from([1e-12, 1e-12, 1e-8]), label="eps"),
         "training": draw(st.booleans(), label="training") if training is None else training,
     }
+    if order is not None:
+        params["power_iteration_order"] = order
     return Case("spectral_norm", {"x": w, "u": u, "v": v}, params)
 
 
 def _kwargs(case):
-    return case.kwargs(*("dim", "n_power_iterations", "eps", "training"))
+    return case.kwargs(*("dim", "n_power_iterations", "eps", "training", "power_iteration_order"))
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -71,11 +76,11 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=spectral_norm_cases,
-    overrides=frozenset({'dim', 'n_power_iterations', 'training'}),
+    overrides=frozenset({'conventions', 'dim', 'n_power_iterations', 'training'}),
     error_model=tolerance.spectral_norm_bounds,
     traits=frozenset({WEIGHT_REPARAMETRIZATION, POWER_ITERATION_STATE}),
     differentiable=("x",),
-    torch_modules=("torch.nn.utils.parametrizations.spectral_norm",),
+    torch_modules=("torch.nn.utils.parametrizations.spectral_norm", "torch.nn.utils.spectral_norm"),
     outputs=("y", "u", "v"),
     bench_case=bench_case,
 ))

@@ -1,7 +1,7 @@
 """Record: SyncBatchNorm, BatchNorm whose statistics are combined across k ranks of a process group.
 
 A case holds the concatenated global batch `x` (N, C, *S) and the per-rank split in the param
-`rank_sizes` (k = 2..4 positive sizes summing to N; uneven sizes and sizes of 1 included); the
+`rank_sizes` (k = 2..4 sizes summing to N; uneven sizes, sizes of 1 and empty ranks included); the
 affine parameters, running statistics and conventions are BatchNorm's. Backends simulate the
 ranks (numpy) or run them as k real processes (torch: gloo on this machine).
 """
@@ -29,20 +29,28 @@ MIN_RANKS, MAX_RANKS = 2, 4
 
 
 @st.composite
-def rank_sizes_strategy(draw, ranks=None):
-    """k = 2..4 positive per-rank sizes: mostly uneven, with sizes of 1 common."""
+def rank_sizes_strategy(draw, ranks=None, empty_ranks=True):
+    """k = 2..4 per-rank sizes: mostly uneven, with sizes of 1 common and, if empty_ranks, a rank
+    with an empty batch now and then (PyTorch's SyncBatchNorm allows it); the others then hold at
+    least 2 samples in all, so that every drawn case can train."""
     k = draw(st.integers(MIN_RANKS, MAX_RANKS), label="ranks") if ranks is None else ranks
     size = st.one_of(st.just(1), st.integers(1, 4))
-    return tuple(draw(size, label=f"rank_size_{r}") for r in range(k))
+    sizes = [draw(size, label=f"rank_size_{r}") for r in range(k)]
+    if empty_ranks and draw(st.integers(0, 3), label="empty_rank") == 0:
+        sizes[draw(st.integers(0, k - 1), label="empty_rank_index")] = 0
+        if sum(sizes) < 2:
+            sizes[max(range(k), key=lambda r: sizes[r])] += 2 - sum(sizes)
+    return tuple(sizes)
 
 
 @st.composite
 def sync_batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
-                          conventions=True, allow_constant=True, ranks=None, rank_sizes=None):
+                          conventions=True, allow_constant=True, ranks=None, rank_sizes=None, empty_ranks=True):
     """SyncBatchNorm calls: the global batch (N, C, *S) with N = sum(rank_sizes), train or eval,
     with or without running stats/affine; random affine parameters and running statistics.
-    Accepts BatchNorm's overrides plus ranks= (k) and rank_sizes=."""
-    sizes = draw(rank_sizes_strategy(ranks), label="rank_sizes") if rank_sizes is None else tuple(rank_sizes)
+    Accepts BatchNorm's overrides plus ranks= (k), rank_sizes= and empty_ranks= (allow n_r = 0)."""
+    sizes = (draw(rank_sizes_strategy(ranks, empty_ranks), label="rank_sizes") if rank_sizes is None
+             else tuple(rank_sizes))
     nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
     c = draw(st.integers(1, 4), label="C")
     sides = tuple(draw(st.integers(1, 4 if nsp < 3 else 2), label="side") for _ in range(nsp))
@@ -88,7 +96,9 @@ def protocol_count(rank_counts) -> int:
     (n_r s_r^2 and n_r (mu_r - mu)^2 are parts of n sigma^2); the n_r/n-weighted sum over ranks of
     those errors, in units of sigma, is at most u max_r g(n_r) (|mu|/sigma + 2 sqrt(k)), and combining
     k terms adds u g(k). So the group's statistics err like one reduction whose growth is
-    sqrt(k) max_r g(n_r) + g(k); this returns the smallest m with g(m) at least that."""
+    sqrt(k) max_r g(n_r) + g(k); this returns the smallest m with g(m) at least that. Ranks with
+    an empty shard are dropped before combining and do not count."""
+    rank_counts = [n for n in rank_counts if n > 0]
     k = len(rank_counts)
     target = math.sqrt(k) * max(growth(n) for n in rank_counts) + growth(k)
     return int(math.ceil((target - 2.0) ** 2))
@@ -134,7 +144,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=sync_batch_norm_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'rank_sizes', 'ranks', 'spatial_dims', 'track_running_stats', 'training'}),
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'empty_ranks', 'rank_sizes', 'ranks',
+                         'spatial_dims', 'track_running_stats', 'training'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
                       "shift_invariant", "channel_axis_1", RANK_SYNCHRONIZED}),

@@ -1,0 +1,121 @@
+"""The extra engines (torch:inductor, onnxruntime, jax), validate --compile and bench --target.
+
+Engines that are not installed are skipped, saying which extra installs them.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normspec.cli import main
+from normspec.impls.base import available_backends
+from normspec.matrix import judge, plan
+from normspec.properties import PROPERTIES, run_property
+from normspec.registry import norms
+
+CANDIDATES = Path(__file__).parent / "candidates"
+EXTRA = {"onnxruntime": "onnx", "jax": "jax"}
+
+
+def engine(name: str):
+    module = {"onnxruntime": "onnxruntime", "jax": "jax", "torch:inductor": "torch"}[name]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{name} is not installed: pip install 'normspec[{EXTRA[name]}]'")
+    backends, absent = available_backends([name])
+    if name not in backends:
+        pytest.skip(f"{name} cannot start here: {absent.get(name)}")
+    return backends[name]
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "jax", "torch:inductor"])
+def test_conversion_is_exact_in_every_dtype(name):
+    """native() then to_numpy() gives back exactly the dtype-rounded values (what the properties rely on)."""
+    b = engine(name)
+    x = np.random.default_rng(0).standard_normal((3, 4, 5)) * 10
+    rounded = {"float64": x, "float32": x.astype(np.float32).astype(np.float64),
+               "float16": x.astype(np.float16).astype(np.float64)}
+    for dtype in b.dtypes:
+        got = b.to_numpy(b.native(x, dtype))
+        if dtype in rounded:
+            np.testing.assert_array_equal(got, rounded[dtype])
+        else:  # bfloat16: 8 significant bits, round to nearest
+            assert np.all(np.abs(got - x) <= np.abs(x) * 2.0 ** -8)
+
+
+@pytest.mark.parametrize("name,norm", [("onnxruntime", "layer_norm"), ("jax", "rms_norm"),
+                                       ("torch:inductor", "rms_norm")])
+def test_one_property_on_one_norm(name, norm):
+    """forward_matches_spec holds (documented expected failures applied, confined to their dtypes)."""
+    b = engine(name)
+    verdict = judge("forward_matches_spec", norms()[norm], b, "dev")
+    assert verdict.status in ("passed", "xfail"), verdict.message
+
+
+def test_forward_only_engine_skips_gradient_properties_saying_why():
+    b = engine("onnxruntime")
+    v = run_property(PROPERTIES["backward_matches_spec"], norms()["layer_norm"], b, "dev")
+    assert v.status == "skipped" and "forward-only" in v.reason
+
+
+def test_onnxruntime_conventions_it_lacks_are_unsupported_not_failed():
+    b = engine("onnxruntime")
+    assert "even sizes" in b.unsupported("local_response_norm", {"size": 4, "convention": "pytorch"}, "float32")
+    assert "biased" in b.unsupported("batch_norm", {"training": True, "momentum": 0.1}, "float32")
+    assert b.unsupported("local_response_norm", {"size": 3, "convention": "pytorch"}, "float32") is None
+
+
+def test_opt_in_backend_not_in_the_default_selection():
+    p = plan(["layer_norm"], None, ["forward_matches_spec"])
+    assert "torch:inductor" not in [b.name for b in p.backends]
+    for name in ("torch:inductor", "jax", "onnxruntime"):
+        assert f"--backend {name}" in p.absent_backends[name]
+
+
+def test_bench_target_times_the_candidate_in_the_same_table_and_csv(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rc = main(["bench", "--target", f"{CANDIDATES / 'norms.py'}:HandLayerNorm", "--backend", "numpy",
+               "--shape", "8x16", "--repeats", "1", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    backends = {r["backend"] for r in rows if not r["skipped"]}
+    assert backends == {"numpy", "target:HandLayerNorm"}
+    assert all(float(r["pct_copy"]) > 0 for r in rows if r["backend"] == "target:HandLayerNorm")
+    assert "target:HandLayerNorm" in capsys.readouterr().out
+
+
+def test_bench_target_usage_errors_exit_2(capsys):
+    assert main(["bench", "--target", "no_such_module_xyz:Thing"]) == 2
+    assert main(["bench", "--compile"]) == 2
+    assert "qualify --target" in capsys.readouterr().err
+
+
+COMPILE_ARGS = ["--compile", "--profile", "dev", "--property", "forward_matches_spec", "--dtype", "float32",
+                "--quiet"]
+
+
+@pytest.mark.slow
+def test_validate_compile_accepts_a_correct_drop_in(tmp_path):
+    out = tmp_path / "r.json"
+    rc = main(["validate", f"{CANDIDATES / 'compiled.py'}:CompiledOKLayerNorm", *COMPILE_ARGS, "--json", str(out),
+               "--report-dir", str(tmp_path)])
+    data = json.loads(out.read_text())
+    assert rc == 0 and data["accepted"] and data["compiled"]["accepted"]
+    assert data["compile_differences"] == []
+
+
+@pytest.mark.slow
+def test_validate_compile_rejects_a_drop_in_wrong_only_when_compiled(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = main(["validate", f"{CANDIDATES / 'compiled.py'}:LNWrongWhenCompiled", *COMPILE_ARGS, "--json", str(out),
+               "--report-dir", str(tmp_path)])
+    data = json.loads(out.read_text())
+    assert rc == 1
+    assert data["accepted"] and not data["compiled"]["accepted"]  # eager passes, compiled does not
+    assert data["compile_differences"] == [{"property": "forward_matches_spec", "eager": "passed",
+                                            "compiled": "failed"}]
+    assert "eager vs compiled differences" in capsys.readouterr().out
