@@ -135,7 +135,7 @@ def empty_input_gives_empty_output(ctx: Context) -> None:
     if run.outputs["y"].shape != shape:
         raise PropertyFailure(f"y has shape {run.outputs['y'].shape}, but should have shape {shape} [{at}]")
     for name, expected in ref.items():
-        if name != "y":
+        if name.startswith("running_"):  # state; saved statistics of no values are not compared
             if name not in run.outputs:
                 raise PropertyFailure(f"{name} was not returned, but should be the unchanged {name} [{at}]")
             assert_equal(run.outputs[name], expected, f"{name} after an empty batch", at)
