@@ -416,3 +416,27 @@ EXPECTED_FAILURES.append(ExpectedFailure(
            "where LayerNorm, GroupNorm and BatchNorm return an empty output",
     when=r"IndexError: select\(\): index 0 out of range",
 ))
+
+# Found by `normspec validate` of PyTorch's own modules with the reach draws and mixed layouts:
+EXPECTED_FAILURES += [ExpectedFailure(
+    property=name, norm="group_norm", backend="torch:cpu",
+    reason="PyTorch CPU group_norm (float32) with groups of 2 values one ulp apart: the layer_norm short-row "
+           "zero variance above (dx reaches 1.4e14 with 65537 groups of 2 values, eps = 1e-12)",
+    when=r"float32 \w+ group_norm\(x\(1, \d+\).*num_groups=6553[5-7]",
+) for name in ("reach_forward_matches_spec", "reach_backward_matches_spec")]
+EXPECTED_FAILURES += [
+    ExpectedFailure(
+        property="mixed_layouts_match_spec", norm="instance_norm", backend="torch:cpu",
+        reason="F.instance_norm's input gradient is wrong for a batch of 1 when dy is channels_last (the same "
+               "upstream bug as the channels_last input entry above; x contiguous, dy channels_last here)",
+        when=r"^dx.*instance_norm\(x\(1, .*with dy channels_last",
+    ),
+    ExpectedFailure(
+        property="reach_forward_matches_spec", norm="instance_norm", backend="torch:cpu", dtypes=("float64",),
+        reason="PyTorch CPU instance_norm (batch_norm on the (1, N*C, *S) view) in float64 misses the model by "
+               "~1.5x on maps of 65535 values at |mean|/std ~ 1e12 (y = 3.753 vs 4.150 +- 0.257): its summation "
+               "error grows faster than the model's 2 + sqrt(n) there. To be re-examined: either the kernel sums "
+               "with a bias or the sqrt(n) growth is optimistic for same-signed sums of 65535 terms",
+        when=r"^y\[.*float64 \w+ instance_norm",
+    ),
+]
