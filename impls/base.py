@@ -43,6 +43,8 @@ class Backend(abc.ABC):
     name: str = "?"
     dtypes: tuple[str, ...] = ("float64",)
     layouts: tuple[str, ...] = ("contiguous",)
+    # layouts a backend builds only for values that allow them (normspec.impls.layout.EXPANDED)
+    extra_layouts: tuple[str, ...] = ()
     kernels: Mapping[str, Kernel] = {}
     # An opt-in backend runs only when named (`--backend NAME`): too slow for the default matrix
     # (torch:inductor and jax compile per guard/shape); the default run lists it as skipped.
@@ -59,7 +61,7 @@ class Backend(abc.ABC):
             return f"{self.name} has no implementation of {norm}"
         if dtype not in self.dtypes:
             return f"{self.name} does not support {dtype}"
-        if layout not in self.layouts:
+        if layout not in self.layouts and layout not in self.extra_layouts:
             return f"{self.name} does not support the {layout} layout"
         return self.kernels[norm].unsupported(params)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from normspec.impls.fast_numpy import batch_norm, row_norms
 from normspec.impls.base import Kernel
-from normspec.impls.numpy_backend import NumpyBackend
+from normspec.impls.numpy_backend import NumpyBackend, empty_call
 
 
 def _layer_norm_forward(inputs, params):
@@ -68,6 +68,8 @@ class FastNumpyBackend(NumpyBackend):
 
     def gradients(self, norm: str, inputs: Mapping[str, Any], params: Mapping[str, Any], dy: Any,
                   wrt: tuple[str, ...]) -> dict[str, Any]:
+        if inputs.get("x") is not None and inputs["x"].size == 0:
+            return empty_call(inputs, params, wrt)
         grads = self.kernels[norm].backward(inputs, params, dy)
         return {role: np.asarray(g).reshape(inputs[role].shape).astype(inputs[role].dtype)
                 for role, g in grads.items() if role in wrt and inputs.get(role) is not None}

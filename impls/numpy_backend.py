@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from normspec.impls.base import Backend, Kernel
-from normspec.impls.layout import channels_last_order, inverse
+from normspec.impls.layout import LAYOUTS, channels_last_order, inverse
 
 NUMPY_KERNELS: dict[str, Kernel] = {}
 
@@ -56,13 +56,31 @@ def lay_out(array: np.ndarray, layout: str) -> np.ndarray:
         wide = np.zeros(array.shape[:-1] + (2 * array.shape[-1],), dtype=array.dtype)
         wide[..., ::2] = array
         return wide[..., ::2]
+    if layout == "offset":
+        buffer = np.zeros(array.size + 1, dtype=array.dtype)
+        buffer[1:] = array.reshape(-1)
+        return buffer[1:].reshape(array.shape)
     raise ValueError(f"unknown layout {layout!r}")
+
+
+def empty_call(inputs: Mapping[str, Any], params: Mapping[str, Any], wrt: tuple[str, ...] | None = None) -> dict:
+    """A call on an input with no values (a zero-size batch or spatial dim): an empty output, the
+    running statistics unchanged (no statistics to update with), or, with `wrt`, an empty input
+    gradient and parameter gradients of exactly 0 (sums of nothing)."""
+    if wrt is not None:
+        return {r: np.zeros_like(inputs[r]) for r in wrt if inputs.get(r) is not None}
+    out = {"y": np.array(inputs["x"], copy=True)}
+    if params.get("training", True):
+        for role in ("running_mean", "running_var"):
+            if inputs.get(role) is not None:
+                out[role] = np.array(inputs[role], copy=True)
+    return out
 
 
 class NumpyBackend(Backend):
     name = "numpy"
     dtypes = ("float64", "float32", "float16")
-    layouts = ("contiguous", "channels_last", "strided")
+    layouts = LAYOUTS
 
     def __init__(self):
         _load_kernels()
@@ -76,7 +94,14 @@ class NumpyBackend(Backend):
     def to_numpy(self, value: Any) -> np.ndarray:
         return np.array(value, dtype=np.float64, copy=True)
 
+    def forward(self, norm: str, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+        if inputs.get("x") is not None and inputs["x"].size == 0 and norm in self.kernels:
+            return empty_call(inputs, params)
+        return super().forward(norm, inputs, params)
+
     def gradients(self, norm: str, inputs: Mapping[str, Any], params: Mapping[str, Any], dy: Any,
                   wrt: tuple[str, ...]) -> dict[str, Any]:
+        if inputs.get("x") is not None and inputs["x"].size == 0:
+            return empty_call(inputs, params, wrt)
         grads = self.kernels[norm].backward(inputs, params, dy)
         return {role: g for role, g in grads.items() if role in wrt and inputs.get(role) is not None}

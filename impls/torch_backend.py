@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from normspec.impls.base import Backend, BackendUnavailable, Kernel
-from normspec.impls.layout import channels_last_order, inverse
+from normspec.impls.layout import EXPANDED, LAYOUTS, channels_last_order, expandable, inverse
 
 TORCH_KERNELS: dict[str, Kernel] = {}
 
@@ -45,7 +45,8 @@ def _load_kernels() -> None:
 
 class TorchBackend(Backend):
     dtypes = tuple(TORCH_DTYPES)
-    layouts = ("contiguous", "channels_last", "strided")
+    layouts = LAYOUTS
+    extra_layouts = (EXPANDED,)
     device = "cpu"
 
     def __init__(self):
@@ -65,6 +66,14 @@ class TorchBackend(Backend):
             wide = torch.zeros(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype, device=t.device)
             wide[..., ::2] = t
             return wide[..., ::2]
+        if layout == "offset":
+            buffer = torch.zeros(t.numel() + 1, dtype=t.dtype, device=t.device)
+            buffer[1:] = t.reshape(-1)
+            return buffer[1:].view(t.shape)
+        if layout == EXPANDED:
+            if not expandable(np.asarray(array)):
+                raise ValueError("the expanded layout needs values that repeat along axis 0")
+            return t[:1].clone().expand(t.shape)
         raise ValueError(f"unknown layout {layout!r}")
 
     def to_numpy(self, value: Any) -> np.ndarray:

@@ -30,6 +30,7 @@ TRAITS = {
     "scale_invariant": "f_eps(a x) = f_{eps/a^2}(x) for a > 0 (eps inside the square root)",
     "shift_invariant": "adding a constant to each reduction set leaves the output unchanged",
     "channel_axis_1": "the channel dimension is axis 1, so channels_last layouts apply",
+    "accepts_empty": "a zero-size batch or spatial dimension is a valid input (PyTorch's module accepts it)",
 }
 
 
@@ -114,6 +115,13 @@ class NormRecord:
         """Elementwise error bounds of a `dtype` run of `case` against the spec's `reference`
         (and `ref_grads` for upstream `dy`): the one entry point to the tolerance model."""
         return self.error_model(case, dtype, reference, dy, ref_grads)
+
+    def moment_geometry(self, case: Case) -> tuple[tuple[int, ...], Conditioning]:
+        """(view shape, Conditioning in it) of a moment normalizer's case: the view of x in which
+        each reduction set is axis-aligned (x's own shape unless the conditioning has a view_shape,
+        as GroupNorm's (N, G, C/G, *S))."""
+        c = self.conditioning(case)
+        return tuple(c.view_shape or case.x.shape), c
 
     def has(self, *traits: str) -> bool:
         return all(t in self.traits for t in traits)

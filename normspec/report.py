@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normspec.library.case import Case
+from normspec.library.strategies import Reach
 from normspec.properties import Verdict
 
 STYLE = {"passed": "green", "failed": "bold red", "xfail": "yellow", "xpass": "magenta", "skipped": "dim"}
@@ -121,6 +122,7 @@ counterexample Hypothesis found and raises the same PropertyFailure while the bu
 import numpy as np
 
 from normspec.library.case import Case
+from normspec.library.strategies import Reach
 from normspec.impls.base import available_backends
 from normspec.properties import replay
 from normspec.registry import get_norm
@@ -152,6 +154,8 @@ def counterexample_text(v: Verdict) -> str:
             parts.append(f"{label}: {value.describe()}")
         elif isinstance(value, (int, float, str, bool, type(None))):
             parts.append(f"{label}={value!r}")
+        elif isinstance(value, Reach):
+            parts.append(f"{label}: {value.describe()}")
     return "; ".join(parts)
 
 

@@ -88,7 +88,7 @@ class Property:
         if not backend.implements(record.name):
             return f"{backend.name} does not implement {record.name}"
         if not self.applies(record):
-            return f"does not apply to {record.name}"
+            return f"does not apply to {record.name}: {why_not(self.applies, record)}"
         return None
 
 
@@ -105,6 +105,7 @@ GROUPS = {
     "identities": "identities between normalizations",
     "batch_family": "properties of BatchNorm's relatives (renorm, Lp, whitening, recurrent)",
     "synchronization": "SyncBatchNorm: the result does not depend on how the batch is cut",
+    "reach": "the sizes and magnitudes where kernels change behaviour: block tails, long rows, dtype edges",
     "reparametrization": "layers reparametrized around refreshed statistics: a refresh keeps the function "
                          "and gives the statistic it promises",
 }
@@ -128,7 +129,35 @@ def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True, 
 
 
 def traits(*names: str) -> Callable[[NormRecord], bool]:
-    return lambda record: record.has(*names)
+    """Applies to the norms that have every one of the trait(s) `names`."""
+    applies = lambda record: record.has(*names)
+    applies.traits = names
+    return applies
+
+
+def named(*norms: str) -> Callable[[NormRecord], bool]:
+    """Applies to the named norms only (an identity or rule of theirs)."""
+    applies = lambda record: record.name in norms
+    applies.names = norms
+    return applies
+
+
+def why_not(applies: Callable[[NormRecord], bool], record: NormRecord) -> str:
+    """Why a property whose predicate is `applies` does not apply to `record`, in words: the traits
+    it lacks (with their meanings), the norms the property is about, or the predicate's stated
+    requirement (an attribute `requirement` on it)."""
+    from normspec.registry import TRAITS
+
+    if hasattr(applies, "traits"):
+        missing = [t for t in applies.traits if not record.has(t)]
+        return "needs the trait(s) " + "; ".join(f"{t} ({TRAITS.get(t, '?')})" for t in missing) + \
+            f", which {record.name} does not have"
+    if hasattr(applies, "names"):
+        return f"a rule of {', '.join(applies.names)} only"
+    requirement = getattr(applies, "requirement", None)
+    if requirement:
+        return f"needs {requirement}"
+    return "its applicability predicate is false (it states no reason)"
 
 
 # ---------------------------------------------------------------- running a backend
@@ -215,19 +244,23 @@ class Context:
         b = self.backend
         return case.with_arrays(**{r: b.to_numpy(b.native(a, dtype)) for r, a in case.arrays.items()})
 
-    def natives(self, case: Case, dtype: str, layout: str) -> dict[str, Any]:
+    def natives(self, case: Case, dtype: str, layout: str, param_layout: str = "contiguous") -> dict[str, Any]:
+        """The case's arrays as the backend's arrays: x in `layout`, weight and bias in
+        `param_layout`, running statistics contiguous."""
         b = self.backend
-        return {r: b.native(a, dtype, layout if r == "x" else "contiguous") for r, a in case.arrays.items()}
+        lay = lambda r: layout if r == "x" else param_layout if r in ("weight", "bias") else "contiguous"
+        return {r: b.native(a, dtype, lay(r)) for r, a in case.arrays.items()}
 
     def run(self, case: Case, dtype: str, layout: str = "contiguous", *, grads: bool = False,
-            dy: np.ndarray | None = None) -> Run:
-        """Run the backend forward (and backward when `grads`) on `case` rounded to `dtype`."""
+            dy: np.ndarray | None = None, dy_layout: str | None = None, param_layout: str = "contiguous") -> Run:
+        """Run the backend forward (and backward when `grads`) on `case` rounded to `dtype`; dy
+        in `dy_layout` (default: x's layout), weight and bias in `param_layout`."""
         self.supported(case, dtype, layout)
         case = self.rounded(case, dtype)
         b = self.backend
         where = f"[{b.name} {case.norm} {dtype} {layout}]"
         try:
-            outputs = b.forward(case.norm, self.natives(case, dtype, layout), case.params)
+            outputs = b.forward(case.norm, self.natives(case, dtype, layout, param_layout), case.params)
             result = Run(case, dtype, layout, {k: b.to_numpy(v) for k, v in outputs.items()})
         except Exception as exc:
             raise PropertyFailure(f"forward raised {type(exc).__name__}: {exc} {where}") from exc
@@ -239,8 +272,8 @@ class Context:
             dy = b.to_numpy(b.native(dy, dtype))
             wrt = tuple(r for r in self.record.differentiable if case.get(r) is not None)
             try:
-                g = b.gradients(case.norm, self.natives(case, dtype, layout), case.params,
-                                b.native(dy, dtype, layout), wrt)
+                g = b.gradients(case.norm, self.natives(case, dtype, layout, param_layout), case.params,
+                                b.native(dy, dtype, dy_layout or layout), wrt)
             except Exception as exc:
                 raise PropertyFailure(f"backward raised {type(exc).__name__}: {exc} {where}") from exc
             result.grads = {k: b.to_numpy(v) for k, v in g.items()}

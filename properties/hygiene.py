@@ -102,3 +102,43 @@ def assert_raises_clearly(ctx: Context, case, why: str) -> None:
     y = b.to_numpy(out["y"])
     raise PropertyFailure(f"returned y={y.ravel()[:4].tolist()}..., but should raise an error "
                           f"({why}) [{b.name} {dtype} {case.describe()}]")
+
+
+def _empty_axes(record, case) -> list[int]:
+    """The axes that may be 0 in a valid call: every axis but the channels (axis 1) for channel
+    norms, the batch axes (not the normalized ones) for LayerNorm-style norms."""
+    x = case.x
+    if record.has("channel_axis_1"):
+        return [a for a in range(x.ndim) if a != 1]
+    k = len(tuple(case.params.get("normalized_shape", ())))
+    return list(range(x.ndim - k)) if k else [0]
+
+
+@prop("hygiene", applies=traits("accepts_empty"))
+def empty_input_gives_empty_output(ctx: Context) -> None:
+    """A zero-size batch or spatial dimension is a valid call (PyTorch accepts it): the output is
+    empty with the input's shape, running statistics are left as they are (an empty batch has no
+    statistics; BatchNorm still counts the call in num_batches_tracked), the input gradient is
+    empty and the weight and bias gradients are exactly 0 (sums of nothing). Kernels that divide
+    by the count or launch a grid of size 0 return NaN statistics or raise."""
+    pinned = {k: True for k in ("training", "track_running_stats") if ctx.record.takes(k)}
+    case = ctx.case(**pinned)  # running statistics in training: the state an empty batch must not touch
+    axes = _empty_axes(ctx.record, case)
+    ctx.assume(bool(axes), "no axis may be empty")
+    axis = ctx.draw(st.sampled_from(axes), "empty_axis")
+    shape = tuple(0 if a == axis else s for a, s in enumerate(case.x.shape))
+    empty = case.with_arrays(x=np.zeros(shape))
+    dtype, layout = ctx.dtype(), ctx.layout()
+    run = ctx.run(empty, dtype, layout, grads=True, dy=np.zeros(shape))
+    at = where(ctx, run)
+    ref, _ = ctx.reference(run)
+    if run.outputs["y"].shape != shape:
+        raise PropertyFailure(f"y has shape {run.outputs['y'].shape}, but should have shape {shape} [{at}]")
+    for name, expected in ref.items():
+        if name.startswith("running_"):  # state; saved statistics of no values are not compared
+            if name not in run.outputs:
+                raise PropertyFailure(f"{name} was not returned, but should be the unchanged {name} [{at}]")
+            assert_equal(run.outputs[name], expected, f"{name} after an empty batch", at)
+    for role, g in run.grads.items():
+        expected = np.zeros(run.case.get(role).shape)
+        assert_equal(g, expected, f"d{role} of an empty batch", at)

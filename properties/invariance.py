@@ -72,7 +72,7 @@ def shift_invariance(ctx: Context) -> None:
     E[x^2] - E[x]^2 misses by a factor of about |b|/sigma."""
     case = batch_stats_case(ctx)
     dtype, layout = ctx.dtype(), ctx.layout()
-    c = ctx.record.conditioning(case)
+    view, c = ctx.record.moment_geometry(case)
     # as far as the dtype can resolve: the compute roundoff, and at least 8 grid steps per std
     limit = min(0.01 / compute_roundoff(dtype), 2.0 ** (MANTISSA_BITS[dtype] - 2) / 8)
     log_ratio = ctx.draw(st.floats(0.0, math.log10(limit)), "log10_shift_over_std")
@@ -83,7 +83,7 @@ def shift_invariance(ctx: Context) -> None:
     ctx.assume(representable(np.array([total]), dtype), "the shifted input does not fit the dtype")
     x_q, step = _on_grid(case.x, total, dtype)
     shift_q, _ = _on_grid(shift, total, dtype)
-    shifted = case.with_arrays(x=x_q + shift_q)
+    shifted = case.with_arrays(x=(x_q.reshape(view) + shift_q).reshape(case.x.shape))
     if shifted.get("running_mean") is not None and not c.batch_stats:  # eval statistics move with the data
         shifted = shifted.with_arrays(running_mean=case.get("running_mean") + shift_q.reshape(-1))
     run = ctx.run(shifted, dtype, layout)

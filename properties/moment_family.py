@@ -21,8 +21,7 @@ from normspec.registry import get_norm
 from normspec.spec.rms_norm import resolve_eps
 
 
-def named(*names: str):
-    return lambda record: record.name in names
+from normspec.properties.core import named  # noqa: E402  (applies to the named norms only)
 
 
 def _bounds(norm: str, run) -> tolerance.Bounds:

@@ -15,8 +15,7 @@ from normspec.registry import get_norm
 F64 = tolerance.UNIT_ROUNDOFF["float64"]
 
 
-def named(*names: str):
-    return lambda record: record.name in names
+from normspec.properties.core import named  # noqa: E402  (applies to the named norms only)
 
 
 def _refresh_run(ctx: Context, **overrides):

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.properties.agreement import where
-from normspec.properties.core import Context, assert_close, prop, traits
+from normspec.properties.core import named, Context, assert_close, prop, traits
 from normspec.properties.invariance import MAX_FINITE, _fits
 from normspec.registry import get_norm
 from normspec.spec import batch_norm, batch_norm_backward, layer_norm, layer_norm_backward
@@ -31,7 +31,7 @@ def _compare(ctx, a, b, what, flip_channels=False):
 CONVERSIONS = ("tensorflow", "caffe_across", "onnx_odd", "onnx_even")
 
 
-@prop("identities", applies=lambda r: r.name == "local_response_norm")
+@prop("identities", applies=named("local_response_norm"))
 def lrn_conventions_convert(ctx: Context) -> None:
     """The LRN conventions are one operator (catalogue row 11, frameworks' docs): TensorFlow's
     depth_radius r with alpha equals PyTorch's size 2r+1 with alpha (2r+1); Caffe ACROSS_CHANNELS and
@@ -53,7 +53,7 @@ def lrn_conventions_convert(ctx: Context) -> None:
     _compare(ctx, a, b, f"y[{convention}]", flip_channels=flip)
 
 
-@prop("identities", applies=lambda r: r.name == "matconvnet_cross_channel")
+@prop("identities", applies=named("matconvnet_cross_channel"))
 def matconvnet_is_lrn_with_alpha_times_n(ctx: Context) -> None:
     """MatConvNet's cross-channel normalization with (N, kappa, alpha) is LRN with size N, k = kappa
     and alpha N (catalogue row 12): MatConvNet does not divide alpha by N. Its window G(c) leans
@@ -100,7 +100,7 @@ def _divisive_as(ctx: Context, kind: str):
     return case.with_params(summation=fields, suppression=fields)
 
 
-@prop("identities", applies=lambda r: r.name == "divisive_norm")
+@prop("identities", applies=named("divisive_norm"))
 def divisive_special_cases(ctx: Context) -> None:
     """BatchNorm and LayerNorm are divisive normalization with particular fields (Ren et al. 2017,
     sec. 3; catalogue row 19): A = B = all of (N, *S) per channel is BatchNorm's training forward,
@@ -131,7 +131,7 @@ def divisive_special_cases(ctx: Context) -> None:
         assert_close(g, grads[role], bounds[role], f"d{role}[{kind}]", at)
 
 
-@prop("invariance", applies=lambda r: r.name == "divisive_norm")
+@prop("invariance", applies=named("divisive_norm"))
 def divisive_shift_invariance(ctx: Context) -> None:
     """Adding one constant to every value of a sample leaves divisive normalization unchanged when
     the summation field averages over in-range positions (border="exclude", eq. 1's |A_j|): the field

@@ -6,8 +6,9 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
+from normspec.impls.layout import EXPANDED
 from normspec.properties.agreement import compare_outputs, where
-from normspec.properties.core import Context, assert_close, assert_equal, prop, traits
+from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, traits
 from normspec.properties.core import representable
 from normspec.properties.statistics import batch_stats_case
 from normspec.library.tolerance import compute_roundoff
@@ -20,14 +21,14 @@ def ill_conditioned_inputs(ctx: Context) -> None:
     only linearly in |mean|/std. One-pass variance E[x^2] - E[x]^2 errs like (|mean|/std)^2 u
     (values ~100 +- 0.01, LayerNorm at +2000: the reports in the catalogue) and fails here."""
     case, dtype, layout = ctx.case(), ctx.dtype(), ctx.layout()
-    c = ctx.record.conditioning(case)
+    view, c = ctx.record.moment_geometry(case)
     limit = math.log10(0.01 / compute_roundoff(dtype))
     ratio = 10.0 ** ctx.draw(st.floats(1.0, limit), "log10_mean_over_std")
     sign = ctx.draw(st.sampled_from([-1.0, 1.0]), "sign")
-    centred = case.x - c.mean
+    centred = case.x.reshape(view) - c.mean
     spread = np.broadcast_to(np.sqrt(np.maximum(c.std**2 - case.params.get("eps", 1e-5), 0)), c.mean.shape)
     spread = np.where(spread > 0, spread, 1.0)
-    x = centred + sign * ratio * spread
+    x = (centred + sign * ratio * spread).reshape(case.x.shape)
     ctx.assume(representable(x, dtype), "the ill-conditioned input does not fit the dtype")
     shifted = case.with_arrays(x=x)
     if case.get("running_mean") is not None and not c.batch_stats:  # eval statistics move with the data
@@ -53,15 +54,16 @@ def constant_group_gives_beta(ctx: Context) -> None:
     dtype, layout = ctx.dtype(), ctx.layout()
     value = ctx.draw(st.sampled_from(CONSTANTS), "constant")
     ctx.assume(representable(np.array([value]), dtype), "the constant is not a value of the dtype")
-    c = ctx.record.conditioning(case)
+    view, c = ctx.record.moment_geometry(case)
     pick = np.random.default_rng(ctx.seed("group_seed"))
     group = tuple(int(pick.integers(0, s)) for s in c.mean.shape)
-    index = tuple(slice(None) if a in c.stats_axes else group[a] for a in range(case.x.ndim))
-    x = np.array(case.x)
+    index = tuple(slice(None) if a in c.stats_axes else group[a] for a in range(len(view)))
+    x = np.array(case.x).reshape(view)
     x[index] = value
-    run = ctx.run(case.with_arrays(x=x), dtype, layout)
-    beta = np.broadcast_to(ctx.record.conditioning(run.case).beta, x.shape)
-    assert_equal(run.outputs["y"][index], np.array(beta[index]), "y(constant set)", where(ctx, run) + f" constant={value!r}")
+    run = ctx.run(case.with_arrays(x=x.reshape(case.x.shape)), dtype, layout)
+    beta = np.broadcast_to(ctx.record.moment_geometry(run.case)[1].beta, view)
+    assert_equal(run.outputs["y"].reshape(view)[index], np.array(beta[index]), "y(constant set)",
+                 where(ctx, run) + f" constant={value!r}")
 
 
 @prop("robustness")
@@ -81,3 +83,43 @@ def layout_consistency(ctx: Context) -> None:
         assert_close(other.outputs[name], value, 2 * bounds[name], name, at)
     for role, g in base.grads.items():
         assert_close(other.grads[role], g, 2 * bounds[role], f"d{role}", at)
+
+
+def _has_torch_module(record) -> bool:
+    return bool(record.torch_modules)
+
+
+_has_torch_module.requirement = "a torch.nn module equivalent (the norms a fused kernel replaces)"
+
+
+@prop("robustness", applies=_has_torch_module)
+def mixed_layouts_match_spec(ctx: Context) -> None:
+    """The upstream gradient need not have the input's memory layout, and parameters need not be
+    contiguous: with x in one layout and dy in another (channels_last vs contiguous both ways, a
+    view one element into its buffer, every other element of a wider one, or expanded along the
+    batch with stride 0), and weight and bias non-contiguous, the outputs and gradients equal the
+    spec within the model. A backward that reads dy's memory as if it had x's strides (a fused
+    kernel that skips .contiguous()) or that ignores a storage offset fails here."""
+    case, dtype = ctx.case(), ctx.dtype()
+    b = ctx.backend
+    x_layout = ctx.draw(st.sampled_from(list(b.layouts)), "layout")
+    dy_layouts = [l for l in list(b.layouts) + list(getattr(b, "extra_layouts", ())) if l != x_layout]
+    ctx.assume(bool(dy_layouts), f"{b.name} has one layout only")
+    dy_layout = ctx.draw(st.sampled_from(dy_layouts), "dy_layout")
+    param_layout = ctx.draw(st.sampled_from([l for l in b.layouts if l != "channels_last"]), "param_layout")
+    shape = ctx.record.reference(case)["y"].shape
+    dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(shape)
+    if dy_layout == EXPANDED:
+        ctx.assume(len(shape) >= 1, "a scalar output has no axis to expand")
+        dy = np.broadcast_to(dy[:1], shape).copy()
+    run = ctx.run(case, dtype, x_layout, grads=True, dy=dy, dy_layout=dy_layout, param_layout=param_layout)
+    ref, ref_grads = ctx.reference(run)
+    bounds = ctx.bounds(run, ref, ref_grads)
+    at = f" with dy {dy_layout}, weight/bias {param_layout}"
+    try:
+        compare_outputs(ctx, run, ref, bounds)
+        for role, expected in ref_grads.items():
+            assert_close(run.grads.get(role, np.full(np.shape(expected), np.nan)), expected, bounds[role],
+                         f"d{role}", where(ctx, run))
+    except PropertyFailure as exc:
+        raise PropertyFailure(f"{exc}{at}") from None

@@ -28,15 +28,15 @@ def output_moments(ctx: Context) -> None:
     (per channel for BatchNorm, per sample for LayerNorm). Checked on the backend's output alone,
     with no spec in the loop; affine parameters that vary inside a reduction set are dropped."""
     case = batch_stats_case(ctx)
-    c0 = ctx.record.conditioning(case)
-    if _per_group(c0.gamma, case.x.shape, c0.stats_axes) is None or _per_group(c0.beta, case.x.shape, c0.stats_axes) is None:
+    view, c0 = ctx.record.moment_geometry(case)
+    if _per_group(c0.gamma, view, c0.stats_axes) is None or _per_group(c0.beta, view, c0.stats_axes) is None:
         case = case.with_arrays(weight=None, bias=None)
     dtype, layout = ctx.dtype(), ctx.layout()
     run = ctx.run(case, dtype, layout)
-    c = ctx.record.conditioning(run.case)
+    view, c = ctx.record.moment_geometry(run.case)
     ref, _ = ctx.reference(run)
-    y, axes = run.outputs["y"], c.stats_axes
-    bound = np.broadcast_to(ctx.bounds(run, ref, {})["y"], y.shape)
+    y, axes = run.outputs["y"].reshape(view), c.stats_axes
+    bound = np.broadcast_to(ctx.bounds(run, ref, {})["y"], run.outputs["y"].shape).reshape(view)
     beta = _per_group(c.beta, y.shape, axes)
     gamma = _per_group(c.gamma, y.shape, axes)
     mean = y.mean(axis=axes, keepdims=True)
@@ -57,15 +57,15 @@ def gradient_orthogonality(ctx: Context) -> None:
     case = batch_stats_case(ctx)
     dtype = ctx.dtype()
     run = ctx.run(case, dtype, ctx.layout(), grads=True)
-    c = ctx.record.conditioning(run.case)
+    view, c = ctx.record.moment_geometry(run.case)
     ref, ref_grads = ctx.reference(run)
-    bound_dx = ctx.bounds(run, ref, ref_grads)["x"] * np.ones_like(run.grads["x"])
-    dx, axes = run.grads["x"], c.stats_axes
-    scale = 1e-13 * np.abs(ref_grads["x"]).sum(axis=axes, keepdims=True)
+    bound_dx = (ctx.bounds(run, ref, ref_grads)["x"] * np.ones_like(run.grads["x"])).reshape(view)
+    dx, axes = run.grads["x"].reshape(view), c.stats_axes
+    scale = 1e-13 * np.abs(ref_grads["x"].reshape(view)).sum(axis=axes, keepdims=True)
     assert_close(dx.sum(axis=axes, keepdims=True), 0.0 * scale, bound_dx.sum(axis=axes, keepdims=True) + scale,
                  "sum_R(dx)", where(ctx, run))
     eps = run.case.params.get("eps", 1e-5)
-    g = c.gamma * run.dy
+    g = c.gamma * run.dy.reshape(view)
     expected = (eps / c.std**2) * (g * c.xhat).sum(axis=axes, keepdims=True) / c.std
     inner = (dx * c.xhat).sum(axis=axes, keepdims=True)
     with np.errstate(invalid="ignore"):  # an infinite bound times xhat = 0: NaN, which admits no error there

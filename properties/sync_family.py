@@ -29,6 +29,9 @@ def _applies(record) -> bool:
     return record.has("rank_synchronized") and record.name in UNSPLIT
 
 
+_applies.requirement = "the trait rank_synchronized and an unsplit counterpart norm to compare with"
+
+
 @prop("synchronization", applies=_applies)
 def sync_equals_unsplit_norm(ctx: Context) -> None:
     """Output, running statistics and input/weight/bias gradients equal the unsplit norm's spec

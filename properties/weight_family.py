@@ -45,8 +45,7 @@ def _intermediates(case: Case, c: float) -> list:
     return out
 
 
-def named(*names: str):
-    return lambda record: record.name in names
+from normspec.properties.core import named  # noqa: E402  (applies to the named norms only)
 
 
 def _scaled_pair(ctx: Context, roles_powers: dict[str, int], label="log2_c"):

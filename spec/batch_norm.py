@@ -63,7 +63,7 @@ def _check(x: np.ndarray, training: bool, uses_batch_stats: bool) -> None:
     if x.ndim < 2 or x.ndim > 5:
         raise ValueError(f"batch_norm expects input of shape (N, C, *S) with 0-3 spatial dims, got {x.shape}")
     per_channel = x.size // max(x.shape[1], 1)
-    if training and uses_batch_stats and per_channel <= 1:
+    if training and uses_batch_stats and per_channel == 1 and x.size:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input of shape {x.shape}"
         )
@@ -109,6 +109,11 @@ def batch_norm(
     new_mean = None if running_mean is None else as_float64(running_mean)
     new_var = None if running_var is None else as_float64(running_var)
     tracked = num_batches_tracked
+    if x.size == 0:
+        # An empty batch (N = 0 or a spatial size 0) normalizes to an empty output; it has no
+        # statistics, so the running statistics are left as they are, while a training call still
+        # counts in num_batches_tracked (PyTorch's convention, checked in tests/test_reach.py).
+        return BatchNormResult(x.copy(), new_mean, new_var, tracked + (1 if training and has_running else 0))
     if use_batch_stats:
         m = moments(x, axes, eps)
         xhat = m.xhat

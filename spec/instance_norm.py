@@ -38,7 +38,7 @@ def uses_input_stats(running_mean, running_var, training: bool) -> bool:
 def _check(x: np.ndarray, input_stats: bool) -> None:
     if x.ndim < 3 or x.ndim > 5:
         raise ValueError(f"instance_norm expects input of shape (N, C, *S) with 1-3 spatial dims, got {x.shape}")
-    if input_stats and math.prod(x.shape[2:]) <= 1:
+    if input_stats and math.prod(x.shape[2:]) == 1 and x.size:
         raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
 
 
@@ -51,6 +51,8 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     axes, _, shape = _geometry(x)
     new_mean = None if running_mean is None else as_float64(running_mean)
     new_var = None if running_var is None else as_float64(running_var)
+    if x.size == 0:  # an empty batch or map: an empty output, no statistics, running stats unchanged
+        return InstanceNormResult(x.copy(), new_mean, new_var)
     if input_stats:
         m = moments(x, axes, eps)
         xhat = m.xhat

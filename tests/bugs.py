@@ -32,7 +32,7 @@ def _affine(y, inputs, shape):
 def _bn_variant(*, unbiased_normalize=False, eps_outside=False, one_pass=False, axes_fn=None,
                 eval_batch_stats=False, momentum_flipped=False, biased_running=False, cumulative_as_fixed=False,
                 folded_shift=False, mutate_input=False, no_single_value_check=False, noise=False,
-                ignore_strides=False, first_two_samples=False, half_accumulate=False):
+                ignore_strides=False, first_two_samples=False, half_accumulate=False, half_var=False):
     """A BatchNorm forward with the named mistakes (all False: a correct implementation)."""
 
     def forward(inputs, params):
@@ -61,6 +61,9 @@ def _bn_variant(*, unbiased_normalize=False, eps_outside=False, one_pass=False, 
             else:
                 var = ((stats_x - mean) ** 2).mean(axis=axes, keepdims=True)
             count = stats_x.size // stats_x.shape[1]
+            if half_var:  # the variance stored in the input dtype: inf in float16 once std > 256
+                with np.errstate(over="ignore"):
+                    var = var.astype(x.dtype).astype(acc)
             if unbiased_normalize and count > 1:
                 var = var * count / (count - 1)
         else:
@@ -124,10 +127,22 @@ def _bn_backward_detached(inputs, params, dy):
     return grads
 
 
+def _storage_start(x):
+    """x read from the start of its buffer: a view one element in is shifted (ignores the offset)."""
+    base = x
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    start = x.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    if start and x.flags.c_contiguous and base.flags.c_contiguous:
+        return base.reshape(-1)[:x.size].reshape(x.shape)
+    return x
+
+
 def _ln_variant(*, last_dim_only=False, over_batch=False, eps_outside=False, one_pass=False,
-                folded_shift=False, bias_twice=False):
+                folded_shift=False, bias_twice=False, tail_block=None, one_pass_above=None,
+                ignore_offset=False):
     def forward(inputs, params):
-        x = inputs["x"]
+        x = _storage_start(inputs["x"]) if ignore_offset else inputs["x"]
         axes = _ln_axes(x, params)
         if last_dim_only:
             axes = (x.ndim - 1,)
@@ -138,7 +153,17 @@ def _ln_variant(*, last_dim_only=False, over_batch=False, eps_outside=False, one
         eps = params.get("eps", 1e-5)
         first = xa[tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))]
         mean = first + (xa - first).mean(axis=axes, keepdims=True)  # exact for constant sets
-        var = (xa * xa).mean(axis=axes, keepdims=True) - mean**2 if one_pass else ((xa - mean) ** 2).mean(axis=axes, keepdims=True)
+        n = int(np.prod([x.shape[a] for a in axes]))
+        long_row = one_pass_above is not None and n > one_pass_above
+        if one_pass or long_row:
+            var = (xa * xa).mean(axis=axes, keepdims=True) - mean**2
+        else:
+            var = ((xa - mean) ** 2).mean(axis=axes, keepdims=True)
+        if tail_block is not None and len(axes) == 1 and n > tail_block and n % tail_block:
+            # blocks of `tail_block` values; the masked tail of the last block is dropped from the sums
+            kept = xa[..., : n - n % tail_block]
+            mean = kept.sum(axis=-1, keepdims=True) / n
+            var = ((kept - mean) ** 2).sum(axis=-1, keepdims=True) / n
         denom = np.sqrt(var) + eps if eps_outside else np.sqrt(var + eps)
         pshape = tuple(x.shape[a] if a in _ln_axes(x, params) else 1 for a in range(x.ndim))
         gamma = inputs["weight"].astype(acc).reshape(pshape) if inputs.get("weight") is not None else 1.0
@@ -179,6 +204,37 @@ def _ln_backward_detached(inputs, params, dy):
     return grads
 
 
+def _as_laid_out_like(dy, x):
+    """dy's memory read in x's memory order: dy itself when the two share a layout, scrambled
+    otherwise (a backward that indexes dy with x's strides)."""
+    order = tuple(sorted(range(x.ndim), key=lambda a: -x.strides[a]))  # x's axes, outermost first
+    own = tuple(sorted(range(dy.ndim), key=lambda a: -dy.strides[a]))
+    memory = np.transpose(dy, own).reshape(-1)  # dy's elements in its own memory order
+    return memory.reshape(tuple(x.shape[a] for a in order)).transpose(np.argsort(order))
+
+
+def _bn_backward_dy_layout_of_x(inputs, params, dy):
+    return bn_ref.backward(inputs, params, _as_laid_out_like(dy, inputs["x"]))
+
+
+def _bn_empty_batch_nan(inputs, params):
+    """An empty batch updates the running statistics with the mean of no values (NaN), as a kernel
+    that divides sums by the count does; other calls are the reference's."""
+    x = inputs["x"]
+    if x.size == 0:
+        out = {"y": x.copy()}
+        if params.get("training", True) and inputs.get("running_mean") is not None:
+            out["running_mean"] = np.full_like(inputs["running_mean"], np.nan)
+            out["running_var"] = np.full_like(inputs["running_var"], np.nan)
+        return out
+    return bn_ref.forward(inputs, params)
+
+
+# Bugs in how a call on an empty input is handled: the backend hands empty inputs to the kernel
+# instead of answering them itself (NumpyBackend.forward).
+KERNEL_SEES_EMPTY = {"nan_running_stats_on_empty_batch"}
+
+
 def _reusing_outputs(forward):
     """The forward, but each result is copied into one cached buffer per output, shape and dtype and
     that buffer is returned (a workspace reused across calls, as kernels with preallocated outputs
@@ -213,6 +269,9 @@ BUGS = {
         "ignores_strides": dict(forward=_bn_variant(ignore_strides=True)),
         "stats_from_first_samples": dict(forward=_bn_variant(first_two_samples=True)),
         "statistics_detached_in_backward": dict(backward=_bn_backward_detached),
+        "backward_reads_dy_in_x_layout": dict(backward=_bn_backward_dy_layout_of_x),
+        "variance_in_half_precision": dict(forward=_bn_variant(half_var=True)),
+        "nan_running_stats_on_empty_batch": dict(forward=_bn_empty_batch_nan),
         "output_buffer_reused": dict(forward=_reusing_outputs(bn_ref.forward)),
     },
     "layer_norm": {
@@ -223,6 +282,9 @@ BUGS = {
         "folded_shift": dict(forward=_ln_variant(folded_shift=True)),
         "bias_added_twice": dict(forward=_ln_variant(bias_twice=True)),
         "statistics_detached_in_backward": dict(backward=_ln_backward_detached),
+        "tail_block_dropped": dict(forward=_ln_variant(tail_block=1024)),
+        "one_pass_variance_above_4096": dict(forward=_ln_variant(one_pass_above=4096)),
+        "ignores_storage_offset": dict(forward=_ln_variant(ignore_offset=True)),
         "output_buffer_reused": dict(forward=_reusing_outputs(ln_ref.forward)),
     },
 }
@@ -235,6 +297,8 @@ def buggy_backend(norm: str, bug: str) -> NumpyBackend:
     kernel = replace(reference, **BUGS[norm][bug])
     backend.kernels = {**backend.kernels, norm: kernel}
     backend.name = f"numpy+{bug}"
+    if bug in KERNEL_SEES_EMPTY:
+        backend.forward = lambda name, inputs, params: backend.kernels[name].forward(inputs, params)
     return backend
 
 

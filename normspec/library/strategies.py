@@ -7,6 +7,8 @@ thousand elements costs one draw instead of thousands.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -81,6 +83,113 @@ def channel_running_stats(draw, x: np.ndarray):
     spread = x.std(axis=axes) + 1e-3
     return x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c), (spread**2) * rng.uniform(0.3, 3.0, c)
 
+
+# ---------------------------------------------------------------- reach: where real kernels break
+
+# Where a kernel's tail mask, its block loop or a size-switched path changes what it computes:
+# powers of two (block sizes, warp and vector widths) up to 2^16, the block sizes kernels tile by
+# that are not powers of two, and ~100 x 100 spatial maps. Each is tried just below, at and just
+# above (n - 1, n, n + 1) in one example.
+REACH_POWERS = tuple(2**k for k in range(1, 17))
+REACH_BLOCKS = (96, 192, 384, 768, 1000, 1536, 3072, 5120, 12288, 100 * 100)
+REACH_LENGTHS = tuple(sorted({b + d for b in REACH_POWERS + REACH_BLOCKS for d in (-1, 0, 1)} - {1}))
+# Row counts past CUDA's 65535 grid-dimension limit (and just below it), for many short reductions.
+REACH_ROWS = (65535, 65536, 65537)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """The geometry and magnitudes of one reach case: `sets` reduction sets (rows, channels,
+    groups or instances) of `length` values each. Set i has the std and |mean|/std of
+    `magnitudes[i % len(magnitudes)]`, so one call puts every magnitude at the dtype's edge
+    through the same kernel path; `eps` replaces the usual draw when not None."""
+
+    length: int
+    sets: int
+    lengths: tuple[int, ...] = ()  # the lengths this example tries (length is the one laid out now)
+    magnitudes: tuple[tuple[str, float, float], ...] = (("unit", 1.0, 0.0),)  # (name, std, |mean|/std)
+    eps: float | None = None
+
+    def describe(self) -> str:
+        names = "/".join(m[0] for m in self.magnitudes)
+        return f"{self.sets} set(s) of {self.length} values, magnitudes {names}" + (
+            f", eps={self.eps:g}" if self.eps is not None else "")
+
+
+# The magnitudes at each dtype's edge, where values and outputs fit but squares, sums or eps do
+# not: float16 spreads of 2^8-2^10 square past 65504 (and their sums past it after a few terms),
+# 2^-14-2^-12 square below its smallest subnormal 2^-24, and eps = 1e-10 rounds to 0 in it. The
+# |mean|/std of the "offset" set is as large as the dtype resolves (at least 8 steps per std, at
+# most 0.01/u of the compute dtype, as in the ill-conditioned property): a one-pass variance
+# E[x^2] - E[x]^2 loses (|mean|/std)^2 u there, the model allows |mean|/std u sqrt(length).
+_EDGES = {
+    "float16": {"large": (8.0, 10.0), "tiny": (-14.0, -12.0), "subnormal": (-22.0, -18.0), "offset": (0.9, 1.8),
+                "tiny_eps": 1e-10},
+    "bfloat16": {"large": (20.0, 40.0), "tiny": (-66.0, -60.0), "subnormal": (-140.0, -130.0), "offset": (0.3, 0.9),
+                 "tiny_eps": 1e-12},
+    "float32": {"large": (20.0, 40.0), "tiny": (-66.0, -60.0), "subnormal": (-140.0, -130.0), "offset": (4.0, 5.2),
+                "tiny_eps": 1e-12},
+    "float64": {"large": (20.0, 40.0), "tiny": (-40.0, -30.0), "subnormal": (-40.0, -30.0), "offset": (6.0, 12.0),
+                "tiny_eps": 1e-12},
+}
+
+
+@st.composite
+def reach(draw, dtype: str = "float32"):
+    """A Reach draw for `dtype`. The budget: one long reduction per magnitude (n - 1, n and n + 1
+    values for n a power of two up to 2^16 or a block size, 5 sets), or, one example in four, many
+    short ones (65537, 65536 or 65535 sets of 2-4 values), never both, so a call holds at most
+    ~3.3e5 values (a millisecond kernel call) and an example makes at most three. Shrinks toward
+    short lengths; the magnitudes of a set are drawn log-uniformly inside the dtype's edge band (log2 for spreads,
+    log10 for |mean|/std)."""
+    if draw(st.integers(0, 3), label="reach_wide") < 3:
+        if draw(st.integers(0, 3), label="reach_block") < 3:
+            base = 2 ** draw(st.integers(1, 16), label="reach_log2_length")
+        else:
+            base = draw(st.sampled_from(REACH_BLOCKS), label="reach_block_length")
+        lengths = tuple(n for n in (base - 1, base, base + 1) if n >= 2)
+        sets = 5
+    else:
+        lengths = (draw(st.integers(2, 4), label="reach_length"),)
+        sets = draw(st.sampled_from(REACH_ROWS[::-1]), label="reach_sets")  # past 65535 first
+    edges = _EDGES[dtype]
+    band = lambda name, label: float(draw(st.floats(*edges[name]), label=label))
+    ratio = lambda strategy, label: float(draw(strategy, label=label))
+    magnitudes = (
+        ("unit", 1.0, ratio(st.sampled_from([0.0, 1.0]), "reach_unit_ratio")),
+        ("large", 2.0 ** band("large", "reach_log2_large"), ratio(st.floats(1.0, 3.0), "reach_large_ratio")),
+        ("offset", 1.0, 10.0 ** band("offset", "reach_log10_offset")),
+        ("tiny", 2.0 ** band("tiny", "reach_log2_tiny"), ratio(st.sampled_from([0.0, 1.0]), "reach_tiny_ratio")),
+        ("subnormal", 2.0 ** band("subnormal", "reach_log2_subnormal"), 0.0),
+    )
+    eps = edges["tiny_eps"] if draw(st.booleans(), label="reach_tiny_eps") else None
+    return Reach(lengths[0], sets, lengths, magnitudes, eps)
+
+
+def reach_values(rng: np.random.Generator, shape: tuple[int, ...], set_axes: tuple[int, ...], r: Reach) -> np.ndarray:
+    """float64 values of `shape` with each reduction set's std and centre as `r` says (sets indexed
+    by `set_axes` in C order; values normal, the centre's sign random per set)."""
+    group_shape = tuple(shape[a] if a in set_axes else 1 for a in range(len(shape)))
+    count = int(np.prod(group_shape))
+    which = np.arange(count) % len(r.magnitudes)
+    spread = np.array([m[1] for m in r.magnitudes])[which].reshape(group_shape)
+    ratio = np.array([m[2] for m in r.magnitudes])[which].reshape(group_shape)
+    scale = spread * rng.uniform(0.75, 1.25, group_shape)
+    loc = ratio * scale * rng.choice([-1.0, 1.0], group_shape)
+    return loc + scale * rng.standard_normal(shape)
+
+
+def near_square(length: int, dims: int) -> tuple[int, ...]:
+    """`dims` sides whose product is `length`, as square as its divisors allow (a prime length
+    gives (1, ..., length))."""
+    sides = []
+    rest = length
+    for d in range(dims, 1, -1):
+        target = round(rest ** (1.0 / d))
+        side = max((f for f in range(1, target + 1) if rest % f == 0), default=1)
+        sides.append(side)
+        rest //= side
+    return tuple(sides) + (rest,)
 
 # ---------------------------------------------------------------- pieces of the records' case strategies
 # Plain functions of `draw` (not composites), so that a record calling them draws exactly the

@@ -10,26 +10,38 @@ from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register
 from normspec.spec import batch_norm, batch_norm_backward, moments
-from normspec.library.strategies import batch_norm_running_state, affine_arrays, channel_shape, eps_values, grouped_values, mode
+from normspec.library.strategies import (Reach, affine_arrays, batch_norm_running_state, channel_shape, eps_values,
+                                         grouped_values, mode, near_square, reach_values, seeds)
 
 
 
 @st.composite
 def batch_norm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
-                     conventions=True, allow_constant=True, min_per_channel=2):
+                     conventions=True, allow_constant=True, min_per_channel=2, reach: Reach | None = None):
     """BatchNorm calls: shapes (N, C, *S), train or eval, with or without running stats/affine.
 
     Running statistics and affine parameters are random, not their initial values. Cases that
-    use batch statistics have at least `min_per_channel` values per channel.
+    use batch statistics have at least `min_per_channel` values per channel. With `reach`,
+    `reach.sets` channels of N * prod(S) = `reach.length` values (spatial sides near square).
     """
-    n, c, sides = channel_shape(draw, spatial_dims)
+    if reach is not None:
+        nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
+        c, length = reach.sets, reach.length
+        n = 2 if length % 2 == 0 and length > 2 and nsp else (1 if nsp else length)
+        sides = near_square(length // n, nsp) if nsp else ()
+    else:
+        n, c, sides = channel_shape(draw, spatial_dims)
     training, running = mode(draw, training, track_running_stats)
     if (training or not running) and n * math.prod(sides) < min_per_channel:
         n = -(-min_per_channel // math.prod(sides))
     shape = (n, c) + sides
-    x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
+    if reach is not None:
+        x = reach_values(np.random.default_rng(draw(seeds, label="seed")), shape, (1,), reach)
+    else:
+        x = draw(grouped_values(shape, (1,), allow_constant=allow_constant), label="x")
     arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
-    params = {"training": training, "eps": draw(eps_values, label="eps")}
+    eps = reach.eps if reach is not None and reach.eps is not None else draw(eps_values, label="eps")
+    params = {"training": training, "eps": eps}
     if running:
         batch_norm_running_state(draw, x, arrays, params, conventions)
         if conventions and params["momentum"] is not None:  # Caffe's / TF zero_debias' bias-corrected average
@@ -92,10 +104,10 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=batch_norm_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'min_per_channel', 'spatial_dims', 'track_running_stats', 'training'}),
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'min_per_channel', 'spatial_dims', 'track_running_stats', 'training', 'reach'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
-                      "shift_invariant", "channel_axis_1"}),
+                      "shift_invariant", "channel_axis_1", "accepts_empty"}),
     torch_modules=("torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d", "torch.nn.BatchNorm3d"),
     torch_functional="torch.nn.functional.batch_norm",
     outputs=("y", "running_mean", "running_var"),

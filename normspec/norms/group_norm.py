@@ -11,15 +11,19 @@ from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register
 from normspec.spec.group_norm import group_axes, group_norm, group_norm_backward
 from normspec.spec.moments import moments
-from normspec.library.strategies import affine_arrays, eps_values, grouped_values, seeds
+from normspec.library.strategies import (Reach, affine_arrays, eps_values, grouped_values,
+                                         near_square, reach_values, seeds)
 
 
 @st.composite
-def group_norm_cases(draw, *, num_groups=None, affine=None, spatial_dims=None, allow_constant=True):
+def group_norm_cases(draw, *, num_groups=None, affine=None, spatial_dims=None, allow_constant=True,
+                     reach: Reach | None = None):
     """GroupNorm calls: (N, C, *S) with C = G * (channels per group), per-channel affine or none.
     The single input with one value in all (N * C/G * prod(S) = 1) is left to its own property,
     `group_norm_single_value_input`, as BatchNorm's one value per channel is. With allow_constant, one whole (n, g) group may be constant (its output must be exactly beta)."""
     nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
+    if reach is not None:
+        return draw(_reach_case(nsp, num_groups, affine, reach))
     g = draw(st.integers(1, 4), label="num_groups") if num_groups is None else num_groups
     c = g * draw(st.integers(1, 3), label="channels_per_group")
     sides = tuple(draw(st.integers(1, 4 if nsp < 3 else 3), label="side") for _ in range(nsp))
@@ -36,6 +40,23 @@ def group_norm_cases(draw, *, num_groups=None, affine=None, spatial_dims=None, a
         x = view.reshape(shape)
     arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
     return Case("group_norm", arrays, {"num_groups": g, "eps": draw(eps_values, label="eps")})
+
+
+@st.composite
+def _reach_case(draw, nsp: int, num_groups, affine, reach: Reach):
+    """`reach.sets` (n, g) groups of (C/G) * prod(S) = `reach.length` values: one sample of
+    `reach.sets` groups (of 2 channels when the length is even and there are spatial dims)."""
+    length = reach.length
+    g = reach.sets if num_groups is None else num_groups
+    n = max(1, reach.sets // g)
+    cpg = length if not nsp else (2 if length % 2 == 0 and length > 2 else 1)
+    sides = near_square(length // cpg, nsp) if nsp else ()
+    shape = (n, g * cpg) + sides
+    rng = np.random.default_rng(draw(seeds, label="seed"))
+    x = reach_values(rng, (n, g, cpg) + sides, (0, 1), reach).reshape(shape)
+    arrays = {"x": x, **affine_arrays(draw, (shape[1],), affine)}
+    eps = reach.eps if reach.eps is not None else draw(eps_values, label="eps")
+    return Case("group_norm", arrays, {"num_groups": g, "eps": eps})
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:
@@ -82,9 +103,10 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=group_norm_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'num_groups', 'spatial_dims'}),
+    overrides=frozenset({'affine', 'allow_constant', 'num_groups', 'spatial_dims', 'reach'}),
     conditioning=grouped_conditioning,
-    traits=frozenset({"batch_independent", "scale_invariant", "channel_axis_1"}),
+    traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant",
+                      "channel_axis_1", "accepts_empty"}),
     torch_modules=("torch.nn.GroupNorm",),
     torch_functional="torch.nn.functional.group_norm",
     bench_case=bench_case,

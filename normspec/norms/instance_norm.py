@@ -11,7 +11,8 @@ from normspec.library.conditioning import Conditioning
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.instance_norm import instance_norm, instance_norm_backward, uses_input_stats
 from normspec.spec.moments import moments
-from normspec.library.strategies import affine_arrays, channel_running_stats, eps_values, grouped_values, mode, momenta
+from normspec.library.strategies import (Reach, affine_arrays, channel_running_stats, eps_values, grouped_values,
+                                         mode, momenta, near_square, reach_values, seeds)
 
 register_trait("per_instance_running_stats",
                "running statistics are fed the batch-mean of per-instance statistics; eval uses them per channel")
@@ -20,22 +21,29 @@ register_trait("per_instance_running_stats",
 
 @st.composite
 def instance_norm_cases(draw, *, training=None, track_running_stats=None, affine=None, spatial_dims=None,
-                        conventions=True, allow_constant=True):
+                        conventions=True, allow_constant=True, reach: Reach | None = None):
     """InstanceNorm calls: (N, C, *S), train or eval, with or without running stats / affine.
     Running statistics and affine parameters are random; cases that normalize by the instance's
     own statistics have at least 2 spatial elements (PyTorch raises otherwise). `conventions` is
     accepted for the running-stats override contract; InstanceNorm has only PyTorch's."""
     nsp = draw(st.integers(1, 3), label="spatial_dims") if spatial_dims is None else max(spatial_dims, 1)
-    c = draw(st.integers(1, 5), label="C")
-    sides = [draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp)]
-    n = draw(st.integers(1, 4), label="N")
+    if reach is not None:  # one sample of `reach.sets` channels of prod(S) = `reach.length` values
+        c, n, sides = reach.sets, 1, list(near_square(reach.length, nsp))
+    else:
+        c = draw(st.integers(1, 5), label="C")
+        sides = [draw(st.integers(1, 5 if nsp < 3 else 3), label="side") for _ in range(nsp)]
+        n = draw(st.integers(1, 4), label="N")
     training, running = mode(draw, training, track_running_stats)
     if (training or not running) and math.prod(sides) < 2:
         sides[-1] = 2
     shape = (n, c) + tuple(sides)
-    x = draw(grouped_values(shape, (0, 1), allow_constant=allow_constant), label="x")
+    if reach is not None:
+        x = reach_values(np.random.default_rng(draw(seeds, label="seed")), shape, (0, 1), reach)
+    else:
+        x = draw(grouped_values(shape, (0, 1), allow_constant=allow_constant), label="x")
     arrays = {"x": x, **affine_arrays(draw, (c,), affine)}
-    params = {"training": training, "eps": draw(eps_values, label="eps")}
+    eps = reach.eps if reach is not None and reach.eps is not None else draw(eps_values, label="eps")
+    params = {"training": training, "eps": eps}
     if running:
         arrays["running_mean"], arrays["running_var"] = draw(channel_running_stats(x))
         params["momentum"] = draw(momenta, label="momentum")
@@ -94,10 +102,10 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=instance_norm_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'spatial_dims', 'track_running_stats', 'training'}),
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'spatial_dims', 'track_running_stats', 'training', 'reach'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "per_instance_running_stats", "batch_independent",
-                      "scale_invariant", "shift_invariant", "channel_axis_1"}),
+                      "scale_invariant", "shift_invariant", "channel_axis_1", "accepts_empty"}),
     torch_modules=("torch.nn.InstanceNorm1d", "torch.nn.InstanceNorm2d", "torch.nn.InstanceNorm3d"),
     torch_functional="torch.nn.functional.instance_norm",
     outputs=("y", "running_mean", "running_var"),

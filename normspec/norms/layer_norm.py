@@ -12,24 +12,33 @@ from normspec.registry import NormRecord, register
 from normspec.spec import layer_norm, layer_norm_backward, moments
 from normspec.spec.layer_norm import normalize_axes, param_shape
 from normspec.library.tolerance import Bounds, moment_bounds, saved_statistics_bounds
-from normspec.library.strategies import affine_vector, eps_values, grouped_values
+from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
 
 
 @st.composite
-def layer_norm_cases(draw, *, elementwise_affine=None, bias=None, allow_constant=True, min_batch=1, conventions=True):
+def layer_norm_cases(draw, *, elementwise_affine=None, bias=None, allow_constant=True, min_batch=1, conventions=True,
+                     reach: Reach | None = None):
     """LayerNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims; with conventions,
     sometimes Keras' `axis` (any non-empty set of the axes after the first, which stays a batch
     axis) instead, and sometimes the saved statistics (mean, rstd) asked for as outputs."""
-    batch = tuple(draw(st.integers(min_batch, 4), label="batch") for _ in range(draw(st.integers(1, 2), label="batch_dims")))
-    normalized = tuple(draw(st.integers(1, 8), label="feature") for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
+    if reach is not None:  # `reach.sets` rows of `reach.length` features at the reach's magnitudes
+        batch, normalized = (reach.sets,), (reach.length,)
+    else:
+        batch = tuple(draw(st.integers(min_batch, 4), label="batch")
+                      for _ in range(draw(st.integers(1, 2), label="batch_dims")))
+        normalized = tuple(draw(st.integers(1, 8), label="feature")
+                           for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
     shape = batch + normalized
     axes = None
-    if conventions and draw(st.integers(0, 3), label="keras_axes") == 0:
+    if reach is None and conventions and draw(st.integers(0, 3), label="keras_axes") == 0:
         axes = tuple(sorted(draw(st.lists(st.sampled_from(range(1, len(shape))), min_size=1, max_size=len(shape) - 1,
                                           unique=True), label="axes")))
     reduced = tuple(range(len(batch), len(shape))) if axes is None else axes
-    x = draw(grouped_values(shape, tuple(a for a in range(len(shape)) if a not in reduced),
-                            allow_constant=allow_constant), label="x")
+    if reach is not None:
+        x = reach_values(np.random.default_rng(draw(seeds, label="seed")), shape, (0,), reach)
+    else:
+        x = draw(grouped_values(shape, tuple(a for a in range(len(shape)) if a not in reduced),
+                                allow_constant=allow_constant), label="x")
     arrays = {"x": x}
     pshape = tuple(shape[a] for a in reduced)
     affine = draw(st.booleans(), label="elementwise_affine") if elementwise_affine is None else elementwise_affine
@@ -37,9 +46,9 @@ def layer_norm_cases(draw, *, elementwise_affine=None, bias=None, allow_constant
         arrays["weight"] = draw(affine_vector(pshape, kind="weight"))
         if (draw(st.booleans(), label="bias") if bias is None else bias):
             arrays["bias"] = draw(affine_vector(pshape, kind="bias"))
-    params = {"normalized_shape": normalized, "eps": draw(eps_values, label="eps")} if axes is None else \
-        {"axes": axes, "eps": draw(eps_values, label="eps")}
-    if conventions and draw(st.integers(0, 3), label="saved_statistics") == 0:
+    eps = reach.eps if reach is not None and reach.eps is not None else draw(eps_values, label="eps")
+    params = {"normalized_shape": normalized, "eps": eps} if axes is None else {"axes": axes, "eps": eps}
+    if reach is None and conventions and draw(st.integers(0, 3), label="saved_statistics") == 0:
         params["saved_statistics"] = True
     return Case("layer_norm", arrays, params)
 
@@ -106,10 +115,10 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=layer_norm_cases,
-    overrides=frozenset({'allow_constant', 'bias', 'conventions', 'elementwise_affine', 'min_batch'}),
+    overrides=frozenset({'allow_constant', 'bias', 'conventions', 'elementwise_affine', 'min_batch', 'reach'}),
     conditioning=conditioning,
     error_model=bounds,
-    traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant"}),
+    traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant", "accepts_empty"}),
     torch_modules=("torch.nn.LayerNorm",),
     torch_functional="torch.nn.functional.layer_norm",
     outputs=("y", "mean", "rstd"),  # mean and rstd only where a case asks for the saved statistics

@@ -7,27 +7,35 @@ from hypothesis import strategies as st
 from normspec.library.case import Case
 from normspec.registry import NormRecord, register
 from normspec.spec.rms_norm import gain, resolve_eps, rms, rms_norm, rms_norm_backward
-from normspec.library.strategies import affine_vector, eps_values, grouped_values
+from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
 from normspec.library.conditioning import Conditioning
 from normspec.library.tolerance import moment_bounds
 
 
 @st.composite
-def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_none=False, conventions=True):
+def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_none=False, conventions=True,
+                   reach: Reach | None = None):
     """RMSNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims, weight or none;
     with conventions, the gain convention weight_offset 0 (PyTorch) or 1 (Gemma, x̂ (1 + w)).
 
     eps=None means a dtype-dependent eps (PyTorch's rule), which a dtype-blind reference cannot
     evaluate: such cases are drawn only with eps_none=True, by the property that knows the dtype
     (`rms_norm_eps_none_rule`)."""
-    batch = tuple(draw(st.integers(1, 4), label="batch") for _ in range(draw(st.integers(1, 2), label="batch_dims")))
-    normalized = tuple(draw(st.integers(1, 8), label="feature") for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
-    shape = batch + normalized
-    x = draw(grouped_values(shape, tuple(range(len(batch))), allow_constant=allow_constant), label="x")
+    if reach is not None:  # `reach.sets` rows of `reach.length` features at the reach's magnitudes
+        batch, normalized = (reach.sets,), (reach.length,)
+        x = reach_values(np.random.default_rng(draw(seeds, label="seed")), batch + normalized, (0,), reach)
+    else:
+        batch = tuple(draw(st.integers(1, 4), label="batch")
+                      for _ in range(draw(st.integers(1, 2), label="batch_dims")))
+        normalized = tuple(draw(st.integers(1, 8), label="feature")
+                           for _ in range(draw(st.integers(1, 3), label="normalized_dims")))
+        shape = batch + normalized
+        x = draw(grouped_values(shape, tuple(range(len(batch))), allow_constant=allow_constant), label="x")
     arrays = {"x": x}
     if draw(st.booleans(), label="elementwise_affine") if elementwise_affine is None else elementwise_affine:
         arrays["weight"] = draw(affine_vector(normalized, kind="weight"))
-    eps = None if eps_none else draw(eps_values, label="eps")
+    eps = None if eps_none else (reach.eps if reach is not None and reach.eps is not None
+                                 else draw(eps_values, label="eps"))
     params = {"normalized_shape": normalized, "eps": eps}
     if conventions and "weight" in arrays and draw(st.booleans(), label="gemma_offset"):
         params["weight_offset"] = 1.0
@@ -80,9 +88,9 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=rms_norm_cases,
-    overrides=frozenset({'allow_constant', 'conventions', 'elementwise_affine', 'eps_none'}),
+    overrides=frozenset({'allow_constant', 'conventions', 'elementwise_affine', 'eps_none', 'reach'}),
     error_model=error_model,
-    traits=frozenset({"batch_independent", "scale_invariant"}),
+    traits=frozenset({"batch_independent", "scale_invariant", "accepts_empty"}),
     differentiable=("x", "weight"),
     torch_modules=("torch.nn.RMSNorm",),
     torch_functional="torch.nn.functional.rms_norm",

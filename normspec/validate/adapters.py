@@ -170,6 +170,14 @@ def torch_array(values: np.ndarray, dtype: str, layout: str = "contiguous") -> t
         wide = torch.zeros(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype)
         wide[..., ::2] = t
         return wide[..., ::2]
+    if layout == "offset":  # a view one element into its buffer (storage offset 1)
+        buffer = torch.zeros(t.numel() + 1, dtype=t.dtype)
+        buffer[1:] = t.reshape(-1)
+        return buffer[1:].view(t.shape)
+    if layout == "expanded":  # stride 0 along axis 0 (values that repeat along it)
+        if t.ndim == 0 or not bool((t == t[:1]).all()):
+            raise ValueError("the expanded layout needs values that repeat along axis 0")
+        return t[:1].clone().expand(t.shape)
     raise ValueError(f"unknown layout {layout!r}")
 
 
@@ -184,6 +192,12 @@ def numpy_array(values: np.ndarray, dtype: str, layout: str = "contiguous") -> n
         wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
         wide[..., ::2] = a
         return wide[..., ::2]
+    if layout == "offset":
+        buffer = np.zeros(a.size + 1, dtype=a.dtype)
+        buffer[1:] = a.reshape(-1)
+        return buffer[1:].reshape(a.shape)
+    if layout == "expanded":
+        return np.broadcast_to(a[:1], a.shape)
     return np.ascontiguousarray(a).copy()
 
 

@@ -29,7 +29,7 @@ from normspec.guard import human_bytes
 from normspec.impls.base import Backend, Kernel
 
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
-ALL_LAYOUTS = ("contiguous", "channels_last", "strided")
+ALL_LAYOUTS = ("contiguous", "channels_last", "strided", "offset")
 # Properties whose forward half stands alone: a forward-only candidate runs them without gradients.
 FORWARD_HALVES = ("scale_invariance", "deterministic", "inputs_unmodified")
 
@@ -315,6 +315,7 @@ class CandidateBackend(Backend):
         self.name = name
         self.dtypes = tuple(dtypes)
         self.layouts = tuple(layouts)
+        self.extra_layouts = ("expanded",)
         self.example_timeout = example_timeout
         self.deadline = deadline
         self.kernels = {norm: Kernel(forward=self._no_direct_call, unsupported=self._unsupported)}

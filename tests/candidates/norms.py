@@ -52,6 +52,10 @@ class HandBatchNorm2d(nn.BatchNorm2d):
         return self.training or not self.track_running_stats
 
     def forward(self, x):
+        if x.numel() == 0:  # an empty batch: empty output, no statistics, the call still counted
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+            return x.clone()
         dims = (0, 2, 3)
         xa = x.to(acc(x))
         shape = (1, -1, 1, 1)
@@ -343,7 +347,8 @@ class HandGroupNorm(nn.GroupNorm):
 
     def grouped(self, xa):
         n, c = xa.shape[:2]
-        return xa.reshape(n, self.num_groups, -1)
+        per_group = (c // self.num_groups) * xa.shape[2:].numel()
+        return xa.reshape(n, self.num_groups, per_group)  # explicit: -1 is ambiguous for an empty batch
 
     def ungroup(self, yg, x):
         return yg.reshape(x.shape)
@@ -410,6 +415,8 @@ class HandInstanceNorm2d(nn.InstanceNorm2d):
         return self.training or not self.track_running_stats
 
     def forward(self, x):
+        if x.numel() == 0:  # an empty batch or map: empty output, running statistics unchanged
+            return x.clone()
         xa = x.to(acc(x))
         shape = (1, -1, 1, 1)
         if self.use_input_stats():
