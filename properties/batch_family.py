@@ -9,13 +9,12 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.properties.agreement import where
 from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, traits
 from normspec.properties.invariance import MAX_FINITE
 from normspec.registry import get_norm
-
 
 # ---------------------------------------------------------------- helpers
 

@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
+from normspec.library.tolerance import SAFETY, storage_roundoff
 from normspec.properties.agreement import where
 from normspec.properties.core import Context, assert_close, prop, traits
-from normspec.library.tolerance import SAFETY, storage_roundoff
 
 
 def _channel_shape(x):

@@ -312,10 +312,11 @@ def test_zca_spec_is_rotation_equivariant_and_whitens():
 def test_numpy_whitening_backward_forms_gamma_dy_in_float32():
     """Regression: a float16 gamma * dy in the NumPy ZCA backward broke the model's bound (1.27x);
     the recorded example passes now, and a kernel that rounds gamma * dy to float16 fails it."""
+    from regressions.decorrelated_half_gamma_dy import draws
+
     import normspec.impls.numpy_kernels.decorrelated_batch_norm as zca
     from normspec.impls.numpy_backend import NumpyBackend
     from normspec.properties import PropertyFailure, replay
-    from regressions.decorrelated_half_gamma_dy import draws
 
     record = get_norm("decorrelated_batch_norm")
     replay("backward_matches_spec", record, NumpyBackend(), draws)

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from bugs import buggy_backend
 
 import normspec.matrix as matrix
-from bugs import buggy_backend
 from normspec.cli import main
 from normspec.properties import PropertyFailure
 

@@ -15,8 +15,13 @@ from normspec.impls.numpy_kernels import lrn as np_lrn
 from normspec.properties import PROPERTIES, run_property
 from normspec.registry import get_norm
 from normspec.spec.divisive import divisive_norm, divisive_norm_backward
-from normspec.spec.lrn import (local_response_norm, local_response_norm_backward, matconvnet_cross_channel,
-                               matconvnet_spatial, matconvnet_spatial_backward)
+from normspec.spec.lrn import (
+    local_response_norm,
+    local_response_norm_backward,
+    matconvnet_cross_channel,
+    matconvnet_spatial,
+    matconvnet_spatial_backward,
+)
 
 OWN = ("local_response_norm", "matconvnet_cross_channel", "matconvnet_spatial", "divisive_norm")
 IDENTITIES = {

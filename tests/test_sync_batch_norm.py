@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from normspec.library.case import Case
+from normspec.impls import torch_distributed
 from normspec.impls.base import Kernel
 from normspec.impls.numpy_backend import NumpyBackend
-from normspec.impls.torch_backend import TORCH_KERNELS, TorchCPUBackend
-from normspec.impls import torch_distributed
-from normspec.impls.torch_distributed import DistributedWorkerError, RankPool
 from normspec.impls.numpy_kernels import sync_batch_norm as np_sync
 from normspec.impls.numpy_kernels.batch_norm import _running_update
+from normspec.impls.torch_backend import TORCH_KERNELS, TorchCPUBackend
+from normspec.impls.torch_distributed import DistributedWorkerError, RankPool
 from normspec.impls.torch_kernels import sync_batch_norm as torch_sync
-from normspec.properties import PROPERTIES, PropertyFailure, replay, run_property
+from normspec.library.case import Case
 from normspec.library.tolerance import moment_bounds
+from normspec.properties import PROPERTIES, PropertyFailure, replay, run_property
 from normspec.registry import get_norm
 from normspec.spec import batch_norm, batch_norm_backward
 from normspec.spec.sync_batch_norm import combine_statistics, rank_statistics, sync_batch_norm, sync_batch_norm_backward
@@ -360,8 +360,8 @@ def test_gradient_past_the_dtype_range_may_round_to_infinity():
 def test_moment_bounds_admit_infinity_only_past_the_dtype_range():
     """The overflow rule cannot hide a wrong inf: where |expected| + bound fits in float16 the bound stays
     finite and an inf fails; only where it reaches past 65504 is inf admitted."""
-    from normspec.properties.core import assert_close
     from normspec.library.tolerance import _overflow_allowed
+    from normspec.properties.core import assert_close
     expected, bound = np.array([1.0, 66526.7]), np.array([0.1, 10.0])
     allowed = _overflow_allowed(bound, expected, "float16")
     assert allowed[0] == 0.1 and allowed[1] == np.inf

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from normspec.impls.numpy_kernels.moments import apply_affine
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
+from normspec.impls.numpy_kernels.moments import apply_affine
 
 
 def _groups(a, gs, acc):

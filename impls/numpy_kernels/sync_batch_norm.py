@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from normspec.impls.numpy_kernels.moments import apply_affine
-from normspec.impls.running import uses_batch_statistics
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 from normspec.impls.numpy_kernels.batch_norm import _running_update
+from normspec.impls.numpy_kernels.moments import apply_affine
+from normspec.impls.running import uses_batch_statistics
 
 
 def _geometry(x):

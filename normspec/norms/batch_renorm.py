@@ -7,10 +7,10 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
-from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.batch_renorm import batch_renorm, batch_renorm_backward
 from normspec.library.strategies import affine_arrays, channel_shape, eps_values, flag, grouped_values, seeds
 from normspec.library.tolerance import batch_renorm_bounds
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.batch_renorm import batch_renorm, batch_renorm_backward
 
 RENORM = register_trait("renorm", "Batch Renorm: r, d corrections against moving mean/std, rmax = 1, dmax = 0 is BatchNorm")
 POPULATION = register_trait(

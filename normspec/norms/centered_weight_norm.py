@@ -4,10 +4,16 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
-from normspec.norms.weight_norm import WEIGHT_REPARAMETRIZATION, dims_for, layer_weight_shape, weight_shapes, weight_values
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.library.strategies import affine_vector
+from normspec.norms.weight_norm import (
+    WEIGHT_REPARAMETRIZATION,
+    dims_for,
+    layer_weight_shape,
+    weight_shapes,
+    weight_values,
+)
 from normspec.registry import NormRecord, register
 from normspec.spec.centered_weight_norm import centered_weight_norm, centered_weight_norm_backward
 from normspec.spec.weight_norm import g_shape

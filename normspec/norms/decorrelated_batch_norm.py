@@ -7,11 +7,11 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
-from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.decorrelated_batch_norm import decorrelated_batch_norm, decorrelated_batch_norm_backward
 from normspec.library.strategies import affine_arrays, eps_values, grouped_values, mode, seeds
 from normspec.library.tolerance import zca_bounds
 from normspec.norms.batch_renorm import POPULATION
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.decorrelated_batch_norm import decorrelated_batch_norm, decorrelated_batch_norm_backward
 
 WHITENING = register_trait("whitening", "ZCA whitening of channel groups: decorrelates, rotation-equivariant, group size 1 is BatchNorm")
 

@@ -5,13 +5,21 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.library.conditioning import ResponseCondition
 from normspec.library.strategies import grouped_values
 from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.lrn import (LRN_CONVENTIONS, SPATIAL_REDUCTIONS, lrn_window, matconvnet_window, response_backward,
-                               response_forward, response_gradient_magnitude, spatial_window)
+from normspec.spec.lrn import (
+    LRN_CONVENTIONS,
+    SPATIAL_REDUCTIONS,
+    lrn_window,
+    matconvnet_window,
+    response_backward,
+    response_forward,
+    response_gradient_magnitude,
+    spatial_window,
+)
 
 RESPONSE = register_trait("response_normalizer",
                           "y = x * (offset + scale * W(x^2))^-beta for a window reduction W of the squares (LRN family)")

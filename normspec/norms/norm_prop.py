@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
-from normspec.norms.weight_norm import weight_values
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.library.strategies import affine_vector, seeds, standard_values
+from normspec.norms.weight_norm import weight_values
 from normspec.registry import NormRecord, register
 from normspec.spec.norm_prop import norm_prop, norm_prop_backward
 

@@ -7,12 +7,16 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
-from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.moments import moments
-from normspec.spec.recurrent_batch_norm import (population, recurrent_batch_norm, recurrent_batch_norm_backward,
-                                                stats_axes)
 from normspec.library.strategies import affine_arrays, eps_values, grouped_values, seeds
 from normspec.norms.batch_renorm import POPULATION
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.moments import moments
+from normspec.spec.recurrent_batch_norm import (
+    population,
+    recurrent_batch_norm,
+    recurrent_batch_norm_backward,
+    stats_axes,
+)
 
 SEQUENCE = register_trait(
     "per_step_population_stats",
@@ -103,7 +107,15 @@ def conditioning(case: Case) -> Conditioning:
 def population_bounds(case: Case, dtype: str, reference, dy=None, ref_grads=None):
     """The moment model for y and the gradients; per-step running statistics bounded like
     BatchNorm's running statistics, row by row (mean error u g (|mu| + s), variance u g (var + 2 s (|mu| + s)))."""
-    from normspec.library.tolerance import SAFETY, TINY, Bounds, compute_roundoff, growth, moment_bounds, storage_roundoff
+    from normspec.library.tolerance import (
+        SAFETY,
+        TINY,
+        Bounds,
+        compute_roundoff,
+        growth,
+        moment_bounds,
+        storage_roundoff,
+    )
 
     c = conditioning(case)
     b = dict(moment_bounds(c, dtype, {"y": reference["y"]}, dy, ref_grads).values)
