@@ -103,7 +103,8 @@ def backward(inputs, params, dy):
     dxs = []
     for d, xh in zip(dys, xhats):
         if batch:
-            dxs.append(gamma * inv_std * (d - sum_dy.reshape(shape) / count - xh * (sum_dy_xhat.reshape(shape) / count)))
+            dxs.append(gamma * inv_std * (d - sum_dy.reshape(shape) / count
+                                          - xh * (sum_dy_xhat.reshape(shape) / count)))
         else:
             dxs.append(gamma * inv_std * d)
     grads = {"x": np.concatenate(dxs).astype(x.dtype)}

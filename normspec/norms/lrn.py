@@ -22,7 +22,8 @@ from normspec.spec.lrn import (
 )
 
 RESPONSE = register_trait("response_normalizer",
-                          "y = x * (offset + scale * W(x^2))^-beta for a window reduction W of the squares (LRN family)")
+                          "y = x * (offset + scale * W(x^2))^-beta "
+                          "for a window reduction W of the squares (LRN family)")
 HOMOGENEOUS = register_trait("zero_offset_homogeneous",
                              "with the additive offset (k, kappa) set to 0, f(a x) = a^(1 - 2 beta) f(x) for a > 0; "
                              "cases accept the override zero_offset=True")
@@ -104,8 +105,10 @@ def window_of(case: Case):
         size, alpha, beta, k, convention = lrn_params(case)
         return lrn_window(shape, size, alpha, k, convention), beta
     if case.norm == "matconvnet_cross_channel":
-        return matconvnet_window(shape, p.get("size", 5), p.get("kappa", 1.0), p.get("alpha", 1e-4)), p.get("beta", 0.75)
-    return spatial_window(shape, p.get("size", (2, 2)), p.get("alpha", 10.0), p.get("reduction", "mean")), p.get("beta", 2.0)
+        window = matconvnet_window(shape, p.get("size", 5), p.get("kappa", 1.0), p.get("alpha", 1e-4))
+        return window, p.get("beta", 0.75)
+    window = spatial_window(shape, p.get("size", (2, 2)), p.get("alpha", 10.0), p.get("reduction", "mean"))
+    return window, p.get("beta", 2.0)
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:

@@ -48,7 +48,8 @@ def bench_case(shape, rng) -> Case | None:
     if len(shape) > 2:
         x = np.moveaxis(x, 1, -1).reshape(-1, shape[1])
     c = x.shape[1]
-    arrays = {"x": x, "weight": rng.standard_normal((c, c)), "gamma": rng.uniform(0.5, 2.0, c), "bias": rng.normal(size=c)}
+    arrays = {"x": x, "weight": rng.standard_normal((c, c)), "gamma": rng.uniform(0.5, 2.0, c),
+              "bias": rng.normal(size=c)}
     return Case("norm_prop", arrays, {"activation": "relu"})
 
 
