@@ -139,8 +139,10 @@ def representable(a: np.ndarray, dtype: str) -> bool:
     if not np.all(np.isfinite(a)):
         return False
     big = float(np.abs(a).max(initial=0.0))
-    compute = "float64" if dtype == "float64" else "float32"
-    return big <= tolerance.MAX_FINITE[dtype] / 4 and big <= np.sqrt(tolerance.MAX_FINITE[compute]) / 2**10
+    compute = tolerance.compute_dtype(dtype)
+    # a declared half-intermediate tier (see tolerance.declared_compute) sums at most a few hundred squares
+    headroom = 2**4 if compute in ("float16", "bfloat16") else 2**10
+    return big <= tolerance.MAX_FINITE[dtype] / 4 and big <= np.sqrt(tolerance.MAX_FINITE[compute]) / headroom
 
 
 @dataclass

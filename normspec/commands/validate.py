@@ -25,13 +25,50 @@ from normspec.properties.core import PROFILES
 HELP = """\
 TARGET is package.module:attr or path/to/file.py:attr, where attr is
   - a torch.nn.Module subclass that is a drop-in for a torch.nn normalization module
-    (BatchNorm1d/2d/3d, LayerNorm, GroupNorm, InstanceNorm1d/2d/3d, RMSNorm, LocalResponseNorm),
+    (BatchNorm1d/2d/3d, LayerNorm, GroupNorm, InstanceNorm1d/2d/3d, RMSNorm, LocalResponseNorm;
+    SyncBatchNorm: run on 2-4 local gloo ranks, see docs/validate-distributed.md),
   - a drop-in for the matching torch.nn.functional function (weight_norm: f(v, g, dim) -> w,
     like torch._weight_norm; dim=None is passed as -1, the whole tensor), or
   - a function with normspec's NumPy spec signature (e.g. normspec.spec.batch_norm; gradients
     come from a <name>_backward beside it).
-The norm is inferred from the base class or the name; --as names it otherwise.
+The norm is inferred from the base class or the name (and a quick probe of the behaviour
+must agree); --as names it otherwise.
+
+A contract narrows what is validated, and every narrowing is printed with the verdict (and in
+the JSON and JUnit reports): --ctor maps torch.nn's constructor arguments onto the candidate's,
+--convention pins a convention of the spec, --axes/--modes/--forward-only/--affine/--no-eps-none
+narrow the domain, --compute declares a lower compute precision. The same fields can be declared
+beside the class, in Python (see docs/validate-contracts.md):
+    from normspec.validate import Contract
+    NORMSPEC_CONTRACT = Contract(ctor={"normalized_shape": "dim:int", "eps": "eps"}, axes="last")
 Exit status: 0 accepted, 1 rejected, 2 usage error."""
+
+
+def contract_from_args(args):
+    """The contract the command line declares (None if it declares nothing); ContractError if malformed."""
+    from normspec.validate.contract import from_options
+
+    return from_options(ctor=args.ctor, conventions=args.convention, axes=args.axes, modes=args.modes,
+                        forward_only=args.forward_only, affine=args.affine, no_eps_none=args.no_eps_none,
+                        dtypes=split_names(args.dtype) or None, compute=args.compute)
+
+
+def add_contract_options(add, prefix: str = "--") -> None:
+    """The contract's options (shared by `normspec validate` and the pytest plugin, which prefixes them)."""
+    from normspec.validate.contract import AXES, COMPUTES
+
+    add(f"{prefix}ctor", metavar="MAP", help="torch.nn constructor argument -> the candidate's, e.g. "
+        "normalized_shape=dim,eps=eps,elementwise_affine=affine ('dim:int' passes one size as an int); "
+        "arguments left out are fixed at torch.nn's default")
+    add(f"{prefix}convention", action="append", metavar="KEY=VALUE", help="pin a convention keyword of the spec "
+        "(e.g. running_var_style=biased, momentum_style=decay, convention=caffe); repeatable")
+    add(f"{prefix}axes", choices=list(AXES), help="last: normalizes over the last dimension only")
+    add(f"{prefix}modes", metavar="MODE", help="training or eval: the only mode it supports")
+    add(f"{prefix}forward-only", action="store_true", help="no gradients: gradient properties are not run")
+    add(f"{prefix}affine", choices=["on", "off"], help="affine parameters always on / always off")
+    add(f"{prefix}no-eps-none", action="store_true", help="eps=None (a dtype-dependent eps) is not supported")
+    add(f"{prefix}compute", choices=list(COMPUTES), help="float32: computes in float32 whatever the input (float64 "
+        "judged at float32's roundoff); half: half intermediates for half inputs (a lower tier, reported as such)")
 
 
 def default_report_dir() -> Path:
@@ -73,7 +110,7 @@ def write_outputs(args, result, reproducers, to_stdout: bool) -> None:
 
 
 def cmd_validate(args) -> int:
-    from normspec.validate import UsageError, validate
+    from normspec.validate import ContractError, UsageError, validate
     from normspec.validate.report import print_report, write_reproducers
 
     try:
@@ -94,12 +131,13 @@ def cmd_validate(args) -> int:
     if args.compile:
         return _validate_eager_and_compiled(args, console, report_dir, progress, to_stdout)
     try:
+        contract = contract_from_args(args)
         result = validate(args.target, as_norm=args.as_norm, kind=args.kind, profile=args.profile,
                           example_timeout=args.example_timeout, run_timeout=args.run_timeout,
                           properties=split_names(args.property) or None, dtypes=split_names(args.dtype) or None,
                           fail_fast=args.fail_fast, memory_limit=args.memory_limit, keep_temp=args.keep_temp,
-                          on_result=progress)
-    except UsageError as exc:
+                          on_result=progress, contract=contract)
+    except (UsageError, ContractError) as exc:
         print(f"normspec validate: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
@@ -124,7 +162,7 @@ def cmd_validate(args) -> int:
 def _validate_eager_and_compiled(args, console, report_dir, progress, to_stdout) -> int:
     """`--compile`: the candidate validated eager, then under torch.compile; both reports, then where
     the verdicts differ. Accepted only if both runs are."""
-    from normspec.validate import UsageError, validate
+    from normspec.validate import ContractError, UsageError, validate
     from normspec.validate.report import print_report, to_json, to_junit, write_reproducers
     from normspec.validate.runner import COMPILE_EXAMPLE_TIMEOUT, compile_differences
 
@@ -141,8 +179,8 @@ def _validate_eager_and_compiled(args, console, report_dir, progress, to_stdout)
                 run_timeout=args.run_timeout, properties=split_names(args.property) or None,
                 dtypes=split_names(args.dtype) or None, fail_fast=args.fail_fast, compile=compiled,
                 memory_limit=args.memory_limit, keep_temp=args.keep_temp,
-                on_result=progress))
-        except UsageError as exc:
+                on_result=progress, contract=contract_from_args(args)))
+        except (UsageError, ContractError) as exc:
             print(f"normspec validate: {exc}", file=sys.stderr)
             return EXIT_USAGE
     reports = []
@@ -213,4 +251,5 @@ def register(sub) -> None:
                         "default ~/.cache/normspec/hypothesis, 'none' for no database")
     v.add_argument("--fail-fast", action="store_true", help="stop at the first failing property")
     v.add_argument("--quiet", action="store_true", help="no per-property progress lines")
+    add_contract_options(v.add_argument)
     v.set_defaults(func=cmd_validate)

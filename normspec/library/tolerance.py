@@ -15,6 +15,7 @@ unbiased, wrong axes) miss it by orders of magnitude, which is what the harness'
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
@@ -38,12 +39,42 @@ TINY = {"float64": 2.2250738585072014e-308, "float32": 1.1754943508222875e-38, "
         "bfloat16": 1.1754943508222875e-38}
 
 
+# A compute precision an implementation under test declares (`normspec validate --compute`):
+# input dtype -> the dtype its arithmetic is done in. "Computes in float32" maps float64 to
+# float32 (its parameters and results pass through float32 too, so storage is float32's); the
+# lower tier of half intermediates maps float16/bfloat16 to themselves. Empty: the defaults above.
+_DECLARED: dict[str, str] = {}
+
+
+@contextmanager
+def declared_compute(mapping: dict[str, str]):
+    """Within the block, judge each dtype in `mapping` at the roundoff of the dtype it maps to."""
+    saved = dict(_DECLARED)
+    _DECLARED.clear()
+    _DECLARED.update(mapping)
+    try:
+        yield
+    finally:
+        _DECLARED.clear()
+        _DECLARED.update(saved)
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype the arithmetic is done in for inputs of `dtype`."""
+    if dtype in _DECLARED:
+        return _DECLARED[dtype]
+    return "float64" if dtype == "float64" else "float32"
+
+
 def storage_roundoff(dtype: str) -> float:
-    return UNIT_ROUNDOFF[dtype]
+    return max(UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF[_DECLARED.get(dtype, dtype)])
 
 
 def compute_roundoff(dtype: str) -> float:
-    """Roundoff of the arithmetic: float32's for half types (float32 accumulation is required)."""
+    """Roundoff of the arithmetic: float32's for half types (float32 accumulation is required),
+    unless a lower compute precision is declared (`declared_compute`)."""
+    if dtype in _DECLARED:
+        return UNIT_ROUNDOFF[_DECLARED[dtype]]
     return min(UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF["float32"])
 
 

@@ -36,7 +36,7 @@ NUMPY_DTYPES = ("float64", "float32", "float16")
 # torch.nn base classes -> (norm, input ranks the class takes; None = any)
 MODULE_BASES = (
     ("BatchNorm1d", "batch_norm", (2, 3)), ("BatchNorm2d", "batch_norm", (4,)),
-    ("BatchNorm3d", "batch_norm", (5,)), ("SyncBatchNorm", "batch_norm", None), ("_BatchNorm", "batch_norm", None),
+    ("BatchNorm3d", "batch_norm", (5,)), ("SyncBatchNorm", "sync_batch_norm", None), ("_BatchNorm", "batch_norm", None),
     ("InstanceNorm1d", "instance_norm", (3,)), ("InstanceNorm2d", "instance_norm", (4,)),
     ("InstanceNorm3d", "instance_norm", (5,)), ("_InstanceNorm", "instance_norm", None),
     ("LayerNorm", "layer_norm", None), ("GroupNorm", "group_norm", None), ("RMSNorm", "rms_norm", None),
@@ -44,13 +44,17 @@ MODULE_BASES = (
 )
 # Name fragments (lower case, without '_') -> norm, for classes and functions with no torch base.
 NAME_HINTS = (
-    ("batchnorm", "batch_norm"), ("instancenorm", "instance_norm"), ("layernorm", "layer_norm"),
+    ("syncbatchnorm", "sync_batch_norm"), ("syncbn", "sync_batch_norm"), ("batchnorm", "batch_norm"),
+    ("instancenorm", "instance_norm"), ("layernorm", "layer_norm"),
     ("groupnorm", "group_norm"), ("rmsnorm", "rms_norm"), ("localresponsenorm", "local_response_norm"),
     ("lrn", "local_response_norm"), ("weightnorm", "weight_norm"),
 )
 RANKS_BY_SUFFIX = {"1d": (2, 3), "2d": (4,), "3d": (5,)}
 ADAPTED_NORMS = ("batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm",
-                 "local_response_norm", "weight_norm")
+                 "local_response_norm", "weight_norm", "sync_batch_norm")
+# Norms whose module drop-in runs on every rank of a process group, on its shard of the batch
+# (`normspec.validate.distributed`); module drop-ins only.
+DISTRIBUTED_NORMS = ("sync_batch_norm",)
 
 
 class CandidateError(Exception):
@@ -88,7 +92,11 @@ def load_target(target: str, cwd: str | None = None):
         if not hasattr(obj, part):
             raise AttributeError(f"{where} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    _LOADED_FROM[id(obj)] = (module, attr)  # a wrapper file's contract applies to what it re-exports
     return obj
+
+
+_LOADED_FROM: dict = {}
 
 
 def compiled(obj):
@@ -119,26 +127,30 @@ def compiled(obj):
 
 
 def _hint(name: str):
+    """(norm, fragment) a name points at, or (None, None)."""
     flat = name.lower().replace("_", "")
     for fragment, norm in NAME_HINTS:
         if fragment in flat:
-            return norm
-    return None
+            return norm, fragment
+    return None, None
 
 
 def classify(obj):
-    """(kind, inferred norm or None, input ranks or None) of a candidate object."""
+    """(kind, inferred norm or None, input ranks or None, how the norm was inferred) of a candidate."""
     if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
         for klass in obj.__mro__:
             for base, norm, ranks in MODULE_BASES:
                 if klass.__name__ == base and klass.__module__.startswith("torch.nn"):
-                    return "module", norm, ranks
-        norm = _hint(obj.__name__)
-        suffix = obj.__name__[-2:].lower()
-        return "module", norm, RANKS_BY_SUFFIX.get(suffix) if norm in ("batch_norm", "instance_norm") else None
+                    return "module", norm, ranks, f"base class torch.nn.{base}"
+        norm, fragment = _hint(obj.__name__)
+        found = [k for k in RANKS_BY_SUFFIX if k in obj.__name__.lower()]
+        ranks = RANKS_BY_SUFFIX[found[0]] if norm in ("batch_norm", "instance_norm") and len(found) == 1 else None
+        return "module", norm, ranks, (f"the name {obj.__name__!r} (contains {fragment!r})" if norm else "")
     if callable(obj) and not isinstance(obj, type):
-        return "function", _hint(getattr(obj, "__name__", "") or ""), None
-    return None, None, None
+        name = getattr(obj, "__name__", "") or ""
+        norm, fragment = _hint(name)
+        return "function", norm, None, (f"the name {name!r} (contains {fragment!r})" if norm else "")
+    return None, None, None, ""
 
 
 # ------------------------------------------------------------------ arrays
@@ -197,9 +209,12 @@ def same_bits(a, b) -> bool:
 
 # ------------------------------------------------------------------ per-norm adapters
 
-def _momentum(params):
-    """PyTorch's new-value momentum for the call's convention (decay style: 1 - momentum)."""
+def _momentum(params, contract=None):
+    """PyTorch's new-value momentum for the call's convention (decay style: 1 - momentum), unless the
+    contract pins momentum_style: then the candidate takes the momentum in that convention as is."""
     m = params.get("momentum", 0.1)
+    if "momentum_style" in ((contract or {}).get("conventions") or {}):
+        return m
     if m is not None and params.get("momentum_style", "new") == "decay":
         m = 1.0 - m
     return m
@@ -215,37 +230,109 @@ def _affine_flags(a, name="affine"):
     return kw
 
 
-def unsupported(norm: str, kind: str, params: dict) -> str | None:
-    """Why a drop-in of `kind` cannot express a call with these parameters, or None."""
+def unsupported(norm: str, kind: str, params: dict, contract=None) -> str | None:
+    """Why a drop-in of `kind` cannot express a call with these parameters, or None. A convention
+    the contract pins is the candidate's own, whatever PyTorch does."""
+    pinned = (contract or {}).get("conventions") or {}
     if kind in ("module", "functional"):
-        if norm == "batch_norm" and params.get("running_var_style", "unbiased") != "unbiased":
+        if norm in ("batch_norm", "sync_batch_norm") and params.get("running_var_style", "unbiased") != "unbiased" \
+                and "running_var_style" not in pinned:
             return "torch.nn BatchNorm feeds the running variance the unbiased estimate only"
-        if norm == "local_response_norm" and params.get("convention", "pytorch") != "pytorch":
+        if norm == "local_response_norm" and params.get("convention", "pytorch") != "pytorch" \
+                and "convention" not in pinned:
             return f"torch.nn.LocalResponseNorm implements the 'pytorch' convention, not {params.get('convention')!r}"
-        if norm == "instance_norm" and params.get("momentum_style", "new") != "new":
+        if norm == "instance_norm" and params.get("momentum_style", "new") != "new" and "momentum_style" not in pinned:
             return "torch.nn InstanceNorm takes momentum as the new value's weight only"
     return None
 
 
-def construct(norm: str, cls, shape, a: dict, p: dict):
-    """The drop-in module for one call: constructor arguments drawn from the call."""
+def torch_ctor_kwargs(norm: str, shape, a: dict, p: dict, contract=None) -> dict:
+    """torch.nn's constructor arguments, by name, for one call of `norm` on an input of `shape`."""
     c = shape[1] if len(shape) > 1 else None
     eps = p.get("eps", 1e-5)
-    if norm == "batch_norm":
-        return cls(c, eps=eps, momentum=_momentum(p), **_affine_flags(a),
-                   track_running_stats=a.get("running_mean") is not None)
-    if norm == "instance_norm":
-        return cls(c, eps=eps, momentum=_momentum(p), **_affine_flags(a),
-                   track_running_stats=a.get("running_mean") is not None)
+    if norm in ("batch_norm", "sync_batch_norm", "instance_norm"):  # SyncBatchNorm: the default process group
+        return {"num_features": c, "eps": eps, "momentum": _momentum(p, contract), **_affine_flags(a),
+                "track_running_stats": a.get("running_mean") is not None}
     if norm == "layer_norm":
-        return cls(tuple(p["normalized_shape"]), eps=eps, **_affine_flags(a, "elementwise_affine"))
+        return {"normalized_shape": tuple(p["normalized_shape"]), "eps": eps,
+                **_affine_flags(a, "elementwise_affine")}
     if norm == "group_norm":
-        return cls(p["num_groups"], c, eps=eps, **_affine_flags(a))
+        return {"num_groups": p["num_groups"], "num_channels": c, "eps": eps, **_affine_flags(a)}
     if norm == "rms_norm":
-        return cls(tuple(p["normalized_shape"]), eps=p.get("eps"), elementwise_affine=a.get("weight") is not None)
+        return {"normalized_shape": tuple(p["normalized_shape"]), "eps": p.get("eps"),
+                "elementwise_affine": a.get("weight") is not None}
     if norm == "local_response_norm":
-        return cls(p["size"], alpha=p.get("alpha", 1e-4), beta=p.get("beta", 0.75), k=p.get("k", 1.0))
+        return {"size": p["size"], "alpha": p.get("alpha", 1e-4), "beta": p.get("beta", 0.75), "k": p.get("k", 1.0)}
     raise Unsupported(f"{norm} has no torch.nn module drop-in form (use a function, see `normspec validate --help`)")
+
+
+def find_contract(obj):
+    """The contract declared beside a candidate: `@contract` on it, or NORMSPEC_CONTRACT in its module
+    (a Contract, or a dict {name: Contract}); None if there is none."""
+    declared = getattr(obj, "__normspec_contract__", None)
+    if declared is not None:
+        return declared
+    target_module, attr = _LOADED_FROM.get(id(obj), (None, None))
+    for module in (target_module, sys.modules.get(getattr(obj, "__module__", "") or "")):
+        declared = getattr(module, "NORMSPEC_CONTRACT", None) if module is not None else None
+        if isinstance(declared, dict):
+            declared = declared.get(attr) or declared.get(getattr(obj, "__name__", ""))
+        if declared is not None:
+            return declared
+    return None
+
+
+def mapped_ctor_kwargs(kw: dict, mapping: dict) -> dict:
+    """torch.nn's arguments renamed to the candidate's; 'name:int' passes normalized_shape's one size."""
+    out = {}
+    for k, v in kw.items():
+        if k not in mapping:
+            continue
+        name, _, conv = mapping[k].partition(":")
+        if conv == "int":
+            if len(v) != 1:
+                raise Unsupported(f"{k}={v} has {len(v)} dims; '{mapping[k]}' passes one size")
+            v = int(v[0])
+        out[name] = v
+    return out
+
+
+def construct(norm: str, cls, shape, a: dict, p: dict, contract=None):
+    """The module for one call: torch.nn's constructor arguments drawn from the call, passed by
+    name, renamed by the contract's mapping or handed to its adapter."""
+    kw = torch_ctor_kwargs(norm, shape, a, p, contract)
+    ctor = (contract or {}).get("ctor")
+    if ctor == "callable":
+        declared = find_contract(cls)
+        if declared is None or not callable(getattr(declared, "ctor", None)):
+            raise CandidateError("the contract names a constructor adapter, but none is declared beside the class")
+        return declared.ctor(**kw)
+    if isinstance(ctor, dict):
+        return cls(**mapped_ctor_kwargs(kw, ctor))
+    return cls(**kw)
+
+
+def affine_present(norm: str, cls, shape, a: dict, p: dict, contract=None) -> dict:
+    """Which affine tensors a module built for this call has (a mapped constructor may not pass the
+    torch.nn flags, so what the module holds decides what the validation can load)."""
+    module = construct(norm, cls, shape, a, p, contract)
+    return {role: isinstance(getattr(module, role, None), torch.Tensor) for role in ("weight", "bias")}
+
+
+def describe_ctor(cls) -> dict | None:
+    """The constructor's signature of a module class: text and parameters (name, keyword-passable,
+    required), and whether it takes **kwargs; None where Python cannot tell."""
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return None
+    keyword_ok = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {"text": f"{getattr(cls, '__name__', cls)}{sig}",
+            "params": [(n, q.kind in keyword_ok, q.default is inspect._empty and q.kind in keyword_ok)
+                       for n, q in sig.parameters.items()
+                       if q.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)],
+            "var_kw": any(q.kind is inspect.Parameter.VAR_KEYWORD for q in sig.parameters.values()),
+            "var_pos": any(q.kind is inspect.Parameter.VAR_POSITIONAL for q in sig.parameters.values())}
 
 
 def load_state(norm: str, module, t: dict, p: dict) -> None:
@@ -267,7 +354,8 @@ def load_state(norm: str, module, t: dict, p: dict) -> None:
 
 
 def state_outputs(norm: str, module, t: dict, p: dict) -> dict:
-    if norm in ("batch_norm", "instance_norm") and p.get("training", True) and t.get("running_mean") is not None:
+    if norm in ("batch_norm", "instance_norm", "sync_batch_norm") and p.get("training", True) \
+            and t.get("running_mean") is not None:
         return {"running_mean": module.running_mean, "running_var": module.running_var}
     return {}
 
@@ -399,7 +487,8 @@ def _against_previous(objects: dict) -> dict:
     return report
 
 
-def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=None, wrt=(), outputs=("y",)):
+def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=None, wrt=(), outputs=("y",),
+            contract=None):
     """Run one call. inputs: {role: (float64 values, dtype, layout)}; dy likewise (or None).
 
     Returns {"outputs": {name: float64}, "grads": {role: float64}, "mutated": {role: float64 after
@@ -407,8 +496,9 @@ def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=N
     The caller's tensors (x, weight, bias, dy) are compared
     bitwise before and after: a candidate that writes into them is reported through "mutated".
     """
-    if unsupported(norm, kind, params):
-        raise Unsupported(unsupported(norm, kind, params))
+    why = unsupported(norm, kind, params, contract)
+    if why:
+        raise Unsupported(why)
     dtype = inputs["x"][1]
     grads_wanted = dy is not None
     t = _tensors(kind, inputs, requires_grad=wrt if grads_wanted and kind == "functional" else ())
@@ -422,13 +512,24 @@ def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=N
     module = None
     if kind == "module":
         x = t["x"].detach().requires_grad_(grads_wanted and "x" in wrt)
-        module = construct(norm, candidate, tuple(x.shape), t, params).to(TORCH_DTYPES[dtype])
+        module = construct(norm, candidate, tuple(x.shape), t, params, contract).to(TORCH_DTYPES[dtype])
         load_state(norm, module, t, params)
         module.train(bool(params.get("training", True)))
+        if grads_wanted:  # affine tensors kept as buffers (or frozen): differentiate through them all the same
+            for role in wrt:
+                leaf = getattr(module, role, None) if role in ("weight", "bias") else None
+                if isinstance(leaf, torch.Tensor) and leaf.is_leaf and not leaf.requires_grad:
+                    leaf.requires_grad_(True)
         with torch.enable_grad() if grads_wanted else torch.no_grad():
             y = module(x)
         _check_result("y", y, x.shape, dtype, kind)
         state = state_outputs(norm, module, t, params)
+        if not params.get("training", True):
+            for role in ("running_mean", "running_var"):
+                if t.get(role) is not None and isinstance(getattr(module, role, None), torch.Tensor) \
+                        and not same_bits(getattr(module, role).detach().to(t[role].dtype), t[role]):
+                    raise CandidateError(f"module.{role} changed in eval mode (running statistics must stay "
+                                         f"fixed outside training)")
         leaves = {"x": x, "weight": getattr(module, "weight", None), "bias": getattr(module, "bias", None)}
         for role in ("weight", "bias"):
             if t.get(role) is not None and not same_bits(getattr(module, role), t[role]):
@@ -459,6 +560,9 @@ def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=N
             grads = {GRAD_ALIASES.get(k, k): v for k, v in grads.items()}
         else:
             targets = [leaves[r] for r in roles]
+            if not y.requires_grad:
+                raise CandidateError("y does not depend differentiably on its inputs (computed without autograd "
+                                     "or detached); declare the candidate forward only if that is intended")
             got = torch.autograd.grad(y, targets, grad_outputs=dyt, allow_unused=True)
             grads = {r: (g if g is not None else torch.zeros_like(leaves[r])) for r, g in zip(roles, got)}
         for role in roles:
@@ -476,7 +580,7 @@ def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=N
     return result
 
 
-def execute_steps(candidate, norm: str, first: dict, params: dict, steps: list, eval_x):
+def execute_steps(candidate, norm: str, first: dict, params: dict, steps: list, eval_x, contract=None):
     """Real use of a module: one instance, several training steps, then eval (module kind only).
 
     first: the call's inputs {role: (values, dtype, layout)}; steps: the x values of each training
@@ -485,7 +589,7 @@ def execute_steps(candidate, norm: str, first: dict, params: dict, steps: list, 
     t = _tensors("module", first)
     dtype = first["x"][1]
     layout = first["x"][2]
-    module = construct(norm, candidate, tuple(t["x"].shape), t, params).to(TORCH_DTYPES[dtype])
+    module = construct(norm, candidate, tuple(t["x"].shape), t, params, contract).to(TORCH_DTYPES[dtype])
     load_state(norm, module, t, params)
     records = []
     with torch.no_grad():

@@ -30,6 +30,8 @@ from normspec.impls.base import Backend, Kernel
 
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 ALL_LAYOUTS = ("contiguous", "channels_last", "strided")
+# Properties whose forward half stands alone: a forward-only candidate runs them without gradients.
+FORWARD_HALVES = ("scale_invariance", "deterministic", "inputs_unmodified")
 
 
 class CandidateAbort(BaseException):
@@ -302,8 +304,13 @@ class CandidateBackend(Backend):
 
     def __init__(self, worker: Worker, norm: str, kind: str, outputs: tuple[str, ...], *, ranks=None,
                  dtypes=ALL_DTYPES, layouts=ALL_LAYOUTS, example_timeout: float = 20.0,
-                 deadline: float | None = None, name: str = "candidate"):
+                 deadline: float | None = None, name: str = "candidate", contract: dict | None = None,
+                 forward_only: bool = False):
         self.worker, self.norm, self.kind, self.outputs = worker, norm, kind, outputs
+        self.contract = contract  # the declared contract, as sent to the worker with every call
+        self.forward_only = forward_only
+        self.current_property: str | None = None
+        self.forward_halves_only = False  # set when a property ran without its gradient half
         self.ranks = ranks
         self.name = name
         self.dtypes = tuple(dtypes)
@@ -323,7 +330,7 @@ class CandidateBackend(Backend):
     def _unsupported(self, params: Mapping[str, Any]) -> str | None:
         from normspec.validate.adapters import unsupported
 
-        return unsupported(self.norm, self.kind, dict(params))
+        return unsupported(self.norm, self.kind, dict(params), self.contract)
 
     def native(self, array: np.ndarray, dtype: str, layout: str = "contiguous") -> RemoteArray:
         array = np.asarray(array, dtype=np.float64)
@@ -344,7 +351,20 @@ class CandidateBackend(Backend):
         return any(x is a for x in getattr(b, "shares_with", ())) or any(x is b for x in getattr(a, "shares_with", ()))
 
     def gradients(self, norm, inputs, params, dy, wrt):
-        return self._call(norm, inputs, params, dy=dy, wrt=wrt)["grads"]
+        """Gradients from the candidate; for a forward-only one, none (properties in FORWARD_HALVES
+        then check their forward half) or CapabilityMissing (gradient properties: not applicable)."""
+        if self.forward_only:
+            if self.current_property in FORWARD_HALVES:
+                self.forward_halves_only = True
+                return {}
+            raise CapabilityMissing("forward only (declared in the contract)")
+        try:
+            return self._call(norm, inputs, params, dy=dy, wrt=wrt)["grads"]
+        except CapabilityMissing:
+            if self.current_property in FORWARD_HALVES:
+                self.forward_halves_only = True
+                return {}
+            raise
 
     # -- the worker round trip
     def timeout(self) -> float:
@@ -358,7 +378,7 @@ class CandidateBackend(Backend):
     def _call(self, norm, inputs, params, dy=None, wrt=()):
         wire = {r: a.wire() for r, a in inputs.items() if a is not None}
         msg = {"op": "call", "kind": self.kind, "norm": norm, "inputs": wire, "params": dict(params),
-               "outputs": self.outputs}
+               "outputs": self.outputs, "contract": self.contract}
         if dy is not None:
             msg["dy"], msg["wrt"] = dy.wire(), tuple(wrt)
         timeout = self.timeout()
@@ -407,7 +427,7 @@ class CandidateBackend(Backend):
         if self.kind != "module":
             raise CapabilityMissing("training steps on one instance need a torch.nn.Module drop-in")
         msg = {"op": "steps", "norm": self.norm, "inputs": {r: a.wire() for r, a in inputs.items()},
-               "params": dict(params), "steps": list(steps), "eval_x": eval_x}
+               "params": dict(params), "steps": list(steps), "eval_x": eval_x, "contract": self.contract}
         reply = self.worker.request(msg, self.timeout() * (len(steps) + 1))
         if reply[0] == "memory":
             raise memory_abort(self.worker, reply, msg)

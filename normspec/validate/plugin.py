@@ -3,6 +3,7 @@
 Either on the command line, which adds one test per target:
 
     pytest --normspec-target mypkg.norms:FusedLayerNorm [--normspec-as layer_norm] [--normspec-profile ci]
+           [--normspec-ctor normalized_shape=dim,eps=eps --normspec-axes last ...]   (a contract)
 
 or from a test, through the `normspec_validate` fixture (same profiles, same verdicts):
 
@@ -25,6 +26,25 @@ def pytest_addoption(parser):
     group.addoption("--normspec-as", default=None, metavar="NORM", help="the norm the targets implement")
     group.addoption("--normspec-profile", default=None, choices=list(PROFILES),
                     help="Hypothesis profile for validation (default: validate's default)")
+    group.addoption("--normspec-dtype", action="append", default=None, help="only these dtypes (the contract's)")
+    from normspec.commands.validate import add_contract_options
+
+    add_contract_options(group.addoption, "--normspec-")
+
+
+def _contract(config):
+    """The contract the --normspec-* options declare (None if none)."""
+    from normspec.validate.contract import ContractError, from_options
+
+    def get(name):
+        return config.getoption(f"--normspec-{name}")
+
+    try:
+        return from_options(ctor=get("ctor"), conventions=get("convention"), axes=get("axes"), modes=get("modes"),
+                            forward_only=get("forward-only"), affine=get("affine"), no_eps_none=get("no-eps-none"),
+                            dtypes=get("dtype"), compute=get("compute"), source="pytest options")
+    except ContractError as exc:
+        raise pytest.UsageError(f"normspec validate: {exc}") from None
 
 
 class ValidationFailed(AssertionError):
@@ -39,7 +59,7 @@ def _run(target, tmp_path, *, profile=None, as_norm=None, **kwargs):
 
     try:
         result = validate(target, as_norm=as_norm, profile=profile or DEFAULT_PROFILE, **kwargs)
-    except UsageError as exc:
+    except (UsageError, ValueError) as exc:
         raise pytest.UsageError(f"normspec validate: {exc}") from None
     reproducers = write_reproducers(result, tmp_path)
     if not result.accepted:
@@ -57,6 +77,7 @@ def normspec_validate(request, tmp_path):
     def run(target, **kwargs):
         kwargs.setdefault("profile", config.getoption("--normspec-profile"))
         kwargs.setdefault("as_norm", config.getoption("--normspec-as"))
+        kwargs.setdefault("contract", _contract(config))
         return _run(target, tmp_path, **kwargs)
 
     return run
@@ -76,7 +97,7 @@ class ValidateItem(pytest.Item):
 
             tmp = Path(tempfile.mkdtemp(prefix="normspec-validate-"))
         _run(self.target, tmp, profile=config.getoption("--normspec-profile"),
-             as_norm=config.getoption("--normspec-as"))
+             as_norm=config.getoption("--normspec-as"), contract=_contract(config))
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ValidationFailed):

@@ -18,11 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from normspec.guard import human_bytes
+from normspec.library import tolerance
 from normspec.library.case import Case
 from normspec.registry import get_norm
 from normspec.report import counterexample_text
 from normspec.validate import adapters
-from normspec.validate.runner import Outcome, ValidationResult
+from normspec.validate.runner import Outcome, ValidationResult, failing_case
 
 STYLE = {"passed": "green", "failed": "bold red", "xfail": "yellow", "xpass": "magenta", "skipped": "dim",
          "not run": "bold red", "warn": "yellow"}
@@ -62,13 +63,85 @@ def call_text(call: dict | None) -> str:
     return f"{what} {call.get('norm', '')}({shapes}; {params}) {dtype} {layout}"
 
 
-def counterexample(o: Outcome) -> str:
-    if o.verdict.draws:
-        return counterexample_text(o.verdict)
+def _fmt(a) -> str:
+    return "[" + ", ".join(f"{float(v):.6g}" for v in np.ravel(a)) + "]"
+
+
+def values_text(case) -> str:
+    """The values that matter in a counterexample: small arrays by value; for larger ones the
+    conditioning (|mean|/std of the worst reduction set, its length) and max |x|."""
+    if case is None:
+        return ""
+    x = np.asarray(case.x, dtype=np.float64)
+    parts = []
+    if x.size <= 12:
+        parts.append(f"x={_fmt(x)}")
+    else:
+        finite = x[np.isfinite(x)]
+        parts.append(f"x: {x.size} values, max|x|={np.max(np.abs(finite), initial=0):.3g}")
+        try:
+            c = get_norm(case.norm).conditioning(case) if get_norm(case.norm).conditioning else None
+        except Exception:
+            c = None
+        if c is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.abs(np.asarray(c.mean)) / np.asarray(c.std)
+            worst = float(np.nanmax(ratio)) if np.size(ratio) else 0.0
+            parts.append(f"reduction length {c.count}, worst |mean|/std={worst:.3g}")
+        else:
+            parts.append(f"|mean|/std={abs(finite.mean()) / max(finite.std(), 1e-300):.3g}" if finite.size else "")
+    for role in ("weight", "bias", "running_mean", "running_var"):
+        a = case.get(role)
+        if a is not None and a.size <= 6:
+            parts.append(f"{role}={_fmt(a)}")
+    return "; ".join(p for p in parts if p)
+
+
+def counterexample(o: Outcome, v=None) -> str:
+    v = v or o.verdict
+    if v.draws:
+        text = counterexample_text(v)
+        values = values_text(failing_case(v))
+        return f"{text}; {values}" if values else text
     return call_text(o.call)
 
 
+def tidy(message: str) -> str:
+    """Messages for people: an excess ratio past 1e6 is 'by far' (the bound is near zero there)."""
+    def repl(m):
+        ratio = float(m.group(1))
+        return "worst by far (over 1e6x the bound)" if ratio > 1e6 else m.group(0)
+    return re.sub(r"worst by ([0-9.eE+-]+)x", repl, message).replace("np.float64(", "(")
+
+
+def dtype_verdicts(result: ValidationResult) -> dict[str, str]:
+    """Per dtype: 'pass' or the properties that fail in it."""
+    failing: dict[str, list[str]] = {d: [] for d in result.dtypes}
+    for o in result.failures:
+        if o.status != "failed":
+            continue
+        for d in o.failed_dtypes or list(result.dtypes):
+            failing.setdefault(d, []).append(o.verdict.property)
+    not_run = [o.verdict.property for o in result.failures if o.status == "not run"]
+    tail = f" (not run: {', '.join(not_run)})" if not_run else ""
+    return {d: (("FAIL " + ", ".join(props)) if props else "pass") + tail for d, props in failing.items()}
+
+
+def header_lines(result: ValidationResult) -> list[str]:
+    lines = [f"{result.name} validated as {result.norm} ({result.kind}), norm decided by "
+             f"{result.inferred_by or 'its name'}"]
+    if result.contract_lines:
+        src = result.contract.source if result.contract is not None and result.contract.source else "declared"
+        lines.append(f"NARROWED validation: contract ({src}):")
+        lines += [f"  - {line}" for line in result.contract_lines]
+    else:
+        lines.append("contract: none (a full drop-in validation)")
+    return lines
+
+
 def print_report(console: Console, result: ValidationResult, reproducers: dict[str, str]) -> None:
+    for line in header_lines(result):
+        console.print(line, markup=False, highlight=False)
     console.print(table(result))
     hidden = sum(_other_norm(o, result.norm) for o in result.outcomes)
     if hidden:
@@ -78,14 +151,24 @@ def print_report(console: Console, result: ValidationResult, reproducers: dict[s
             console.print(f"[dim]not exercised in {dtype}: the candidate refused it ({why[:200]})[/]", highlight=False)
     for o in result.outcomes:
         if o.status == "warn":
-            console.print(f"\n[yellow]warn[/] {o.verdict.property} (advisory, not a rejection): {o.verdict.message}",
-                          highlight=False)
+            v = o.verdict
+            console.print(f"\n[yellow]warn[/] {v.property} (advisory, not a rejection) in {v.dtype or '?'}: "
+                          f"{tidy(v.message)}", highlight=False, markup=False)
+            if counterexample(o):
+                console.print(f"  counterexample: {counterexample(o)}", markup=False, highlight=False)
+            if v.property in reproducers:
+                console.print(f"  reproducer: python {reproducers[v.property]}", markup=False, highlight=False)
     for o in result.failures:
         v = o.verdict
-        console.print(f"\n[bold red]{LABEL[v.status]}[/] {v.property}", highlight=False)
-        console.print(f"  {v.message}", markup=False, highlight=False)
-        if counterexample(o):
-            console.print(f"  minimal counterexample: {counterexample(o)}", markup=False, highlight=False)
+        where = f" in {', '.join(o.failed_dtypes)}" if o.failed_dtypes else ""
+        console.print(f"\n[bold red]{LABEL[v.status]}[/] {v.property}{where}", highlight=False)
+        for i, w in enumerate([v, *o.more]):
+            lead = f"  [{w.dtype}] " if o.more else "  "
+            console.print(f"{lead}{tidy(w.message)}", markup=False, highlight=False)
+            if counterexample(o, w):
+                console.print(f"    minimal counterexample: {counterexample(o, w)}", markup=False, highlight=False)
+        for hint in o.hints:
+            console.print(f"  hint: {hint}", markup=False, highlight=False)
         if v.property in reproducers:
             console.print(f"  reproducer: python {reproducers[v.property]}", markup=False, highlight=False)
     if result.output_dropped:
@@ -94,7 +177,15 @@ def print_report(console: Console, result: ValidationResult, reproducers: dict[s
     if result.scratch:
         console.print(f"[dim]kept the worker's directory (its output in candidate-output.log): {result.scratch}[/]",
                       highlight=False)
+    if result.dtypes:
+        console.print("")
+        for d, text in dtype_verdicts(result).items():
+            console.print(f"{d}: {text}", markup=False, highlight=False)
     verdict = "ACCEPTED" if result.accepted else "REJECTED"
+    if result.accepted and result.tier == "lower tier":
+        verdict = "ACCEPTED AT A LOWER TIER (half-precision intermediates declared)"
+    elif result.accepted and result.narrowed:
+        verdict = "ACCEPTED UNDER A NARROWED CONTRACT"
     style = "bold green" if result.accepted else "bold red"
     if not result.complete:
         verdict, style = "INCOMPLETE (interrupted)", "bold yellow"
@@ -105,6 +196,9 @@ def print_report(console: Console, result: ValidationResult, reproducers: dict[s
     console.print(f"\n[{style}]{verdict}[/] {result.name} as {result.norm}: "
                   + ", ".join(f"{n} {k}" for k, n in counts.items())
                   + f" in {result.seconds:.1f}s; dtypes {', '.join(result.dtypes) or '-'}", highlight=False)
+    if result.narrowed:
+        console.print(f"(within the contract above: {'; '.join(result.contract_lines)})", markup=False,
+                      highlight=False)
 
 
 def to_json(result: ValidationResult, reproducers: dict[str, str]) -> str:
@@ -116,10 +210,19 @@ def to_json(result: ValidationResult, reproducers: dict[str, str]) -> str:
         "captured_warnings": result.captured_warnings,
         "first_counterexample_seconds": None if result.first_counterexample_s is None
         else round(result.first_counterexample_s, 3),
+        "inferred_by": result.inferred_by, "tier": result.tier,
+        "contract": None if result.contract is None else {
+            "source": result.contract.source, "declared": result.contract.to_wire(),
+            "narrowing": result.contract_lines},
         "dtypes": list(result.dtypes), "layouts": list(result.layouts), "not_exercised": result.not_exercised,
+        "dtype_verdicts": dtype_verdicts(result),
         "results": [
             {"property": o.verdict.property, "group": o.group, "status": o.status, "message": o.verdict.message,
              "reason": o.verdict.reason, "link": o.verdict.link, "counterexample": counterexample(o),
+             "dtype": o.verdict.dtype, "failed_dtypes": o.failed_dtypes,
+             "more_failures": [{"dtype": w.dtype, "message": w.message, "counterexample": counterexample(o, w)}
+                               for w in o.more],
+             "hints": o.hints,
              "reproducer": reproducers.get(o.verdict.property), "seconds": round(o.verdict.seconds, 3)}
             for o in result.outcomes
         ],
@@ -128,16 +231,24 @@ def to_json(result: ValidationResult, reproducers: dict[str, str]) -> str:
 
 def to_junit(result: ValidationResult, reproducers: dict[str, str]) -> str:
     shown = [o for o in result.outcomes]
-    suite = ET.Element("testsuite", name=f"normspec.validate.{result.norm}",
+    name = f"normspec.validate.{result.norm}" + ("" if result.tier == "full" else f"[{result.tier}]")
+    suite = ET.Element("testsuite", name=name,
                        tests=str(len(shown)), failures=str(len(result.failures)),
                        skipped=str(sum(o.status in ("skipped", "xfail") for o in shown)),
                        time=f"{result.seconds:.3f}")
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", name="tier", value=result.tier)
+    ET.SubElement(props, "property", name="inferred_by", value=result.inferred_by)
+    for i, line in enumerate(result.contract_lines):
+        ET.SubElement(props, "property", name=f"contract.{i}", value=line)
     for o in shown:
         case = ET.SubElement(suite, "testcase", classname=f"{result.target}", name=o.verdict.property,
                              time=f"{o.verdict.seconds:.3f}")
         if o.status in ("failed", "not run"):
             f = ET.SubElement(case, "failure", message=o.verdict.message[:500])
             f.text = "\n".join(filter(None, [o.verdict.message, "minimal counterexample: " + counterexample(o),
+                                             *(f"[{w.dtype}] {w.message}" for w in o.more),
+                                             *(f"hint: {h}" for h in o.hints),
                                              f"reproducer: {reproducers.get(o.verdict.property, '')}"]))
         elif o.status in ("skipped", "xfail"):
             ET.SubElement(case, "skipped", message=o.verdict.reason[:500])
@@ -200,7 +311,7 @@ def replay_call(candidate, call):
     problems = []
     try:
         got = A.execute(candidate, KIND, NORM, call["inputs"], call["params"], dy=call.get("dy"),
-                        wrt=call.get("wrt", ()), outputs=OUTPUTS)
+                        wrt=call.get("wrt", ()), outputs=OUTPUTS, contract=CONTRACT)
     except Exception as exc:
         if "spec_raises" in call:
             return []
@@ -221,7 +332,7 @@ def replay_call(candidate, call):
             problems.append(f"{name}{list(map(int, i))}={values[name][i]!r}, but the float64 spec gives "
                             f"{expected[i]!r} ± {bound[i]:.3g} ({int(bad.sum())} of {bad.size} out of bounds)")
     again = A.execute(candidate, KIND, NORM, call["inputs"], call["params"], dy=call.get("dy"),
-                      wrt=call.get("wrt", ()), outputs=OUTPUTS)
+                      wrt=call.get("wrt", ()), outputs=OUTPUTS, contract=CONTRACT)
     for name, v in {**again["outputs"], **{"d" + r: g for r, g in again["grads"].items()}}.items():
         if name in values and not np.array_equal(v, values[name], equal_nan=True):
             problems.append(f"{name} differs between two identical calls (non-deterministic)")
@@ -265,12 +376,17 @@ def reproducer_source(result: ValidationResult, o: Outcome) -> str:
     src = inspect.getsource(adapters)
     assert "'''" not in src
     message = "\n".join("# " + line for line in v.message.splitlines())
+    runner, note = RUNNER, ""
+    if result.norm in adapters.DISTRIBUTED_NORMS:  # replayed on local gloo ranks
+        from normspec.validate.distributed import REPRODUCER_NOTE, REPRODUCER_RUNNER
+
+        runner, note = REPRODUCER_RUNNER, REPRODUCER_NOTE.lstrip("\n")
     return f'''"""Reproducer: `normspec validate {result.target}` found that property {v.property} fails.
 
 Standalone (torch and numpy only). It rebuilds the candidate from its TARGET, replays the calls of
 the minimal counterexample, and compares each with the float64 spec's values and the tolerance
 model's bound computed when this file was written. Exit status 1 while the bug is there.
-Counterexample: {counterexample(o)}
+{note}Counterexample: {counterexample(o)}
 """
 # Failure:
 {message}
@@ -279,12 +395,14 @@ import types
 
 import numpy as np
 
+inf, nan = float("inf"), float("nan")  # as the recorded arrays below write them
 TARGET = {result.target!r}
 CWD = {os.getcwd()!r}
 KIND = {result.kind!r}
 NORM = {result.norm!r}
 OUTPUTS = {tuple(get_norm(result.norm).outputs)!r}
 PROPERTY = {v.property!r}
+CONTRACT = {result.contract.to_wire() if result.contract is not None else None!r}
 
 # The call adapters of normspec.validate (normspec.validate.adapters), verbatim.
 ADAPTERS_SOURCE = r\'\'\'{src}\'\'\'
@@ -294,13 +412,20 @@ exec(compile(ADAPTERS_SOURCE, "normspec_validate_adapters", "exec"), A.__dict__)
 CALLS = [
 {chr(10).join(entries)}
 ]
-{RUNNER}'''
+{runner}'''
 
 
 def write_reproducers(result: ValidationResult, directory: Path) -> dict[str, str]:
     """One reproducer per failure with a counterexample; {property: path}. Never beside the user's files."""
+    from normspec.validate.runner import _compute_mapping
+
+    with tolerance.declared_compute(_compute_mapping(result.contract)):
+        return _write_reproducers(result, directory)
+
+
+def _write_reproducers(result: ValidationResult, directory: Path) -> dict[str, str]:
     written = {}
-    for o in result.failures:
+    for o in [*result.failures, *(o for o in result.outcomes if o.status == "warn")]:
         if not (o.calls or o.call):
             continue
         directory.mkdir(parents=True, exist_ok=True)

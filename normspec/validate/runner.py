@@ -9,22 +9,43 @@ check that a failure is not one PyTorch's own op shares under a recorded expecte
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
 from hypothesis import HealthCheck, find, reject, settings
 from hypothesis import strategies as st
 
 from normspec.expected import expected_failure
 from normspec.guard import default_worker_memory
+from normspec.library import tolerance
 from normspec.properties import PROPERTIES, Property, PropertyFailure, Verdict, replay, run_property
 from normspec.registry import NormRecord, norms
-from normspec.validate.adapters import ADAPTED_NORMS
-from normspec.validate.candidate import (ALL_DTYPES, ALL_LAYOUTS, CandidateAbort, CandidateBackend,
-                                         CapabilityMissing, Worker, round_to, scratch_dir)
+from normspec.validate.adapters import ADAPTED_NORMS, DISTRIBUTED_NORMS
+from normspec.validate.candidate import (
+    ALL_DTYPES,
+    ALL_LAYOUTS,
+    CandidateAbort,
+    CandidateBackend,
+    CapabilityMissing,
+    Worker,
+    round_to,
+    scratch_dir,
+)
+from normspec.validate.contract import (
+    SYNONYMS,
+    TORCH_CTOR,
+    Contract,
+    ContractError,
+    check_for_norm,
+    implied_by_ctor,
+    unmapped_required,
+)
+from normspec.validate.distributed import DISTRIBUTED_PROPERTIES, DistributedCandidateBackend, distributed_drop_in_calls
 from normspec.validate.steps import VALIDATE_PROPERTIES
 
 DEFAULT_PROFILE = "ci"
@@ -45,6 +66,12 @@ class Outcome:
     call: dict | None = None  # for crashes and hangs: the call in flight
     calls: list[dict] = field(default_factory=list)  # the candidate's calls in the minimal example
     group: str = ""
+    more: list[Verdict] = field(default_factory=list)  # further distinct failures (other dtypes)
+    hints: list[str] = field(default_factory=list)  # what the failure pattern points at
+
+    @property
+    def failed_dtypes(self) -> list[str]:
+        return [d for d in [self.verdict.dtype, *(v.dtype for v in self.more)] if d]
 
     @property
     def status(self) -> str:
@@ -71,6 +98,21 @@ class ValidationResult:
     scratch: str | None = None  # the worker's directory (with its log), when kept
     captured_warnings: int = 0  # Python warnings raised in this process while properties ran (not shown)
     compiled: bool = False  # validated under torch.compile
+    contract: Contract | None = None
+    contract_lines: list[str] = field(default_factory=list)  # every narrowing, for the header
+    inferred_by: str = ""  # how the norm was decided: base class, name or --as
+
+    @property
+    def narrowed(self) -> bool:
+        return bool(self.contract_lines)
+
+    @property
+    def tier(self) -> str:
+        """'full' or 'narrowed' (a declared contract) or 'lower tier' (half intermediates declared)."""
+        if self.contract is not None and self.contract.compute == "half":
+            return "lower tier"
+        return "narrowed" if self.narrowed else "full"
+
 
     @property
     def failures(self) -> list[Outcome]:
@@ -113,29 +155,118 @@ def resolve_norm(info: dict, as_norm: str | None) -> str:
     if info["kind"] == "module" and norm == "weight_norm":
         raise UsageError("weight_norm has no torch.nn module drop-in; validate a function f(v, g, dim) -> w "
                          "like torch._weight_norm instead")
+    if norm in DISTRIBUTED_NORMS and info["kind"] != "module":
+        raise UsageError(f"{norm} is validated as a torch.nn.Module with torch.nn.SyncBatchNorm's constructor, run "
+                         f"on every rank of a process group; {info['name']} is a {info['type']}")
     return norm
 
 
 # ------------------------------------------------------------------ strategies restricted to the drop-in
 
-def restricted_record(record: NormRecord, kind: str, ranks) -> NormRecord:
+AFFINE_KEYWORD = {"batch_norm": "affine", "instance_norm": "affine", "group_norm": "affine",
+                  "layer_norm": "elementwise_affine", "rms_norm": "elementwise_affine"}
+
+
+def _last_dim_only(case):
+    """The case with its normalized dims merged into one (normalize over the last dimension only)."""
+    shape = tuple(case.params.get("normalized_shape", ()))
+    if len(shape) <= 1:
+        return case
+    x = case.x
+    lead = x.shape[:x.ndim - len(shape)]
+    size = int(np.prod(shape))
+    arrays = {"x": x.reshape(lead + (size,))}
+    for role in ("weight", "bias"):
+        if case.get(role) is not None:
+            arrays[role] = case.get(role).reshape(size)
+    return case.with_arrays(**arrays).with_params(normalized_shape=(size,))
+
+
+def domain_overrides(record: NormRecord, contract: Contract | None, implied: dict | None = None) -> dict[str, Any]:
+    """The case keywords a contract fixes: modes, affine, what a constructor mapping leaves out."""
+    fixed: dict[str, Any] = {}
+    if contract is None:
+        return fixed
+    if contract.modes == ("eval",):
+        fixed.update(training=False, track_running_stats=True)
+    elif contract.modes == ("training",):
+        fixed.update(training=True)
+    for key, value in (implied or {}).items():
+        if key in ("elementwise_affine", "affine"):
+            fixed[AFFINE_KEYWORD.get(record.name, key)] = value
+        else:
+            fixed[key] = value
+    if contract.affine is not None and record.name in AFFINE_KEYWORD:
+        fixed[AFFINE_KEYWORD[record.name]] = contract.affine
+        if record.name == "layer_norm" and contract.affine is False:
+            fixed.pop("bias", None)
+    return fixed
+
+
+def restricted_record(record: NormRecord, kind: str, ranks, contract: Contract | None = None,
+                      implied: dict | None = None) -> NormRecord:
     """The record with its case strategy pinned to what the drop-in form can take: BatchNorm2d-style
-    classes see 4-D inputs only, torch drop-ins see PyTorch's conventions only."""
+    classes see 4-D inputs only, torch drop-ins see PyTorch's conventions only, unless the contract
+    pins another; the contract's domain (modes, affine, axes, eps=None) narrows the draws further.
+    A property that asks for a case outside the declared domain is not applicable (CapabilityMissing)."""
     fixed: dict[str, Any] = {}
     if kind in ("module", "functional"):
         fixed.update(conventions=False, convention="pytorch")
+    domain = domain_overrides(record, contract, implied)
+    pins = dict(contract.conventions) if contract else {}
     original = record.cases
+    drop_in_calls = distributed_drop_in_calls if record.name in DISTRIBUTED_NORMS and kind == "module" else (
+        lambda strategy: strategy)
+
+    def accepts(key: str, value) -> bool:
+        return record.takes(key)
+
     spatial = sorted({r - 2 for r in ranks}) if ranks else None
     if spatial is not None and not record.takes("spatial_dims"):
         spatial = None
+    case_pins = {k: v for k, v in pins.items() if accepts(k, v)}
+    param_pins = {k: v for k, v in pins.items() if k not in case_pins}
+    if param_pins:
+        fixed["conventions"] = False  # the strategy draws no convention; the pinned ones are set below
 
     def cases(**overrides):
-        kw = {k: v for k, v in {**fixed, **overrides}.items() if record.takes(k)}
+        for key, value in {**domain, **case_pins}.items():
+            if key in overrides and overrides[key] != value and overrides[key] is not None:
+                raise CapabilityMissing(f"it needs {key}={overrides[key]!r}, outside the declared contract "
+                                        f"({key}={value!r})")
+        if contract is not None and not contract.eps_none and overrides.get("eps_none"):
+            raise CapabilityMissing("it needs eps=None, which the contract declares unsupported")
+        kw = {k: v for k, v in {**fixed, **overrides, **domain, **case_pins}.items() if accepts(k, v)}
         if spatial is not None and "spatial_dims" not in kw:
-            return st.sampled_from(spatial).flatmap(lambda s: original(**kw, spatial_dims=s))
-        return original(**kw)
+            strategy = st.sampled_from(spatial).flatmap(lambda s: original(**kw, spatial_dims=s))
+        else:
+            strategy = original(**kw)
+        if param_pins:
+            strategy = strategy.map(lambda c: c.with_params(**param_pins))
+        if contract is not None and contract.axes == "last":
+            strategy = strategy.map(_last_dim_only)
+        return drop_in_calls(strategy)
 
     return replace(record, cases=cases)
+
+
+def convention_keywords(record: NormRecord) -> dict[str, tuple]:
+    """The norm's convention keywords (string-valued parameters of its cases) and the values its
+    strategy draws for them (the spec checks any other value when it is pinned)."""
+    seen: dict[str, set] = {}
+
+    def collect(case) -> bool:
+        for k, v in case.params.items():
+            if isinstance(v, str):
+                seen.setdefault(k, set()).add(v)
+        return False
+
+    try:
+        find(record.cases(), collect, settings=settings(database=None, derandomize=True, max_examples=150,
+                                                         suppress_health_check=list(HealthCheck)))
+    except Exception:
+        pass
+    return {k: tuple(sorted(v)) for k, v in sorted(seen.items())}
 
 
 def first_case(record: NormRecord):
@@ -185,6 +316,112 @@ def resolve_function_kind(worker: Worker, record: NormRecord, case, timeout: flo
     return "functional"
 
 
+# ------------------------------------------------------------------ constructor and behaviour
+
+TORCH_SIGNATURE = {
+    "batch_norm": "torch.nn.BatchNorm2d(num_features, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)",
+    "instance_norm": "torch.nn.InstanceNorm2d(num_features, eps=1e-05, momentum=0.1, affine=False, "
+                     "track_running_stats=False)",
+    "layer_norm": "torch.nn.LayerNorm(normalized_shape, eps=1e-05, elementwise_affine=True, bias=True)",
+    "group_norm": "torch.nn.GroupNorm(num_groups, num_channels, eps=1e-05, affine=True)",
+    "rms_norm": "torch.nn.RMSNorm(normalized_shape, eps=None, elementwise_affine=True)",
+    "local_response_norm": "torch.nn.LocalResponseNorm(size, alpha=0.0001, beta=0.75, k=1.0)",
+}
+
+
+def suggested_mapping(norm: str, params: list[str]) -> dict[str, str]:
+    """torch.nn argument -> the candidate's parameter of a known synonym name (a first guess)."""
+    out = {}
+    for arg in TORCH_CTOR.get(norm, ()):
+        for name in SYNONYMS.get(arg, (arg,)):
+            if name in params and name not in out.values():
+                out[arg] = name
+                break
+    return out
+
+
+def ctor_problem(norm: str, info: dict | None, contract: Contract | None) -> str | None:
+    """What is wrong with calling the class's constructor as the harness will (None: nothing)."""
+    ctor = contract.ctor if contract else None
+    if info is None or ctor == "callable" or callable(ctor) or norm not in TORCH_CTOR:
+        return None
+    params = {n: (kw_ok, required) for n, kw_ok, required in info["params"]}
+    passed = [v.partition(":")[0] for v in ctor.values()] if ctor else list(TORCH_CTOR[norm])
+    if not ctor and norm == "layer_norm" and "bias" not in params:
+        passed.remove("bias")  # passed only for a weight without a bias; a missing one is pinned (see implied)
+    unknown = [n for n in passed if n not in params and not info["var_kw"]]
+    by_position = [n for n in passed if n in params and not params[n][0]]
+    missing = [n for n, (kw_ok, required) in params.items() if required and n not in passed]
+    problems = []
+    if unknown:
+        problems.append(f"it takes no argument named {', '.join(unknown)}")
+    if by_position:
+        problems.append(f"{', '.join(by_position)} cannot be passed by name")
+    if missing:
+        problems.append(f"its required argument(s) {', '.join(missing)} would not be given")
+    return "; ".join(problems) or None
+
+
+def ctor_usage_error(target: str, norm: str, info: dict, problem: str, contract: Contract | None) -> UsageError:
+    names = [n for n, _, _ in info["params"]]
+    guess = suggested_mapping(norm, names)
+    cli = ",".join(f"{k}={v}" for k, v in guess.items()) or "normalized_shape=NAME,eps=NAME"
+    py = ", ".join(f"{k!r}: {v!r}" for k, v in guess.items())
+    torch_args = ", ".join(TORCH_CTOR[norm])
+    where = "the declared mapping" if contract and contract.ctor else "torch.nn's arguments, by name"
+    return UsageError(
+        f"{info['text'].split('(')[0]}'s constructor cannot be called with {where}: {problem}.\n"
+        f"  normspec passes:  {TORCH_SIGNATURE[norm]}\n"
+        f"  the candidate:    {info['text']}\n"
+        f"Declare how torch.nn's arguments map onto its own (arguments left out are not passed, so the "
+        f"validation fixes them at torch.nn's default and says so), on the command line:\n"
+        f"  normspec validate {target} --ctor {cli}\n"
+        f"or in a file beside the class (NORMSPEC_CONTRACT, or @contract(...) on a wrapper class):\n"
+        f"  from normspec.validate import Contract\n"
+        f"  NORMSPEC_CONTRACT = Contract(ctor={{{py}}})\n"
+        f"or, where the arguments need converting, an adapter taking torch.nn's arguments by keyword:\n"
+        f"  NORMSPEC_CONTRACT = Contract(ctor=lambda {torch_args}, **rest: {info['text'].split('(')[0]}(...))")
+
+
+# Norms a quick probe can tell apart: does the output have the mean subtracted?
+CENTERING = {"layer_norm": True, "batch_norm": True, "group_norm": True, "instance_norm": True, "rms_norm": False}
+
+
+def behaviour_mismatch(backend: CandidateBackend, record: NormRecord, case) -> str | None:
+    """A quick probe: inputs far from zero (mean 3, std 0.5), unit weight and zero bias. A centring
+    norm's output has mean ~0 over its reduction sets; RMSNorm's has mean ~1. Says which norm the
+    behaviour looks like when it contradicts `record` (None if it agrees or cannot tell)."""
+    if record.name not in CENTERING:
+        return None
+    rng = np.random.default_rng(0)
+    x = 3.0 + 0.5 * rng.standard_normal(case.x.shape)
+    arrays = {"x": x, "bias": None}  # no bias: RMSNorm-style classes have none, and a zero bias changes nothing
+    if case.get("weight") is not None:
+        arrays["weight"] = np.ones_like(case.get("weight"))
+    probe_case = case.with_arrays(**arrays)
+    if record.name in ("batch_norm", "instance_norm"):
+        probe_case = probe_case.with_params(training=True)
+    dtype = "float64" if "float64" in backend.dtypes else backend.dtypes[0]
+    try:
+        y = backend.to_numpy(backend.forward(record.name, {r: backend.native(a, dtype) for r, a in
+                                                           probe_case.arrays.items()}, probe_case.params)["y"])
+        ref = record.reference(probe_case)["y"]
+    except (Exception, CandidateAbort):
+        return None
+    if not np.all(np.isfinite(y)) or np.max(np.abs(y - ref)) < 0.1:
+        return None
+    near_zero = float(np.abs(np.mean(ref)))
+    got = float(np.mean(y))
+    if CENTERING[record.name] and abs(got) > 0.5 and near_zero < 0.1:
+        return (f"the mean is not subtracted: on inputs of mean 3 and std 0.5 (unit weight, zero bias) its output "
+                f"has mean {got:.3g}, where {record.name} gives {np.mean(ref):.2g}; it looks like rms_norm")
+    if not CENTERING[record.name] and abs(got) < 0.1 and abs(float(np.mean(ref))) > 0.5:
+        return (f"the mean is subtracted: on inputs of mean 3 and std 0.5 (unit weight) its output has mean "
+                f"{got:.2g}, where rms_norm gives {np.mean(ref):.3g}; it looks like layer_norm "
+                f"(or another centring norm)")
+    return None
+
+
 # ------------------------------------------------------------------ running
 
 def _torch_fails_alike(p, record: NormRecord, draws):
@@ -202,6 +439,29 @@ def _torch_fails_alike(p, record: NormRecord, draws):
     except Exception:
         return None
     return None
+
+
+class NormspecInternalError(BaseException):
+    """An error inside normspec itself (a property, the spec, the adapters' plumbing): reported as
+    normspec's, never as the candidate's (a BaseException, so Hypothesis does not shrink it)."""
+
+
+def guarded(p: Property) -> Property:
+    """`p` with any exception that is neither a property failure nor the candidate's own raise
+    turned into NormspecInternalError."""
+    from normspec.validate.candidate import CandidateRaised
+
+    def func(ctx):
+        try:
+            p.func(ctx)
+        except (PropertyFailure, CandidateRaised):
+            raise
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] == "hypothesis":
+                raise
+            raise NormspecInternalError(f"{type(exc).__name__}: {exc}") from exc
+
+    return replace(p, func=func)
 
 
 def parity_checked(p: Property, record: NormRecord, excused: list) -> Property:
@@ -223,15 +483,127 @@ def parity_checked(p: Property, record: NormRecord, excused: list) -> Property:
     return replace(p, func=func)
 
 
+def _compute_mapping(contract: Contract | None) -> dict[str, str]:
+    if contract is None or contract.compute is None:
+        return {}
+    if contract.compute == "float32":
+        return {"float64": "float32"}
+    return {"float16": "float16", "bfloat16": "bfloat16"}
+
+
+def failing_case(v: Verdict):
+    from normspec.library.case import Case
+
+    return next((value for _, value in v.draws if isinstance(value, Case)), None)
+
+
+def _passes(p, view, backend, profile, exclude=(), compute=None) -> bool:
+    try:
+        with tolerance.declared_compute(compute or dict(tolerance._DECLARED)):
+            v = run_property(guarded(p), view, backend, profile, exclude_dtypes=tuple(exclude))
+    except (CapabilityMissing, CandidateAbort, NormspecInternalError):
+        return False
+    return v.status == "passed"
+
+
+def _worst_offset(record: NormRecord, case) -> float:
+    """max |mean|/std over the reduction sets of `case` (0 where the norm has no such conditioning)."""
+    if case is None or record.conditioning is None:
+        return 0.0
+    try:
+        c = record.conditioning(case)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.abs(np.asarray(c.mean)) / np.asarray(c.std)
+        return float(np.nanmax(r)) if np.size(r) else 0.0
+    except Exception:
+        return 0.0
+
+
+def diagnose(p, outcome: Outcome, record: NormRecord, view: NormRecord, backend: CandidateBackend, profile: str,
+             contract: Contract | None, make_view: Callable[[Contract], NormRecord]) -> None:
+    """Every distinct failure of `p` by dtype (not only the first), and hints from narrowed re-runs:
+    the contract under which the failures vanish names their likely cause."""
+    v = outcome.verdict
+    if v.dtype is None:
+        return
+    excluded = [v.dtype]
+    while len(excluded) < len(backend.dtypes):
+        try:
+            again = run_property(guarded(p), view, backend, profile, exclude_dtypes=tuple(excluded))
+        except (CapabilityMissing, CandidateAbort, NormspecInternalError):
+            break
+        if again.status != "failed" or again.dtype is None or again.dtype in excluded:
+            break
+        outcome.more.append(again)
+        excluded.append(again.dtype)
+    failed = set(excluded)
+    passing = [d for d in backend.dtypes if d not in failed]
+    case = failing_case(v)
+    if case is not None and case.params.get("eps", 0) is None and "raised" in v.message \
+            and (contract is None or contract.eps_none):
+        outcome.hints.append("raises with eps=None (a dtype-dependent eps, as torch.nn.RMSNorm takes it): declare "
+                             "--no-eps-none if the candidate does not support it")
+    if "raised" in v.message or "crashed" in v.message or "hung" in v.message:
+        return  # an exception is not a matter of precision, mode or axes: no narrowed re-runs
+    declared = _compute_mapping(contract)
+    if passing and failed <= {"float16", "bfloat16"} and not failed & set(declared):
+        if _passes(p, view, backend, profile, exclude=passing, compute={d: d for d in failed}):
+            outcome.hints.append(f"fails only in {', '.join(sorted(failed))}, and passes when judged at "
+                                 f"half-precision roundoff: it keeps half-precision intermediates (accumulate in "
+                                 f"float32; or declare --compute half, a lower tier reported as such)")
+        else:
+            outcome.hints.append(f"fails only in {', '.join(sorted(failed))} (half types), even judged at their "
+                                 f"own roundoff: not only a matter of half-precision intermediates")
+    offset = _worst_offset(record, case)
+    if offset >= 30:
+        outcome.hints.append(f"the counterexample is ill-conditioned (|mean|/std = {offset:.3g}): a formula that "
+                             f"cancels there, such as the one-pass variance E[x^2] - E[x]^2, loses about "
+                             f"{2 * np.log10(offset):.0f} digits")
+    ratio = re.search(r"worst by ([0-9.eE+-]+)x", v.message)
+    far = ratio is None or float(ratio.group(1)) >= 1e4  # float32 arithmetic misses a float64 bound by ~1e7
+    if failed == {"float64"} and "float32" in passing and "float64" not in declared and far:
+        if _passes(p, view, backend, profile, exclude=passing, compute={"float64": "float32"}):
+            outcome.hints.append("fails only in float64, and passes when float64 is judged at float32's roundoff: "
+                                 "it computes in float32 (declare --compute float32 if that is intended)")
+    if case is None:
+        return
+    if "training" in case.params and (contract is None or not contract.modes):
+        mode = "training" if case.params["training"] else "eval"
+        other = "eval" if mode == "training" else "training"
+        base = contract or Contract()
+        if _passes(p, make_view(replace(base, modes=(other,))), backend, profile) and \
+                not _passes(p, make_view(replace(base, modes=(mode,))), backend, profile):
+            outcome.hints.append(f"fails only in {mode} mode (passes with every {other}-mode case)")
+    shape = case.params.get("normalized_shape")
+    if shape is not None and len(shape) > 1 and (contract is None or contract.axes != "last") \
+            and record.name in ("layer_norm", "rms_norm"):
+        if _passes(p, make_view(replace(contract or Contract(), axes="last")), backend, profile):
+            outcome.hints.append("fails only when normalized_shape has several dims: it normalizes over the last "
+                                 "dimension only (declare --axes last if that is intended)")
+
+
 def run_one(p, record: NormRecord, view: NormRecord, backend: CandidateBackend, profile: str,
-            torch_kind: bool) -> Outcome:
-    """Run property `p` on the candidate, turning aborts into verdicts; excuse PyTorch-shared failures."""
+            torch_kind: bool, contract: Contract | None = None,
+            make_view: Callable[[Contract], NormRecord] | None = None) -> Outcome:
+    """Run property `p` on the candidate, turning aborts into verdicts; excuse PyTorch-shared failures;
+    judge at the declared compute precision; diagnose failures (see `diagnose`)."""
     start = time.perf_counter()
     excused: list = []
+    backend.current_property, backend.forward_halves_only = p.name, False
     try:
-        v = run_property(parity_checked(p, record, excused) if torch_kind else p, view, backend, profile)
+        with tolerance.declared_compute(_compute_mapping(contract)):
+            v = run_property(parity_checked(guarded(p), record, excused) if torch_kind else guarded(p), view,
+                             backend, profile)
+            outcome = Outcome(v, group=p.group)
+            if v.status == "failed" and not p.advisory and make_view is not None:
+                diagnose(p, outcome, record, view, backend, profile, contract, make_view)
     except CapabilityMissing as exc:
         v = Verdict(p.name, record.name, backend.name, "skipped", reason=f"not applicable: {exc}")
+        return Outcome(v, group=p.group)
+    except NormspecInternalError as exc:
+        v = Verdict(p.name, record.name, backend.name, "not run",
+                    message=f"normspec's own error, not the candidate's (please report it): {exc}")
+        v.seconds = time.perf_counter() - start
         return Outcome(v, group=p.group)
     except CandidateAbort as abort:
         status = "not run" if abort.kind == "run-limit" else "failed"
@@ -246,10 +618,12 @@ def run_one(p, record: NormRecord, view: NormRecord, backend: CandidateBackend, 
         v.reason = (f"{len(excused)} example(s) in {', '.join(dtypes)} fail exactly as PyTorch's own op does on "
                     f"the same inputs (known: {xf.reason}); every other example passed")
         v.link = xf.link
+    if backend.forward_halves_only and v.status == "passed":
+        v.reason = "forward half only (the candidate gives no gradients)"
     if p.advisory and v.status == "failed":  # a stronger claim than correctness needs: warn only
         v.status, v.reason = "warn", f"advisory property: {v.message}"
     v.seconds = time.perf_counter() - start
-    return Outcome(v, group=p.group)
+    return outcome
 
 
 def record_calls(p, view: NormRecord, backend: CandidateBackend, draws) -> list[dict]:
@@ -270,9 +644,10 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
              example_timeout: float = EXAMPLE_TIMEOUT, run_timeout: float = RUN_TIMEOUT,
              properties: list[str] | None = None, dtypes: list[str] | None = None,
              scratch: str | None = None, fail_fast: bool = False, memory_limit: int | str | None = "auto",
-             keep_temp: bool = False, compile: bool = False,
+             keep_temp: bool = False, compile: bool = False, contract: Contract | None = None,
              on_result: Callable[[Outcome], None] = lambda o: None) -> ValidationResult:
-    """Validate TARGET; raises UsageError for a target that cannot be validated as given.
+    """Validate TARGET under the declared `contract` (merged over one declared beside the target);
+    raises UsageError for a target or a contract that cannot be validated as given.
 
     The candidate runs in a worker process group with `memory_limit` bytes of writable memory
     ("auto": half the available memory, at most 4 GiB; None: no limit), in a scratch directory
@@ -293,6 +668,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
     own_scratch = scratch is None
     worker = Worker(target, scratch or scratch_dir(), memory_limit=memory_limit, compile=compile)
     graceful = True
+    backend = None
     try:
         worker.start()
         try:
@@ -309,10 +685,20 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             raise UsageError(f"{target} is a {info['type']}, not a recognized kind: expected a torch.nn.Module "
                              f"subclass (a drop-in for a torch.nn normalization module), a drop-in for a "
                              f"torch.nn.functional function, or a function with normspec's NumPy spec signature")
+        declared = None
+        if info.get("contract"):
+            if "error" in info["contract"]:
+                raise UsageError(f"the contract declared beside {info['name']}: {info['contract']['error']}")
+            try:
+                declared = Contract.from_wire(info["contract"]["wire"], source=info["contract"]["source"])
+            except ContractError as exc:
+                raise UsageError(f"the contract declared beside {info['name']}: {exc}") from None
+        contract = (declared or Contract()).merged(contract) if (declared or contract) else None
         norm = resolve_norm(info, as_norm)
+        result.inferred_by = "--as" if as_norm else info.get("how", "")
         record = norms()[norm]
         result.norm, result.name = norm, info["name"]
-        chosen = list(PROPERTIES.values()) + list(VALIDATE_PROPERTIES.values())
+        chosen = [*PROPERTIES.values(), *VALIDATE_PROPERTIES.values(), *DISTRIBUTED_PROPERTIES.values()]
         if properties:
             known = {p.name: p for p in chosen}
             unknown = [n for n in properties if n not in known]
@@ -323,7 +709,58 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             bad = [d for d in dtypes if d not in ALL_DTYPES]
             if bad:
                 raise UsageError(f"unknown dtype(s) {', '.join(bad)}; known: {', '.join(ALL_DTYPES)}")
-        case = first_case(restricted_record(record, info["kind"], info["ranks"]))
+        if dtypes and not (contract and contract.dtypes):  # a dtype filter narrows the validation too
+            contract = (contract or Contract()).merged(Contract(dtypes=tuple(dtypes), source="dtype option"))
+        kind_now = info["kind"] if info["kind"] != "function" else (kind or "functional")
+        implied: dict[str, Any] = {}
+        if contract is not None:
+            try:
+                check_for_norm(contract, norm, kind_now if info["kind"] != "function" else "function",
+                               convention_keywords(record))
+            except ContractError as exc:
+                raise UsageError(f"contract: {exc}") from None
+            need = unmapped_required(contract, norm)
+            if need:
+                raise UsageError(f"contract: the constructor mapping leaves out {', '.join(need)}, which change the "
+                                 f"result and have no default normspec could assume; map them too "
+                                 f"(torch.nn's arguments: {', '.join(TORCH_CTOR[norm])})")
+            implied = implied_by_ctor(contract, norm)
+        if info["kind"] == "module":
+            problem = ctor_problem(norm, info.get("ctor"), contract)
+            if problem:
+                raise ctor_usage_error(target, norm, info["ctor"], problem, contract)
+            params = [n for n, _, _ in (info.get("ctor") or {}).get("params", [])]
+            if norm == "layer_norm" and not (contract and contract.ctor) and info.get("ctor") \
+                    and "bias" not in params and not info["ctor"]["var_kw"]:
+                implied["bias"] = True
+        if implied and contract is None:
+            contract = Contract(source="constructor signature")
+        result.contract = contract
+        result.contract_lines = contract.lines(implied) if contract is not None else []
+
+        def make_view(c: Contract | None) -> NormRecord:
+            return restricted_record(record, result.kind or kind_now, info["ranks"], c, implied)
+
+        case = first_case(make_view(contract))
+        if info["kind"] == "module" and contract is not None and contract.ctor is not None and implied:
+            # the mapping passes no affine flag: what the module holds decides (a T5/OLMo-style norm has no bias)
+            try:
+                reply = worker.request({"op": "affine", "norm": norm, "shape": list(case.x.shape),
+                                        "arrays": {r: np.asarray(a) for r, a in case.arrays.items()},
+                                        "params": dict(case.params), "contract": contract.to_wire()},
+                                       timeout=max(60.0, example_timeout))
+            except CandidateAbort:
+                reply = ("error",)
+            if reply[0] == "ok":
+                has = reply[1]
+                flag = next((k for k in ("elementwise_affine", "affine") if k in implied), None)
+                if flag and implied[flag] and not has["weight"]:
+                    implied[flag] = False
+                    implied.pop("bias", None)
+                if implied.get("bias") and not has["bias"]:
+                    implied["bias"] = False
+                result.contract_lines = contract.lines(implied)
+                case = first_case(make_view(contract))
         if info["kind"] == "function":
             info["kind"] = kind or resolve_function_kind(worker, record, case, max(60.0, example_timeout))
         elif kind and kind != info["kind"]:
@@ -332,11 +769,27 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         if compile and result.kind == "spec":
             raise UsageError(f"{target} is a NumPy spec-signature function: only torch drop-ins can run under "
                              f"torch.compile (drop --compile)")
-        view = restricted_record(record, result.kind, info["ranks"])
-        backend = CandidateBackend(worker, norm, result.kind, record.outputs, ranks=info["ranks"],
-                                   dtypes=tuple(dtypes or ALL_DTYPES), layouts=ALL_LAYOUTS,
-                                   example_timeout=example_timeout, deadline=deadline,
-                                   name="candidate[compiled]" if compile else "candidate")
+        view = make_view(contract)
+        wanted = tuple(d for d in (dtypes or ALL_DTYPES) if contract is None or not contract.dtypes
+                       or d in contract.dtypes)
+        if not wanted:
+            raise UsageError(f"--dtype {', '.join(dtypes or [])} and the contract's dtypes "
+                             f"{', '.join(contract.dtypes)} have none in common")
+        options = dict(ranks=info["ranks"], dtypes=wanted, layouts=ALL_LAYOUTS,
+                       example_timeout=example_timeout, deadline=deadline,
+                       contract=contract.to_wire() if contract else None,
+                       forward_only=bool(contract and contract.forward_only),
+                       name="candidate[compiled]" if compile else "candidate")
+        if norm in DISTRIBUTED_NORMS:  # the candidate runs on gloo ranks (normspec.validate.distributed)
+            if compile:
+                raise UsageError(f"--compile is not supported for {norm} yet: its ranks run the module eagerly")
+            if contract is not None and contract.ctor is not None:
+                raise UsageError(f"a constructor mapping (--ctor) is not supported for {norm} yet: its ranks "
+                                 f"construct the module with torch.nn.SyncBatchNorm's arguments")
+            worker.stop()
+            backend = DistributedCandidateBackend(target, worker.cwd, worker.scratch, norm, record.outputs, **options)
+        else:
+            backend = CandidateBackend(worker, norm, result.kind, record.outputs, **options)
         backend.database_key = f"candidate={target}:{result.kind}"
         try:
             accepted, refused, aborts = probe(backend, record, case)
@@ -357,8 +810,14 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             result.complete = True
             return result
         backend.dtypes = accepted
+        if not as_norm and info.get("how", "").startswith("the name"):  # a torch.nn base class is a declaration
+            with tolerance.declared_compute(_compute_mapping(contract)):
+                mismatch = behaviour_mismatch(backend, record, case)
+            if mismatch:
+                raise UsageError(f"{info['name']} was taken for {norm} from {result.inferred_by}, but its behaviour "
+                                 f"disagrees: {mismatch}. Pass --as NORM to say which norm it implements.")
         result.dtypes, result.layouts = accepted, backend.layouts
-        torch_kind = result.kind in ("module", "functional")
+        torch_kind = result.kind in ("module", "functional") and not (contract and contract.conventions)
         for p in chosen:
             if not p.applies(record):
                 v = Verdict(p.name, norm, backend.name, "skipped", reason=f"not applicable: does not apply to {norm}")
@@ -370,12 +829,14 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             else:
                 with warnings.catch_warnings(record=True) as caught:  # the properties' own arithmetic
                     warnings.simplefilter("default")
-                    outcome = run_one(p, record, view, backend, profile, torch_kind)
+                    outcome = run_one(p, record, view, backend, profile, torch_kind, contract,
+                                      None if fail_fast else make_view)
                 result.captured_warnings += len(caught)
                 if outcome.status == "skipped" and not outcome.verdict.reason.startswith("not applicable"):
                     outcome.verdict.reason = f"not applicable: {outcome.verdict.reason}"
-                if outcome.status == "failed" and outcome.verdict.draws:
-                    outcome.calls = record_calls(p, view, backend, outcome.verdict.draws)
+                if outcome.status in ("failed", "warn") and outcome.verdict.draws:
+                    with tolerance.declared_compute(_compute_mapping(contract)):
+                        outcome.calls = record_calls(p, view, backend, outcome.verdict.draws)
             if outcome.status == "failed" and result.first_counterexample_s is None:
                 result.first_counterexample_s = time.monotonic() - start
             result.outcomes.append(outcome)
@@ -390,6 +851,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         raise
     finally:
         worker.stop(graceful=graceful)
+        if isinstance(backend, DistributedCandidateBackend):
+            backend.close()
         result.seconds = time.monotonic() - start
         result.output_bytes, result.output_dropped = worker.output_bytes, worker.output_dropped
         if keep_temp or not own_scratch:

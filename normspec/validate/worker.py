@@ -21,9 +21,17 @@ from multiprocessing.connection import Connection
 def _describe(obj, target):
     from normspec.validate import adapters
 
-    kind, norm, ranks = adapters.classify(obj)
-    return {"kind": kind, "norm": norm, "ranks": ranks, "type": type(obj).__name__,
-            "name": getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj))), "target": target}
+    kind, norm, ranks, how = adapters.classify(obj)
+    declared = adapters.find_contract(obj)
+    wire = None
+    if declared is not None:
+        try:
+            wire = {"wire": declared.to_wire(), "source": getattr(declared, "source", "") or "declared in the file"}
+        except Exception as exc:  # not a normspec Contract
+            wire = {"error": f"{type(declared).__name__} is not a normspec.validate.Contract ({exc})"}
+    return {"kind": kind, "norm": norm, "ranks": ranks, "how": how, "type": type(obj).__name__,
+            "name": getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj))), "target": target,
+            "ctor": adapters.describe_ctor(obj) if kind == "module" else None, "contract": wire}
 
 
 def _error(exc: BaseException) -> tuple:
@@ -96,10 +104,14 @@ def serve(conn, target: str, cwd: str, scratch: str) -> None:
             elif op == "call":
                 reply = ("ok", adapters.execute(candidate, msg["kind"], msg["norm"], msg["inputs"], msg["params"],
                                                  dy=msg.get("dy"), wrt=tuple(msg.get("wrt", ())),
-                                                 outputs=tuple(msg.get("outputs", ("y",)))))
+                                                 outputs=tuple(msg.get("outputs", ("y",))),
+                                                 contract=msg.get("contract")))
             elif op == "steps":
                 reply = ("ok", adapters.execute_steps(candidate, msg["norm"], msg["inputs"], msg["params"],
-                                                      msg["steps"], msg["eval_x"]))
+                                                      msg["steps"], msg["eval_x"], msg.get("contract")))
+            elif op == "affine":
+                reply = ("ok", adapters.affine_present(msg["norm"], candidate, tuple(msg["shape"]), msg["arrays"],
+                                                       msg["params"], msg.get("contract")))
             else:
                 reply = ("error", "ProtocolError", f"unknown operation {op!r}")
         except adapters.Unsupported as exc:

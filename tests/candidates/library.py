@@ -1,0 +1,137 @@
+"""Normalization layers written the way popular libraries write them (other constructors, other
+conventions, other compute precisions), correct and with real deviations, for
+tests/test_validate_contract.py. Written from the papers and the libraries' documented behaviour."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from normspec.validate import Contract
+
+
+def _acc(x):
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+class TimmStyleRmsNorm(nn.Module):
+    """RMSNorm over the last dim, timm's constructor (channels, eps, affine). Correct."""
+
+    def __init__(self, channels, eps=1e-6, affine=True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+
+    def forward(self, x):
+        xf = x.to(_acc(x))
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.to(y.dtype)
+        return y.to(x.dtype)
+
+
+class DeclaredRmsNorm(TimmStyleRmsNorm):
+    """The same, with its contract declared beside it (NORMSPEC_CONTRACT below)."""
+
+
+class HalfIntermediatesRmsNorm(TimmStyleRmsNorm):
+    """Computes in the input's dtype: in float16 the mean of squares is a float16 sum (a real deviation)."""
+
+    def forward(self, x):
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y * self.weight if self.weight is not None else y
+
+
+class Float32RmsNorm(TimmStyleRmsNorm):
+    """Computes in float32 whatever the input (float64 in, float32 arithmetic, float64 out)."""
+
+    def forward(self, x):
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y.to(x.dtype)
+
+
+class T5StyleLayerNorm(nn.Module):
+    """Named a LayerNorm, computes RMSNorm (as transformers' T5LayerNorm does): no mean subtracted."""
+
+    def __init__(self, hidden_size, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        var = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        return (self.weight * (x * torch.rsqrt(var + self.variance_epsilon))).to(x.dtype)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with frozen statistics and affine tensors as buffers (torchvision's form), eval only."""
+
+    def __init__(self, num_features, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+            self.register_buffer(name, torch.full((num_features,), value))
+
+    def forward(self, x):
+        a = x.to(_acc(x))
+        scale = self.weight.to(a.dtype) * torch.rsqrt(self.running_var.to(a.dtype) + self.eps)
+        shift = self.bias.to(a.dtype) - self.running_mean.to(a.dtype) * scale
+        return (a * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)).to(x.dtype)
+
+
+class FrozenBatchNorm2dUpdatesInEval(FrozenBatchNorm2d):
+    """Declared eval only, but moves its running mean in eval (a contradiction the run must report)."""
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.running_mean.mul_(0.9).add_(0.1 * x.mean(dim=(0, 2, 3)).to(self.running_mean.dtype))
+        return super().forward(x)
+
+
+class KerasStyleBatchNorm2d(nn.BatchNorm2d):
+    """Keras' conventions: momentum is the decay of the old value, the running variance is fed the
+    biased batch variance. Correct for those conventions; wrong for PyTorch's."""
+
+    def forward(self, x):
+        dims = (0, 2, 3)
+        a = x.to(_acc(x))
+        shape = (1, -1, 1, 1)
+        if self.training or not self.track_running_stats:
+            mean = a.mean(dims)
+            var = (a - mean.reshape(shape)).pow(2).mean(dims)
+            if self.training and self.track_running_stats:
+                with torch.no_grad():
+                    self.num_batches_tracked += 1
+                    m = self.momentum if self.momentum is not None else 1.0 - 1.0 / float(self.num_batches_tracked)
+                    self.running_mean.copy_(m * self.running_mean + (1 - m) * mean.to(self.running_mean.dtype))
+                    self.running_var.copy_(m * self.running_var + (1 - m) * var.to(self.running_var.dtype))
+        else:
+            mean, var = self.running_mean.to(a.dtype), self.running_var.to(a.dtype)
+        y = (a - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.to(a.dtype).reshape(shape) + self.bias.to(a.dtype).reshape(shape)
+        return y.to(x.dtype)
+
+
+NORMSPEC_CONTRACT = {
+    "DeclaredRmsNorm": Contract(ctor={"normalized_shape": "channels:int", "eps": "eps", "elementwise_affine": "affine"},
+                                axes="last", eps_none=False, source="tests/candidates/library.py"),
+}
+
+
+class LayerNormNoBias(nn.Module):
+    """LayerNorm with a weight and no bias at all (OLMo-style), constructor (dim, eps). Correct."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        a = x.to(_acc(x))
+        mean = a.mean(-1, keepdim=True)
+        c = a - mean
+        y = c * torch.rsqrt((c * c).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(a.dtype)).to(x.dtype)

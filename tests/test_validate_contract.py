@@ -1,0 +1,198 @@
+"""`normspec validate` on library-style norms: a declared contract (constructor mapping, pinned
+conventions, domain, compute precision) turns a usage error into a clean, narrowed verdict; real
+deviations are rejected with a diagnosis that names the cause; a name/behaviour mismatch stops."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from normspec.cli import main
+from normspec.validate import Contract, validate
+
+LIB = Path(__file__).parent / "candidates" / "library.py"
+RMS_MAP = {"normalized_shape": "channels:int", "eps": "eps", "elementwise_affine": "affine"}
+RMS_CONTRACT = Contract(ctor=RMS_MAP, axes="last", eps_none=False)
+FORWARD_BACKWARD = ["forward_matches_spec", "backward_matches_spec"]
+
+
+def t(attr: str) -> str:
+    return f"{LIB}:{attr}"
+
+
+def messages(r) -> str:
+    return " | ".join(f"{o.verdict.property}: {o.verdict.message} {' '.join(o.hints)}" for o in r.failures)
+
+
+# ---------------------------------------------------------------- constructor
+
+def test_other_constructor_is_a_usage_error_showing_both_signatures_and_the_adapter(capsys):
+    assert main(["validate", t("TimmStyleRmsNorm"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "torch.nn.RMSNorm(normalized_shape" in err and "TimmStyleRmsNorm(channels" in err
+    assert "--ctor normalized_shape=channels,eps=eps,elementwise_affine=affine" in err
+    assert "NORMSPEC_CONTRACT = Contract(ctor=" in err
+
+
+def test_accepted_once_the_contract_is_declared_and_reported_as_narrowed(tmp_path):
+    out_json, out_xml = tmp_path / "r.json", tmp_path / "r.xml"
+    rc = main(["validate", t("TimmStyleRmsNorm"), "--quiet", "--ctor", "normalized_shape=channels:int,eps=eps,"
+               "elementwise_affine=affine", "--axes", "last", "--no-eps-none", "--json", str(out_json),
+               "--junit-xml", str(out_xml), "--property", "forward_matches_spec,backward_matches_spec,"
+               "rms_norm_eps_none_rule"])
+    assert rc == 0
+    data = json.loads(out_json.read_text())
+    assert data["tier"] == "narrowed" and data["contract"]["declared"]["axes"] == "last"
+    assert any("last dimension only" in line for line in data["contract"]["narrowing"])
+    eps_none = next(r for r in data["results"] if r["property"] == "rms_norm_eps_none_rule")
+    assert eps_none["status"] == "skipped" and "eps=None" in eps_none["reason"]
+    xml = out_xml.read_text()
+    assert "[narrowed]" in xml and "last dimension only" in xml
+
+
+def test_contract_declared_beside_the_class_is_picked_up():
+    r = validate(t("DeclaredRmsNorm"), properties=FORWARD_BACKWARD)
+    assert r.accepted, messages(r)
+    assert r.contract is not None and "library.py" in r.contract.source
+    assert any("channels" in line for line in r.contract_lines)
+
+
+def test_without_axes_last_the_diagnosis_names_the_last_dim_cause():
+    r = validate(t("TimmStyleRmsNorm"), contract=Contract(ctor=RMS_MAP.copy() | {"normalized_shape": "channels"},
+                                                          eps_none=False), properties=["forward_matches_spec"])
+    assert not r.accepted
+    assert "last dimension only" in messages(r), messages(r)
+
+
+# ---------------------------------------------------------------- compute precision
+
+def test_half_intermediates_rejected_with_a_hint_then_accepted_only_as_a_lower_tier():
+    r = validate(t("HalfIntermediatesRmsNorm"), contract=RMS_CONTRACT, properties=["forward_matches_spec"])
+    assert not r.accepted
+    o = r.failures[0]
+    assert set(o.failed_dtypes) <= {"float16", "bfloat16"} and "half-precision intermediates" in " ".join(o.hints)
+    r = validate(t("HalfIntermediatesRmsNorm"), contract=Contract(**{**RMS_CONTRACT.to_wire(), "compute": "half"}),
+                 properties=["forward_matches_spec"])
+    assert r.accepted, messages(r)
+    assert r.tier == "lower tier"
+
+
+def test_computes_in_float32_rejected_in_float64_with_a_hint_then_accepted_when_declared():
+    r = validate(t("Float32RmsNorm"), contract=RMS_CONTRACT, properties=["forward_matches_spec"])
+    assert not r.accepted
+    assert r.failures[0].failed_dtypes == ["float64"]
+    assert "computes in float32" in " ".join(r.failures[0].hints)
+    r = validate(t("Float32RmsNorm"), contract=Contract(**{**RMS_CONTRACT.to_wire(), "compute": "float32"}),
+                 properties=["forward_matches_spec"])
+    assert r.accepted, messages(r)
+    assert any("float32's roundoff" in line for line in r.contract_lines)
+
+
+# ---------------------------------------------------------------- inference
+
+def test_name_behaviour_mismatch_is_a_usage_error_naming_the_norm_it_looks_like(capsys):
+    rc = main(["validate", t("T5StyleLayerNorm"), "--quiet", "--ctor", "normalized_shape=hidden_size:int,eps=eps",
+               "--axes", "last"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "looks like rms_norm" in err and "the name 'T5StyleLayerNorm'" in err
+
+
+def test_as_settles_the_norm_and_the_report_says_how_it_was_decided():
+    r = validate(t("T5StyleLayerNorm"), as_norm="rms_norm", properties=["forward_matches_spec"],
+                 contract=Contract(ctor={"normalized_shape": "hidden_size:int", "eps": "eps"}, axes="last",
+                                   compute="float32"))  # it takes the mean square in float32, as T5's does
+    assert r.accepted, messages(r)
+    assert r.inferred_by == "--as"
+    assert any("elementwise_affine=True" in line for line in r.contract_lines)
+
+
+# ---------------------------------------------------------------- domain and conventions
+
+FROZEN = Contract(ctor={"num_features": "num_features", "eps": "eps"}, modes=("eval",))
+
+
+def test_frozen_batch_norm_with_buffers_accepted_eval_only_gradients_through_the_buffers():
+    r = validate(t("FrozenBatchNorm2d"), contract=FROZEN, properties=FORWARD_BACKWARD + ["training_steps_then_eval"])
+    assert r.accepted, messages(r)
+    steps = next(o for o in r.outcomes if o.verdict.property == "training_steps_then_eval")
+    assert steps.status == "skipped" and "declared contract" in steps.verdict.reason
+
+
+def test_eval_only_declaration_contradicted_by_the_candidate_is_reported():
+    r = validate(t("FrozenBatchNorm2dUpdatesInEval"), contract=FROZEN, properties=["forward_matches_spec"])
+    assert not r.accepted
+    assert "changed in eval mode" in messages(r)
+
+
+def test_keras_conventions_rejected_as_pytorch_accepted_when_pinned():
+    r = validate(t("KerasStyleBatchNorm2d"), properties=["forward_matches_spec"], dtypes=["float64"])
+    assert not r.accepted
+    r = validate(t("KerasStyleBatchNorm2d"), properties=["forward_matches_spec"], dtypes=["float64"],
+                 contract=Contract(conventions={"momentum_style": "decay", "running_var_style": "biased"}))
+    assert r.accepted, messages(r)
+    assert any("momentum_style='decay'" in line for line in r.contract_lines)
+
+
+def test_forward_only_spec_function_still_runs_the_forward_halves():
+    r = validate("normspec.spec:layer_norm", kind="spec", contract=Contract(forward_only=True),
+                 properties=["scale_invariance", "deterministic", "inputs_unmodified", "backward_matches_spec"])
+    status = {o.verdict.property: o for o in r.outcomes}
+    for name in ("scale_invariance", "deterministic", "inputs_unmodified"):
+        assert status[name].status == "passed" and "forward half" in status[name].verdict.reason
+    assert status["backward_matches_spec"].status == "skipped"
+
+
+# ---------------------------------------------------------------- every option validated before the run
+
+@pytest.mark.parametrize("argv, says", [
+    (["--convention", "frobnicate=1"], "not a convention keyword"),
+    (["--convention", "running_var_style=sideways"], "allowed: 'biased', 'unbiased'"),
+    (["--axes", "last"], "axes=last applies to layer_norm and rms_norm"),
+    (["--ctor", "normalized_shape=dim"], "not an argument of torch.nn's batch_norm constructor"),
+    (["--ctor", "num_features"], "is not NAME=VALUE"),
+    (["--ctor", "num_features=num_features"], "leaves out eps, momentum"),
+    (["--modes", "sometimes"], "allowed: training, eval"),
+    (["--compute", "float32", "--dtype", "float16"], "excludes float64"),
+])
+def test_bad_contract_options_exit_2_with_what_is_allowed(argv, says, capsys):
+    assert main(["validate", "torch.nn:BatchNorm2d", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err, err
+
+
+def test_modes_on_a_norm_without_modes_is_a_usage_error(capsys):
+    assert main(["validate", "torch.nn:LayerNorm", "--quiet", "--modes", "eval"]) == 2
+    assert "training/eval" in capsys.readouterr().err
+
+
+def test_a_flag_the_mapping_does_not_pass_follows_what_the_module_holds():
+    r = validate(t("LayerNormNoBias"), properties=["forward_matches_spec"],
+                 contract=Contract(ctor={"normalized_shape": "dim:int", "eps": "eps"}, axes="last"))
+    assert r.accepted, messages(r)
+    assert any("bias=False (the module has none" in line for line in r.contract_lines), r.contract_lines
+
+
+def test_an_error_inside_normspec_is_reported_as_normspecs_not_the_candidates(monkeypatch):
+    from normspec.properties import PROPERTIES, Property
+
+    def broken(ctx):
+        """A property with a bug of its own (it divides by zero after running the candidate)."""
+        ctx.run(ctx.case(), ctx.dtype(), ctx.layout())
+        return 1 / 0
+
+    monkeypatch.setitem(PROPERTIES, "broken_property", Property("broken_property", broken, lambda r: True,
+                                                                 "broken", "test"))
+    r = validate("torch.nn:LayerNorm", properties=["broken_property"], dtypes=["float32"])
+    o = r.outcomes[-1]
+    assert o.status == "not run" and "normspec's own error, not the candidate's" in o.verdict.message
+    assert "ZeroDivisionError" in o.verdict.message
+
+
+def test_one_pass_variance_gets_a_cancellation_hint_not_a_float32_one():
+    catalogue = Path(__file__).parent / "candidates" / "norms.py"
+    r = validate(f"{catalogue}:LNOnePassVariance", properties=["forward_matches_spec"])
+    assert not r.accepted
+    hints = " ".join(h for o in r.failures for h in o.hints)
+    assert "one-pass variance" in hints and "computes in float32" not in hints, hints
