@@ -39,7 +39,7 @@ def test_expected_failure_is_shown_with_reason_and_link():
 
 @pytest.mark.parametrize("args,needle", [
     (["--norm", "batchnorm"], "unknown norm"),
-    (["--backend", "jax"], "unknown backend"),
+    (["--backend", "tpu:xla"], "unknown backend"),
     (["--property", "nonsense"], "unknown property"),
     (["--profile", "fast"], "invalid choice"),
 ])
