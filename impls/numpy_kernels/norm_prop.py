@@ -1,14 +1,13 @@
 """Normalization Propagation layer in NumPy (Arpit et al. 2016), with its own backward."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
+from normspec.spec.norm_prop import RELU_MEAN, RELU_STD
 
-_MEAN = 1.0 / math.sqrt(2.0 * math.pi)
-_STD = math.sqrt((1.0 - 1.0 / math.pi) / 2.0)
+# the mean and std of max(0, z), z ~ N(0, 1): constants of the paper, stated once in the spec
+_MEAN, _STD = RELU_MEAN, RELU_STD
 
 
 def _parts(inputs, params):

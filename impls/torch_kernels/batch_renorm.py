@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from normspec.impls.torch_backend import torch_kernel
+from normspec.impls.torch_kernels.common import affine
 
 
 def _compute_dtype(t):
@@ -60,10 +61,7 @@ def forward(inputs, params):
         xr = (xa - mm) / torch.sqrt(torch.relu(ms * ms - eps) + eps)
     else:
         xr = (xa - rm) / rs
-    if inputs.get("weight") is not None:
-        xr = xr * inputs["weight"].to(acc).reshape(shape)
-    if inputs.get("bias") is not None:
-        xr = xr + inputs["bias"].to(acc).reshape(shape)
+    xr = affine(xr, inputs, shape, acc)
     out["y"] = xr.to(x.dtype)
     return out
 

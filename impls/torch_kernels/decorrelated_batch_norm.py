@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from normspec.impls.torch_backend import torch_kernel
+from normspec.impls.torch_kernels.common import affine
 
 
 def forward(inputs, params):
@@ -44,10 +45,7 @@ def forward(inputs, params):
     y = (xc @ phi).transpose(0, 1).reshape(flat.shape)
     y = y.reshape((x.shape[0],) + tuple(x.shape[2:]) + (c,)).movedim(-1, 1)
     shape = (1, c) + (1,) * (x.ndim - 2)
-    if inputs.get("weight") is not None:
-        y = y * inputs["weight"].to(acc).reshape(shape)
-    if inputs.get("bias") is not None:
-        y = y + inputs["bias"].to(acc).reshape(shape)
+    y = affine(y, inputs, shape, acc)
     out["y"] = y.to(x.dtype)
     return out
 

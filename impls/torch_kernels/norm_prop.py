@@ -1,15 +1,14 @@
 """Normalization Propagation layer composed from torch ops (Arpit et al. 2016)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from normspec.impls.torch_backend import torch_kernel
+from normspec.spec.norm_prop import RELU_MEAN, RELU_STD
 
-_MEAN = 1.0 / math.sqrt(2.0 * math.pi)
-_STD = math.sqrt((1.0 - 1.0 / math.pi) / 2.0)
+# the mean and std of max(0, z), z ~ N(0, 1): constants of the paper, stated once in the spec
+_MEAN, _STD = RELU_MEAN, RELU_STD
 
 
 def forward(inputs, params):
