@@ -401,16 +401,8 @@ class CandidateBackend(Backend):
                 self.recording.append({"msg": msg, "error": f"{reply[1]}: {reply[2]}"})
             raise CandidateRaised(f"the candidate raised {reply[1]}: {reply[2]}")
         result = reply[1]
-        for role, values in result["mutated"].items():  # make the candidate's writes visible
-            target = dy if role == "dy" else inputs.get(role)
-            if target is not None:
-                target.values = np.array(values, dtype=np.float64)
-        if self.recording is not None:
-            self.recording.append({"msg": msg, "result": result})
-        def wrap(v):
-            return RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
-
-        outputs = {k: wrap(v) for k, v in result["outputs"].items()}
+        received = self.received(msg, result, inputs, dy)
+        outputs = received["outputs"]
         previous = result.get("previous", {})
         for name, now in previous.get("changed", {}).items():  # the second call wrote into the first's result
             if name in self.previous:
@@ -419,9 +411,23 @@ class CandidateBackend(Backend):
             if new_name in outputs and old_name in self.previous:
                 outputs[new_name].shares_with.append(self.previous[old_name])
         self.previous = dict(outputs)
-        return {"outputs": outputs,
-                "grads": {k: wrap(v) for k, v in result["grads"].items()},
-                "mutated": result["mutated"]}
+        return received
+
+    def received(self, msg, result, inputs, dy) -> dict:
+        """A call's result as the engine reads it: the candidate's writes to its inputs made
+        visible, the call recorded, outputs and gradients wrapped in the input's dtype."""
+        for role, values in result["mutated"].items():
+            target = dy if role == "dy" else inputs.get(role)
+            if target is not None:
+                target.values = np.array(values, dtype=np.float64)
+        if self.recording is not None:
+            self.recording.append({"msg": msg, "result": result})
+
+        def wrap(v):
+            return RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
+
+        return {"outputs": {k: wrap(v) for k, v in result["outputs"].items()},
+                "grads": {k: wrap(v) for k, v in result["grads"].items()}, "mutated": result["mutated"]}
 
     def steps(self, inputs, params, steps, eval_x):
         """Several training steps on one module instance, then eval (see `execute_steps`)."""

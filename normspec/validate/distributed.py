@@ -204,19 +204,7 @@ class DistributedCandidateBackend(CandidateBackend):
                                   f"(rank {rank}, rank_sizes={tuple(sizes)})")
         results = [r[1] for r in replies]
         self.last_ranks = results
-        combined = combine_ranks(results, sizes, inputs, dy)
-        for role, values in combined["mutated"].items():
-            target = dy if role == "dy" else inputs.get(role)
-            if target is not None:
-                target.values = np.array(values, dtype=np.float64)
-        if self.recording is not None:
-            self.recording.append({"msg": msg, "result": combined})
-        from normspec.validate.candidate import RemoteArray
-
-        def wrap(v):
-            return RemoteArray(np.asarray(v, dtype=np.float64), inputs["x"].dtype)
-        return {"outputs": {k: wrap(v) for k, v in combined["outputs"].items()},
-                "grads": {k: wrap(v) for k, v in combined["grads"].items()}, "mutated": combined["mutated"]}
+        return self.received(msg, combine_ranks(results, sizes, inputs, dy), inputs, dy)
 
     def steps(self, inputs, params, steps, eval_x):
         """Training steps then eval on one instance per rank, each step's batch split as the case's."""
