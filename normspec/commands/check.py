@@ -9,22 +9,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from normspec import guard
 from normspec.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from normspec.cli import split_names as _split
-from normspec.guard import (
-    PathError,
-    cache_dir,
-    check_report_outputs,
-    configure_hypothesis,
-    exit_status,
-    interrupted_message,
-)
 from normspec.properties.core import PROFILES
 
 
 def check_outputs(args) -> None:
-    """Every output path is checked before any work (PathError: exit 2)."""
-    check_report_outputs(args)
+    """Every output path is checked before any work (guard.PathError: exit 2)."""
+    guard.check_report_outputs(args)
 
 
 def _write(path: str, text: str) -> None:
@@ -49,10 +42,10 @@ def cmd_check(args) -> int:
     try:
         p = plan(_split(args.norm), _split(args.backend), _split(args.property))
         check_outputs(args)
-    except (SelectionError, PathError) as exc:
+    except (SelectionError, guard.PathError) as exc:
         print(f"normspec check: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_hypothesis(None if args.hypothesis_db in (None, "none") else args.hypothesis_db,
+    guard.configure_hypothesis(None if args.hypothesis_db in (None, "none") else args.hypothesis_db,
                          database=args.hypothesis_db != "none")
     console = Console(stderr=args.json == "-")
     if not console.is_terminal:  # a log or a pipe: 100 columns, the width the summary is laid out for
@@ -80,7 +73,7 @@ def cmd_check(args) -> int:
     seconds = time.perf_counter() - start
     complete = interrupted is None
     report_dir = Path(args.report_dir) if args.report_dir else \
-        cache_dir() / "reports" / time.strftime(f"check-%Y%m%d-%H%M%S-{os.getpid()}")
+        guard.cache_dir() / "reports" / time.strftime(f"check-%Y%m%d-%H%M%S-{os.getpid()}")
     for v in verdicts:
         if v.status == "failed" and v.draws:
             v.reproducer = str(write_reproducer(v, report_dir))
@@ -116,8 +109,8 @@ def cmd_check(args) -> int:
     if interrupted is not None:
         kept = f"{len(verdicts)} of {p.size} results shown" + (
             " and written (marked incomplete)" if args.json or args.junit_xml else "")
-        print(interrupted_message("check", interrupted, kept), file=sys.stderr)
-        return exit_status(interrupted)
+        print(guard.interrupted_message("check", interrupted, kept), file=sys.stderr)
+        return guard.exit_status(interrupted)
     return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
