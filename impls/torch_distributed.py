@@ -22,8 +22,8 @@ import multiprocessing
 import os
 import pickle
 import shutil
-import tempfile
 import sys
+import tempfile
 import time
 import traceback
 import types

@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from normspec.library.case import Case
 from normspec.impls.base import Backend
+from normspec.library.case import Case
 from normspec.registry import NormRecord
 
 PASSES = ("forward", "forward+backward")

@@ -5,7 +5,6 @@ import argparse
 import importlib
 import sys
 
-
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 

@@ -155,6 +155,19 @@ def check_writable_dir(path: str, option: str) -> None:
         raise PathError(f"{option} {path}: cannot write in {base} ({exc.strerror or exc})") from None
 
 
+def check_report_outputs(args) -> None:
+    """The output options `check` and `validate` share (--json, --junit-xml, --report-dir,
+    --hypothesis-db), each checked before any work (PathError: exit 2)."""
+    if args.json and args.json != "-":
+        check_writable_file(args.json, "--json")
+    if args.junit_xml:
+        check_writable_file(args.junit_xml, "--junit-xml")
+    if args.report_dir:
+        check_writable_dir(args.report_dir, "--report-dir")
+    if args.hypothesis_db and args.hypothesis_db != "none":
+        check_writable_dir(args.hypothesis_db, "--hypothesis-db")
+
+
 # ------------------------------------------------------------------ cache directory and Hypothesis
 
 def cache_dir() -> Path:

@@ -9,13 +9,12 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.properties.agreement import where
 from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, traits
 from normspec.properties.invariance import MAX_FINITE
 from normspec.registry import get_norm
-
 
 # ---------------------------------------------------------------- helpers
 
@@ -58,7 +57,8 @@ def _compare_grads(run, other, b_run, b_other, roles, at, view=lambda a: a):
     for role in roles:
         if role not in run.grads:
             raise PropertyFailure(f"d{role} was not returned [{at}]")
-        bound = np.broadcast_to(b_run[role], run.grads[role].shape) + view(np.broadcast_to(b_other[role], other.grads[role].shape))
+        bound = (np.broadcast_to(b_run[role], run.grads[role].shape)
+                 + view(np.broadcast_to(b_other[role], other.grads[role].shape)))
         _agree(run.grads[role], view(other.grads[role]), bound, f"d{role}", at)
 
 
@@ -66,7 +66,8 @@ def _bn_case(case: Case, x=None, **arrays) -> Case:
     base = {r: case.get(r) for r in ("weight", "bias")}
     base.update(arrays)
     params = {k: case.params[k] for k in ("training", "eps", "momentum", "momentum_style") if k in case.params}
-    return Case("batch_norm", {"x": case.x if x is None else x, **{r: a for r, a in base.items() if a is not None}}, params)
+    bn_arrays = {"x": case.x if x is None else x, **{r: a for r, a in base.items() if a is not None}}
+    return Case("batch_norm", bn_arrays, params)
 
 
 # ---------------------------------------------------------------- identities with BatchNorm
@@ -119,7 +120,8 @@ def _recurrent_vs_bn(ctx: Context, case: Case, to_bn, from_bn, state_to_bn, stat
     bn_case = bn_case.with_params(running_var_style=case.params.get("running_var_style", "unbiased"))
     bn, bb = _batch_norm_run(ctx, bn_case, dtype, "contiguous", to_bn(dy))
     at = where(ctx, run) + " vs batch_norm" + f" on {bn_case.describe()}"
-    _agree(run.outputs["y"], from_bn(bn.outputs["y"]), b["y"] + from_bn(np.broadcast_to(bb["y"], bn.outputs["y"].shape)), "y", at)
+    _agree(run.outputs["y"], from_bn(bn.outputs["y"]),
+           b["y"] + from_bn(np.broadcast_to(bb["y"], bn.outputs["y"].shape)), "y", at)
     for name in ("running_mean", "running_var"):
         if name in ref:
             _agree(state_to_bn(run.outputs[name]), bn.outputs[name], state_to_bn(b[name]) + bb[name], name, at)
@@ -133,7 +135,8 @@ def frame_wise_single_step_is_batch_norm(ctx: Context) -> None:
     (N, F) input of that step: output, gradients and running statistics (Cooijmans et al. 2017)."""
     running = ctx.draw(st.booleans(), "track_running_stats")
     case = ctx.case(statistics="frame", steps=1, t_max=1, track_running_stats=running)
-    ctx.assume(case.params["training"] or running or case.x.shape[0] > 1, "eval without running statistics needs more than one sample")
+    ctx.assume(case.params["training"] or running or case.x.shape[0] > 1,
+               "eval without running statistics needs more than one sample")
     _recurrent_vs_bn(ctx, case, lambda a: a[:, 0, :], lambda a: a[:, None, :], lambda s: s[0], lambda s: s[None])
 
 
@@ -256,7 +259,9 @@ def exact_scale_invariance_with_state(ctx: Context) -> None:
     eps = base.params.get("eps", 1e-5)
     scaled = base.with_arrays(**{r: arr * a ** powers[r] for r, arr in base.arrays.items() if r in powers})
     scaled = scaled.with_params(eps=eps * a**eps_power)
-    ctx.assume(all(_fits(arr, dtype) for arr in scaled.arrays.values()) and _fits(np.array([eps * a**eps_power, eps]), dtype), "the scaled case or its eps does not fit the dtype")
+    ctx.assume(all(_fits(arr, dtype) for arr in scaled.arrays.values())
+               and _fits(np.array([eps * a**eps_power, eps]), dtype),
+               "the scaled case or its eps does not fit the dtype")
     dy = _dy(ctx, case.x.shape)
     r0 = ctx.run(base, dtype, layout, grads=True, dy=dy)
     r1 = ctx.run(scaled, dtype, layout, grads=True, dy=dy)

@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
+from normspec.library.tolerance import SAFETY, storage_roundoff
 from normspec.properties.agreement import where
 from normspec.properties.core import Context, assert_close, prop, traits
-from normspec.library.tolerance import SAFETY, storage_roundoff
 
 
 def _channel_shape(x):
@@ -83,7 +83,8 @@ def fold_into_preceding_layer(ctx: Context) -> None:
     run = ctx.run(case, dtype)
     scale, shift = folded_affine(run.case)
     w_folded = w * scale.reshape((c,) + (1,) * (w.ndim - 1))
-    b_folded = (b - run.case.get("running_mean")) * scale + (run.case.get("bias") if run.case.get("bias") is not None else 0.0)
+    b_folded = ((b - run.case.get("running_mean")) * scale
+                + (run.case.get("bias") if run.case.get("bias") is not None else 0.0))
     folded = u @ w_folded.T + b_folded if kind == "linear" else _conv2d(u, w_folded, b_folded)
     # the layer's output reaches the norm rounded to dtype: that input rounding is part of the bound
     ref, _ = ctx.reference(run)
@@ -111,7 +112,8 @@ def train_equals_eval_on_batch_stats(ctx: Context) -> None:
     # size u in the mean and variance, amplified by |mean|/s and |xhat|
     c = ctx.record.conditioning(train.case)
     bound = bound + SAFETY * storage_roundoff(dtype) * np.abs(c.gamma) * (1 + np.abs(c.xhat) + np.abs(c.mean) / c.std)
-    assert_close(eval_run.outputs["y"], train.outputs["y"], bound, "y_eval(batch stats)", where(ctx, eval_run) + " vs training output")
+    assert_close(eval_run.outputs["y"], train.outputs["y"], bound, "y_eval(batch stats)",
+                 where(ctx, eval_run) + " vs training output")
 
 
 @prop("inference", applies=traits("running_stats", "batch_dependent"))
@@ -161,4 +163,5 @@ def running_var_convention(ctx: Context) -> None:
     at = where(ctx, run)
     assert_close(run.outputs["running_mean"], x.mean(axis=axes), b["running_mean"], "running_mean", at)
     ddof = 1 if var_style == "unbiased" else 0
-    assert_close(run.outputs["running_var"], x.var(axis=axes, ddof=ddof), b["running_var"], f"running_var ({var_style})", at)
+    assert_close(run.outputs["running_var"], x.var(axis=axes, ddof=ddof), b["running_var"],
+                 f"running_var ({var_style})", at)

@@ -112,7 +112,8 @@ def divided_differences(lam, eps):
 
 
 def decorrelated_batch_norm_backward(dy, x, weight=None, running_mean=None, running_whitening=None, *,
-                                     group_size: int, training: bool = True, eps: float = 1e-5) -> dict[str, np.ndarray]:
+                                     group_size: int, training: bool = True,
+                                     eps: float = 1e-5) -> dict[str, np.ndarray]:
     """Closed-form gradients {x, weight, bias} (sec. 3.4, in the Daleckii-Krein form above)."""
     x, dy = as_float64(x), as_float64(dy)
     has_running = running_mean is not None and running_whitening is not None

@@ -79,7 +79,8 @@ def make_field(entries, shape: tuple[int, ...], border: str, name: str) -> Field
         if e != "all" and (isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 1):
             raise ValueError(f"{name} field entry {e!r} on axis {axis} must be 'all' or a window size >= 1")
     if entries[0] not in ("all", 1):
-        raise ValueError(f"{name} field may not take a window over the batch axis: entry {entries[0]!r} must be 1 or 'all'")
+        raise ValueError(f"{name} field may not take a window over the batch axis: "
+                         f"entry {entries[0]!r} must be 1 or 'all'")
     return Field(entries, tuple(shape), border)
 
 

@@ -137,7 +137,8 @@ def matconvnet_window(shape: tuple[int, ...], size: int, kappa: float, alpha: fl
     return ResponseWindow(((1, before, after),), alpha, kappa)
 
 
-def matconvnet_cross_channel(x, size: int = 5, kappa: float = 1.0, alpha: float = 1e-4, beta: float = 0.75) -> np.ndarray:
+def matconvnet_cross_channel(x, size: int = 5, kappa: float = 1.0, alpha: float = 1e-4,
+                             beta: float = 0.75) -> np.ndarray:
     """vl_nnnormalize (MatConvNet manual, "Normalization"): x (kappa + alpha sum_{G(c)} x^2)^-beta."""
     x = as_float64(x)
     return response_forward(x, matconvnet_window(x.shape, size, kappa, alpha), beta)
@@ -162,7 +163,8 @@ def spatial_window(shape: tuple[int, ...], size, alpha: float, reduction: str) -
     return ResponseWindow(windows, alpha, 1.0, average=reduction == "mean")
 
 
-def matconvnet_spatial(x, size=(2, 2), alpha: float = 10.0, beta: float = 2.0, *, reduction: str = "mean") -> np.ndarray:
+def matconvnet_spatial(x, size=(2, 2), alpha: float = 10.0, beta: float = 2.0, *,
+                       reduction: str = "mean") -> np.ndarray:
     """vl_nnspnorm: x (1 + alpha N2)^-beta, N2 the mean (code) or sum (docs) of x^2 over the
     spatial window; the defaults are dagnn.SpatialNorm's param = [2 2 10 2]."""
     x = as_float64(x)

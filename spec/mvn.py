@@ -15,7 +15,6 @@ import numpy as np
 
 from normspec.spec.moments import as_float64
 
-
 ONNX_DEFAULT_AXES = (0, 2, 3)
 
 

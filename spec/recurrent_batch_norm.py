@@ -38,7 +38,8 @@ def check(x_shape, running_shape, statistics, training, batch, momentum_style="n
     if len(x_shape) != 3:
         raise ValueError(f"recurrent_batch_norm expects input of shape (N, T, F), got {x_shape}")
     if momentum_style not in ("new", "decay") or running_var_style not in ("unbiased", "biased"):
-        raise ValueError(f"unknown convention momentum_style={momentum_style!r} running_var_style={running_var_style!r}")
+        raise ValueError(f"unknown convention momentum_style={momentum_style!r} "
+                         f"running_var_style={running_var_style!r}")
     n, t, f = x_shape
     if running_shape is not None:
         if statistics == "frame" and (len(running_shape) != 2 or running_shape[1] != f or running_shape[0] < 1):
@@ -46,7 +47,8 @@ def check(x_shape, running_shape, statistics, training, batch, momentum_style="n
         if statistics == "sequence" and tuple(running_shape) != (f,):
             raise ValueError(f"sequence-wise running statistics must have shape ({f},), got {running_shape}")
         if training and statistics == "frame" and t > running_shape[0]:
-            raise ValueError(f"training on T={t} steps needs population statistics for every step, got T_max={running_shape[0]}")
+            raise ValueError(f"training on T={t} steps needs population statistics for every step, "
+                             f"got T_max={running_shape[0]}")
     count = n if statistics == "frame" else n * t
     if training and batch and count <= 1:
         raise ValueError(f"Expected more than 1 value per feature when training, got input of shape {x_shape}")

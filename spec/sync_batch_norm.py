@@ -84,7 +84,8 @@ def check_shards(xs: Sequence) -> list[np.ndarray]:
     xs = [as_float64(x) for x in xs]
     first = xs[0]
     if first.ndim < 2 or first.ndim > 5:
-        raise ValueError(f"sync_batch_norm expects inputs of shape (N_r, C, *S) with 0-3 spatial dims, got {first.shape}")
+        raise ValueError("sync_batch_norm expects inputs of shape (N_r, C, *S) with 0-3 spatial dims, "
+                         f"got {first.shape}")
     for r, x in enumerate(xs):
         if x.shape[1:] != first.shape[1:]:
             raise ValueError(f"rank {r} has input of shape {x.shape}, but every rank needs (N_r, *{first.shape[1:]})")

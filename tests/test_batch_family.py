@@ -44,7 +44,10 @@ W = RNG.uniform(0.5, 2.0, 4)
 def test_zca_backward_matches_finite_differences(group_size, training):
     rm = RNG.standard_normal(4)
     rw = np.stack([np.eye(group_size) * 1.3 + 0.1] * (4 // group_size))
-    f = lambda x: decorrelated_batch_norm(x, W, None, rm, rw, group_size=group_size, training=training, eps=1e-3).y
+
+    def f(x):
+        return decorrelated_batch_norm(x, W, None, rm, rw, group_size=group_size, training=training, eps=1e-3).y
+
     g = decorrelated_batch_norm_backward(DY, X, W, rm, rw, group_size=group_size, training=training, eps=1e-3)
     np.testing.assert_allclose(g["x"], finite_difference(f, X, DY), atol=1e-7)
 
@@ -53,7 +56,10 @@ def test_zca_backward_is_finite_for_repeated_eigenvalues():
     x = RNG.standard_normal((2, 4))  # m = 2 < group size 4: eigenvalue 0 three times
     dy = RNG.standard_normal(x.shape)
     g = decorrelated_batch_norm_backward(dy, x, group_size=4, eps=1e-2)["x"]
-    f = lambda z: decorrelated_batch_norm(z, group_size=4, eps=1e-2).y
+
+    def f(z):
+        return decorrelated_batch_norm(z, group_size=4, eps=1e-2).y
+
     assert np.isfinite(g).all()
     np.testing.assert_allclose(g, finite_difference(f, x, dy), atol=1e-6)
 
@@ -62,7 +68,9 @@ def test_zca_backward_is_finite_for_repeated_eigenvalues():
 @pytest.mark.parametrize("placement", ["outside", "inside"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_lp_backward_matches_finite_differences(p, placement, k):
-    f = lambda x: lp_batch_norm(x, W, p=p, k=k, eps=1e-3, eps_placement=placement).y
+    def f(x):
+        return lp_batch_norm(x, W, p=p, k=k, eps=1e-3, eps_placement=placement).y
+
     g = lp_batch_norm_backward(DY, X, W, p=p, k=k, eps=1e-3, eps_placement=placement)["x"]
     np.testing.assert_allclose(g, finite_difference(f, X, DY), atol=1e-7)
 
@@ -92,7 +100,9 @@ def test_renorm_backward_is_batch_norm_backward_with_frozen_corrections():
 def test_recurrent_backward_matches_finite_differences():
     x, dy, w = RNG.standard_normal((4, 3, 2)), RNG.standard_normal((4, 3, 2)), RNG.uniform(0.5, 2, 2)
     for statistics in ("frame", "sequence"):
-        f = lambda z: recurrent_batch_norm(z, w, statistics=statistics).y
+        def f(z):
+            return recurrent_batch_norm(z, w, statistics=statistics).y
+
         g = recurrent_batch_norm_backward(dy, x, w, statistics=statistics)["x"]
         np.testing.assert_allclose(g, finite_difference(f, x, dy), atol=1e-7)
 
@@ -100,7 +110,8 @@ def test_recurrent_backward_matches_finite_differences():
 def test_identities_in_float64():
     rm, rs = RNG.standard_normal(4), RNG.uniform(0.5, 2.0, 4)
     assert np.array_equal(batch_renorm(X, W, None, rm, rs, rmax=1.0, dmax=0.0).y, batch_norm(X, W).y)
-    np.testing.assert_allclose(lp_batch_norm(X, p=2.0, constant=1.0, eps_placement="inside").y, batch_norm(X).y, atol=1e-14)
+    np.testing.assert_allclose(lp_batch_norm(X, p=2.0, constant=1.0, eps_placement="inside").y, batch_norm(X).y,
+                               atol=1e-14)
     np.testing.assert_allclose(decorrelated_batch_norm(X, group_size=1).y, batch_norm(X).y, atol=1e-14)
     seq = RNG.standard_normal((3, 4, 2))
     np.testing.assert_allclose(recurrent_batch_norm(seq, statistics="sequence").y.reshape(-1, 2),
@@ -176,7 +187,8 @@ def zca(kind):
             phi = (v / lam.unsqueeze(1)) @ v.transpose(1, 2)
         else:
             phi = (v / lam.sqrt().unsqueeze(1)) @ v.transpose(1, 2)
-        y = (xc @ phi).transpose(0, 1).reshape(flat.shape).reshape((x.shape[0],) + tuple(x.shape[2:]) + (c,)).movedim(-1, 1)
+        y = (xc @ phi).transpose(0, 1).reshape(flat.shape)
+        y = y.reshape((x.shape[0],) + tuple(x.shape[2:]) + (c,)).movedim(-1, 1)
         shape = (1, c) + (1,) * (x.ndim - 2)
         if inputs.get("weight") is not None:
             y = y * _acc(inputs["weight"]).reshape(shape) + _acc(inputs["bias"]).reshape(shape)
@@ -187,7 +199,10 @@ def zca(kind):
 def recurrent_unbiased(inputs, params):
     """Frame-wise recurrent BN normalizing by the unbiased variance."""
     from normspec.impls.torch_kernels.recurrent_batch_norm import forward
-    n = inputs["x"].shape[0] if params.get("statistics", "frame") == "frame" else inputs["x"].shape[0] * inputs["x"].shape[1]
+    if params.get("statistics", "frame") == "frame":
+        n = inputs["x"].shape[0]
+    else:
+        n = inputs["x"].shape[0] * inputs["x"].shape[1]
     x = inputs["x"] * math.sqrt(n / (n - 1)) if n > 1 else inputs["x"]
     out = forward({**inputs, "x": x}, {**params, "eps": params.get("eps", 1e-5) * n / max(n - 1, 1)})
     return out
@@ -225,7 +240,8 @@ BUGS = {
     ("exact_scale_invariance_with_state", "lp_batch_norm"):
         _lp(lambda i, p: (i, {**p, "eps_placement": "inside"})),
     ("train_equals_eval_on_own_statistics", "lp_batch_norm"):
-        _lp(lambda i, p: (i, p if p.get("training", True) else {**p, "eps_placement": _flip(p.get("eps_placement", "outside"))})),
+        _lp(lambda i, p: (i, p if p.get("training", True)
+                          else {**p, "eps_placement": _flip(p.get("eps_placement", "outside"))})),
     ("zca_group_size_one_is_batch_norm", "decorrelated_batch_norm"): zca("unbiased"),
     ("whitened_covariance", "decorrelated_batch_norm"): zca("inverse"),
     ("zca_rotation_equivariance", "decorrelated_batch_norm"): zca("pca"),
@@ -287,7 +303,8 @@ def renorm_without_stop_gradient(inputs, params):
 GENERIC_BUGS = {
     ("backward_matches_spec", "batch_renorm"): renorm_without_stop_gradient,
     ("forward_matches_spec", "lp_batch_norm"):  # sqrt(2/pi) where sqrt(pi/2) belongs
-        _lp(lambda i, p: (i, {**p, "constant": math.sqrt(2 / math.pi)} if p.get("p") == 1.0 and "constant" not in p else p)),
+        _lp(lambda i, p: (i, {**p, "constant": math.sqrt(2 / math.pi)}
+                          if p.get("p") == 1.0 and "constant" not in p else p)),
     ("forward_matches_spec", "decorrelated_batch_norm"): zca("unbiased"),
     ("backward_matches_spec", "decorrelated_batch_norm"): zca("pca"),
     ("forward_matches_spec", "recurrent_batch_norm"):
@@ -312,10 +329,11 @@ def test_zca_spec_is_rotation_equivariant_and_whitens():
 def test_numpy_whitening_backward_forms_gamma_dy_in_float32():
     """Regression: a float16 gamma * dy in the NumPy ZCA backward broke the model's bound (1.27x);
     the recorded example passes now, and a kernel that rounds gamma * dy to float16 fails it."""
+    from regressions.decorrelated_half_gamma_dy import draws
+
     import normspec.impls.numpy_kernels.decorrelated_batch_norm as zca
     from normspec.impls.numpy_backend import NumpyBackend
     from normspec.properties import PropertyFailure, replay
-    from regressions.decorrelated_half_gamma_dy import draws
 
     record = get_norm("decorrelated_batch_norm")
     replay("backward_matches_spec", record, NumpyBackend(), draws)
@@ -327,6 +345,7 @@ def test_numpy_whitening_backward_forms_gamma_dy_in_float32():
             k: v for k, v in zca.backward(inputs, params, dy).items() if k != "x"}
 
     backend = NumpyBackend()
-    backend.kernels = {**backend.kernels, "decorrelated_batch_norm": Kernel(forward=zca.forward, backward=half_gamma_dy)}
+    backend.kernels = {**backend.kernels,
+                       "decorrelated_batch_norm": Kernel(forward=zca.forward, backward=half_gamma_dy)}
     with pytest.raises(PropertyFailure, match="dx"):
         replay("backward_matches_spec", record, backend, draws)

@@ -5,8 +5,8 @@ No speed figure is asserted here: timings belong to benchmarks, not to unit test
 from __future__ import annotations
 
 import csv
-import math
 import importlib.util
+import math
 import shutil
 import subprocess
 from pathlib import Path

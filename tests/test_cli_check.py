@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from bugs import buggy_backend
 
 import normspec.matrix as matrix
-from bugs import buggy_backend
 from normspec.cli import main
 from normspec.properties import PropertyFailure
 
@@ -17,7 +17,8 @@ def run_cli(*args):
 
 def test_check_passes_on_reference_backends_and_writes_json(tmp_path):
     out = tmp_path / "r.json"
-    r = run_cli("check", "--norm", "batch_norm", "--backend", "numpy", "--property", "forward_matches_spec,scale_invariance",
+    r = run_cli("check", "--norm", "batch_norm", "--backend", "numpy",
+                "--property", "forward_matches_spec,scale_invariance",
                 "--profile", "dev", "--quiet", "--json", str(out), "--matrix")
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(out.read_text())
@@ -38,7 +39,7 @@ def test_expected_failure_is_shown_with_reason_and_link():
 
 @pytest.mark.parametrize("args,needle", [
     (["--norm", "batchnorm"], "unknown norm"),
-    (["--backend", "jax"], "unknown backend"),
+    (["--backend", "tpu:xla"], "unknown backend"),
     (["--property", "nonsense"], "unknown property"),
     (["--profile", "fast"], "invalid choice"),
 ])

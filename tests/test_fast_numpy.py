@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normspec.impls.fast_numpy import batch_norm, reductions, row_norms, runtime
 from normspec.impls.base import available_backends
+from normspec.impls.fast_numpy import batch_norm, reductions, row_norms, runtime
 from normspec.properties import PROPERTIES, run_property
 from normspec.registry import get_norm, norms
 

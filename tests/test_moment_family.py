@@ -45,7 +45,10 @@ def test_instance_norm_backward_matches_finite_differences(training):
     x, w, b = RNG.normal(size=(2, 3, 4)), RNG.uniform(0.5, 2, 3), RNG.normal(size=3)
     rm, rv = RNG.normal(size=3), RNG.uniform(0.5, 2, 3)
     dy = RNG.normal(size=x.shape)
-    f = lambda a, w=w: instance_norm(a, w, b, rm, rv, training=training, eps=1e-3).y
+
+    def f(a, w=w):
+        return instance_norm(a, w, b, rm, rv, training=training, eps=1e-3).y
+
     g = instance_norm_backward(dy, x, w, rm, rv, training=training, eps=1e-3)
     np.testing.assert_allclose(g["x"], numeric_grad(f, x, dy), atol=1e-7)
     np.testing.assert_allclose(g["weight"], numeric_grad(lambda a: f(x, a), w, dy), atol=1e-7)
@@ -70,7 +73,8 @@ def test_mvn_backward_matches_finite_differences(across, nv):
 def test_spec_matches_torch_float64_and_eps_placement():
     x = torch.randn(2, 6, 5, dtype=torch.float64)
     w, b = torch.rand(6, dtype=torch.float64) + 0.5, torch.randn(6, dtype=torch.float64)
-    np.testing.assert_allclose(group_norm(x.numpy(), 2, w.numpy(), b.numpy()), F.group_norm(x, 2, w, b).numpy(), atol=1e-12)
+    np.testing.assert_allclose(group_norm(x.numpy(), 2, w.numpy(), b.numpy()), F.group_norm(x, 2, w, b).numpy(),
+                               atol=1e-12)
     np.testing.assert_allclose(instance_norm(x.numpy()).y, F.instance_norm(x).numpy(), atol=1e-12)
     np.testing.assert_allclose(rms_norm(x.numpy(), (5,)), F.rms_norm(x, (5,)).numpy(), atol=1e-12)
     c = x - x.mean(-1, keepdim=True)  # MVN: eps outside the square root (Caffe/ONNX)
@@ -166,7 +170,8 @@ def rms_norm_centred(inputs, params):
     x = inputs["x"]
     k = len(params["normalized_shape"])
     axes = tuple(range(x.ndim - k, x.ndim))
-    return np_kernel("rms_norm").forward({**inputs, "x": (x - x.mean(axis=axes, keepdims=True)).astype(x.dtype)}, params)
+    centred = (x - x.mean(axis=axes, keepdims=True)).astype(x.dtype)
+    return np_kernel("rms_norm").forward({**inputs, "x": centred}, params)
 
 
 def mvn_eps_inside(inputs, params):

@@ -15,8 +15,13 @@ from normspec.impls.numpy_kernels import lrn as np_lrn
 from normspec.properties import PROPERTIES, run_property
 from normspec.registry import get_norm
 from normspec.spec.divisive import divisive_norm, divisive_norm_backward
-from normspec.spec.lrn import (local_response_norm, local_response_norm_backward, matconvnet_cross_channel,
-                               matconvnet_spatial, matconvnet_spatial_backward)
+from normspec.spec.lrn import (
+    local_response_norm,
+    local_response_norm_backward,
+    matconvnet_cross_channel,
+    matconvnet_spatial,
+    matconvnet_spatial_backward,
+)
 
 OWN = ("local_response_norm", "matconvnet_cross_channel", "matconvnet_spatial", "divisive_norm")
 IDENTITIES = {
@@ -62,7 +67,10 @@ def finite_difference(f, x, dy, h=1e-6):
 def test_lrn_backward_is_the_derivative(convention, size):
     rng = np.random.default_rng(0)
     x, dy = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 3))
-    f = lambda z: local_response_norm(z, size, 0.7, 0.8, 1.3, convention=convention)
+
+    def f(z):
+        return local_response_norm(z, size, 0.7, 0.8, 1.3, convention=convention)
+
     got = local_response_norm_backward(dy, x, size, 0.7, 0.8, 1.3, convention=convention)["x"]
     np.testing.assert_allclose(got, finite_difference(f, x, dy), rtol=1e-6, atol=1e-8)
 
@@ -71,7 +79,10 @@ def test_lrn_backward_is_the_derivative(convention, size):
 def test_matconvnet_spatial_backward_is_the_derivative(reduction):
     rng = np.random.default_rng(1)
     x, dy = rng.standard_normal((2, 2, 4, 3)), rng.standard_normal((2, 2, 4, 3))
-    f = lambda z: matconvnet_spatial(z, (2, 3), 0.5, 1.5, reduction=reduction)
+
+    def f(z):
+        return matconvnet_spatial(z, (2, 3), 0.5, 1.5, reduction=reduction)
+
     got = matconvnet_spatial_backward(dy, x, (2, 3), 0.5, 1.5, reduction=reduction)["x"]
     np.testing.assert_allclose(got, finite_difference(f, x, dy), rtol=1e-6, atol=1e-8)
 
@@ -190,7 +201,8 @@ def test_even_window_misplacement_is_caught():
 
     backend = buggy("local_response_norm", forward)
     assert verdict("lrn_conventions_convert", "local_response_norm", backend).status == "failed"
-    assert verdict("forward_matches_spec", "local_response_norm", backend, convention="onnx", parity="even").status == "failed"
+    even = verdict("forward_matches_spec", "local_response_norm", backend, convention="onnx", parity="even")
+    assert even.status == "failed"
 
 
 def test_matconvnet_dividing_alpha_by_n_is_caught():

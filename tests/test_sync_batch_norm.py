@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from normspec.library.case import Case
+from normspec.impls import torch_distributed
 from normspec.impls.base import Kernel
 from normspec.impls.numpy_backend import NumpyBackend
-from normspec.impls.torch_backend import TORCH_KERNELS, TorchCPUBackend
-from normspec.impls import torch_distributed
-from normspec.impls.torch_distributed import DistributedWorkerError, RankPool
 from normspec.impls.numpy_kernels import sync_batch_norm as np_sync
 from normspec.impls.numpy_kernels.batch_norm import _running_update
+from normspec.impls.torch_backend import TORCH_KERNELS, TorchCPUBackend
+from normspec.impls.torch_distributed import DistributedWorkerError, RankPool
 from normspec.impls.torch_kernels import sync_batch_norm as torch_sync
-from normspec.properties import PROPERTIES, PropertyFailure, replay, run_property
+from normspec.library.case import Case
 from normspec.library.tolerance import moment_bounds
+from normspec.properties import PROPERTIES, PropertyFailure, replay, run_property
 from normspec.registry import get_norm
 from normspec.spec import batch_norm, batch_norm_backward
 from normspec.spec.sync_batch_norm import combine_statistics, rank_statistics, sync_batch_norm, sync_batch_norm_backward
@@ -118,7 +118,8 @@ def test_spec_backward_matches_central_differences():
 def test_bad_rank_sizes_are_named(params, message):
     case = make_case((2, 3))
     with pytest.raises(ValueError, match=message):
-        RECORD.reference(Case("sync_batch_norm", case.arrays, {**case.params, **params} if params else {"training": True}))
+        RECORD.reference(Case("sync_batch_norm", case.arrays,
+                              {**case.params, **params} if params else {"training": True}))
 
 
 def test_one_value_per_channel_across_all_ranks_raises():
@@ -259,7 +260,8 @@ def test_real_ranks_match_spec_with_uneven_sizes_and_layouts(sizes):
     case = make_case(sizes, spatial=(2, 3), shift=100.0)
     dy = np.random.default_rng(5).standard_normal(case.x.shape)
     for layout in ("contiguous", "channels_last", "strided"):
-        natives = {r: backend.native(a, "float64", layout if r == "x" else "contiguous") for r, a in case.arrays.items()}
+        natives = {r: backend.native(a, "float64", layout if r == "x" else "contiguous")
+                   for r, a in case.arrays.items()}
         out = {k: backend.to_numpy(v) for k, v in backend.forward("sync_batch_norm", natives, case.params).items()}
         grads = backend.gradients("sync_batch_norm", natives, case.params, backend.native(dy, "float64", layout),
                                   ("x", "weight", "bias"))
@@ -292,7 +294,8 @@ def test_pool_times_out_on_a_silent_rank():
 
 
 def test_pool_reports_a_raising_rank_by_name_and_recovers():
-    with pytest.raises(DistributedWorkerError, match=r"rank\(s\) \[1\] of 2 raised running builtins:len\n  rank 1: TypeError"):
+    with pytest.raises(DistributedWorkerError,
+                       match=r"rank\(s\) \[1\] of 2 raised running builtins:len\n  rank 1: TypeError"):
         torch_distributed.run_on_ranks("builtins:len", [[1], 5])
     assert torch_distributed.run_on_ranks("builtins:len", [[1], [2, 3]]) == [1, 2]  # a fresh pool
 
@@ -341,7 +344,8 @@ def test_torch_half_parameter_gradients_depend_on_the_split_as_documented():
     message = "dbias[0]=np.float64(0.015625), but should be np.float64(0.01953125) ± 0.00255"
     assert expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", message, "bfloat16")
     assert not expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", message, "float32")
-    assert not expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", "dx[0]=" + message[8:], "bfloat16")
+    assert not expected_failure("rank_split_invariance", "sync_batch_norm", "torch:cpu", "dx[0]=" + message[8:],
+                                "bfloat16")
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")
@@ -360,8 +364,8 @@ def test_gradient_past_the_dtype_range_may_round_to_infinity():
 def test_moment_bounds_admit_infinity_only_past_the_dtype_range():
     """The overflow rule cannot hide a wrong inf: where |expected| + bound fits in float16 the bound stays
     finite and an inf fails; only where it reaches past 65504 is inf admitted."""
-    from normspec.properties.core import assert_close
     from normspec.library.tolerance import _overflow_allowed
+    from normspec.properties.core import assert_close
     expected, bound = np.array([1.0, 66526.7]), np.array([0.1, 10.0])
     allowed = _overflow_allowed(bound, expected, "float16")
     assert allowed[0] == 0.1 and allowed[1] == np.inf

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from normspec.cli import main
-from normspec.validate import UsageError, validate
+from normspec.validate import validate
 
 CANDIDATES = Path(__file__).parent / "candidates" / "norms.py"
 

@@ -43,7 +43,8 @@ def check_fd(forward, backward, arrays, dy, roles):
                                    err_msg=f"d{role}")
 
 
-@pytest.mark.parametrize("shape,dim", [((5,), 0), ((3, 4), 0), ((3, 4), 1), ((2, 3, 4), -2), ((2, 3, 2, 2), None), ((2, 3, 2, 2), 3)])
+@pytest.mark.parametrize("shape,dim", [((5,), 0), ((3, 4), 0), ((3, 4), 1), ((2, 3, 4), -2), ((2, 3, 2, 2), None),
+                                       ((2, 3, 2, 2), 3)])
 def test_weight_norm_backward_matches_finite_differences(shape, dim):
     rng = np.random.default_rng(0)
     v, g, dy = rng.standard_normal(shape), rng.uniform(0.5, 2, g_shape(shape, dim)), rng.standard_normal(shape)
@@ -84,9 +85,14 @@ def test_norm_prop_backward_matches_finite_differences(activation):
     arrays = {"x": rng.standard_normal((5, 4)), "weight": rng.standard_normal((3, 4)),
               "gamma": rng.uniform(0.5, 2, 3), "beta": rng.normal(size=3)}
     dy = rng.standard_normal((5, 3))
-    fwd = lambda x, weight, gamma, beta: norm_prop(x, weight, gamma, beta, activation=activation)  # noqa: E731
-    bwd = lambda dy, x, weight, gamma, beta: {**norm_prop_backward(dy, x, weight, gamma, beta, activation=activation),  # noqa: E731
-                                              "beta": norm_prop_backward(dy, x, weight, gamma, beta, activation=activation)["bias"]}
+
+    def fwd(x, weight, gamma, beta):
+        return norm_prop(x, weight, gamma, beta, activation=activation)
+
+    def bwd(dy, x, weight, gamma, beta):
+        grads = norm_prop_backward(dy, x, weight, gamma, beta, activation=activation)
+        return {**grads, "beta": grads["bias"]}
+
     check_fd(fwd, bwd, arrays, dy, ("x", "weight", "gamma", "beta"))
 
 
@@ -143,7 +149,10 @@ def _wn_eps_in_norm(inputs, params):
 def _wn_norm_as_constant(inputs, params, dy):
     grads = NUMPY_KERNELS["weight_norm"].backward(inputs, params, dy)
     v = inputs["x"]
-    axes = tuple(range(v.ndim)) if params.get("dim", 0) is None else tuple(a for a in range(v.ndim) if a != params["dim"] % v.ndim)
+    if params.get("dim", 0) is None:
+        axes = tuple(range(v.ndim))
+    else:
+        axes = tuple(a for a in range(v.ndim) if a != params["dim"] % v.ndim)
     norm = np.sqrt((v.astype(np.float64) ** 2).sum(axis=axes, keepdims=True))
     grads["x"] = (inputs["weight"].reshape(norm.shape) / norm * dy).astype(v.dtype)
     return grads
@@ -174,7 +183,8 @@ def _cwn_one_pass(inputs, params):
     m = v.size // np.prod([1] + [v.shape[a] for a in range(v.ndim) if a not in axes])
     mean = v.mean(axis=axes, keepdims=True)
     r = np.sqrt(np.abs((v * v).sum(axis=axes, keepdims=True) - m * mean * mean))
-    return {"y": (_cwn_gain(inputs, params, r.shape).astype(acc) * (v - mean) / (r + acc(params.get("eps", 0.0)))).astype(inputs["x"].dtype)}
+    y = _cwn_gain(inputs, params, r.shape).astype(acc) * (v - mean) / (r + acc(params.get("eps", 0.0)))
+    return {"y": y.astype(inputs["x"].dtype)}
 
 
 def _cwn_by_std(inputs, params):
@@ -221,7 +231,10 @@ def _np_column_norm(inputs, params):
         u = u * inputs["gamma"]
     if inputs.get("bias") is not None:
         u = u + inputs["bias"]
-    y = u if params.get("activation", "relu") == "identity" else (np.maximum(u, 0) - 1 / math.sqrt(2 * math.pi)) / math.sqrt((1 - 1 / math.pi) / 2)
+    if params.get("activation", "relu") == "identity":
+        y = u
+    else:
+        y = (np.maximum(u, 0) - 1 / math.sqrt(2 * math.pi)) / math.sqrt((1 - 1 / math.pi) / 2)
     return {"y": y.astype(inputs["x"].dtype)}
 
 
@@ -235,8 +248,10 @@ SEEDED = [
     ("cwn_rows_centered_with_norm_g", "centered_weight_norm", "uncentred", _cwn_uncentred, None),
     ("cwn_affine_invariance", "centered_weight_norm", "one_pass_norm", _cwn_one_pass, None),
     ("cwn_equals_weight_norm_of_centered", "centered_weight_norm", "divides_by_std", _cwn_by_std, None),
-    ("spectral_norm_sigma_converges", "spectral_norm", "one_iteration", _sn_with(lambda p: {"n_power_iterations": 1}), None),
-    ("spectral_norm_state_train_only", "spectral_norm", "iterates_in_eval", _sn_with(lambda p: {"training": True}), None),
+    ("spectral_norm_sigma_converges", "spectral_norm", "one_iteration",
+     _sn_with(lambda p: {"n_power_iterations": 1}), None),
+    ("spectral_norm_state_train_only", "spectral_norm", "iterates_in_eval",
+     _sn_with(lambda p: {"training": True}), None),
     ("spectral_norm_scale_invariance", "spectral_norm", "sigma_plus_eps", _sn_sigma_plus_eps, None),
     ("norm_prop_output_moments", "norm_prop", "variance_one_half", _np_variance_half, None),
     ("norm_prop_weight_scale_invariance", "norm_prop", "frobenius_norm", _np_frobenius, None),

@@ -99,8 +99,10 @@ def main() -> None:
         ("ufunc, same-shape operand, into a second tile", lambda i: np.multiply(tile, other, out=other)),
         (f"ufunc, per-column vector ({args.row}-wide rows)", lambda i: np.multiply(rows2d, per_column, out=rows2d)),
         (f"ufunc, per-row scalar ({args.row}-wide rows)", lambda i: np.multiply(rows2d, per_row, out=rows2d)),
-        (f"ufunc, per-column vector, ufunc buffer capped at the row", capped(lambda i: np.multiply(rows2d, per_column, out=rows2d))),
-        (f"ufunc, per-row scalar, ufunc buffer capped at the row", capped(lambda i: np.multiply(rows2d, per_row, out=rows2d))),
+        ("ufunc, per-column vector, ufunc buffer capped at the row",
+         capped(lambda i: np.multiply(rows2d, per_column, out=rows2d))),
+        ("ufunc, per-row scalar, ufunc buffer capped at the row",
+         capped(lambda i: np.multiply(rows2d, per_row, out=rows2d))),
         ("BLAS row sums (np.dot with ones)", lambda i: np.dot(rows2d, per_column)),
         ("BLAS sums of squares (np.vecdot)", lambda i: np.vecdot(rows2d, rows2d)),
         ("BLAS sums of squares (numpy:fast row_dots)", lambda i: reductions.row_dots(rows2d, rows2d)),
@@ -126,7 +128,8 @@ def main() -> None:
     print("steal: the share of the CPUs the hypervisor gave to other guests during that row (from /proc/stat);\n"
           "where it is high, the two-thread rows say more about the neighbours than about the kernel.")
     print(f"50% of copy = {2 * copy_ms:.1f} ms. Above the two-thread floor ({floor:.1f} ms) that leaves at most "
-          f"{max(budget, 0):.1f} thread-ms of in-cache work, about {max(budget, 0) / scalar_ms:.1f} scalar-operand passes.")
+          f"{max(budget, 0):.1f} thread-ms of in-cache work, "
+          f"about {max(budget, 0) / scalar_ms:.1f} scalar-operand passes.")
     calls_against_the_gil(args.row)
     kernels_against_target(x, args.repeats)
     threads_against_processes(x, args.repeats)
@@ -158,7 +161,8 @@ def calls_against_the_gil(row: int, calls: int = 2000) -> None:
             best = min(best, time.perf_counter() - start)
         return best
 
-    print(f"tile calls on 2 threads against 1 ({tiles} x {row} float32 tiles){'':13s} {'us/call':>8s} {'2 threads':>10s}")
+    print(f"tile calls on 2 threads against 1 ({tiles} x {row} float32 tiles){'':13s} "
+          f"{'us/call':>8s} {'2 threads':>10s}")
     for label, call in cases:
         one = wall(call, 1)
         print(f"{label:62s} {1e6 * one / calls:8.1f} {2 * one / wall(call, 2):9.2f}x")

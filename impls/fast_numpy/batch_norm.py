@@ -13,12 +13,28 @@ import math
 
 import numpy as np
 
-from normspec.impls.fast_numpy.reductions import (channel_dot, channel_moments, channel_sum, row_dots, row_moments,
-                                                  row_sums)
-from normspec.impls.fast_numpy.runtime import (Columns, accumulation_dtype, channel_row, channel_tiles, concatenated,
-                                               copy_into, load, map_tiles, new_output, scratch, scratch_like)
+from normspec.impls.fast_numpy.reductions import (
+    channel_dot,
+    channel_moments,
+    channel_sum,
+    row_dots,
+    row_moments,
+    row_sums,
+)
+from normspec.impls.fast_numpy.runtime import (
+    Columns,
+    accumulation_dtype,
+    channel_row,
+    channel_tiles,
+    concatenated,
+    copy_into,
+    load,
+    map_tiles,
+    new_output,
+    scratch,
+    scratch_like,
+)
 from normspec.impls.running import running_update, uses_batch_statistics
-
 
 # A group of whole channels whose batch, N * S values, fits in RESIDENT_BYTES is gathered into a
 # contiguous cache-resident buffer, and its statistics and normalization are done there: x is read

@@ -14,9 +14,15 @@ import functools
 
 import numpy as np
 
-from normspec.impls.fast_numpy.runtime import (accumulation_dtype, channel_row, channel_tiles, load, map_tiles,
-                                                ones_vector, scratch_like)
-
+from normspec.impls.fast_numpy.runtime import (
+    accumulation_dtype,
+    channel_row,
+    channel_tiles,
+    load,
+    map_tiles,
+    ones_vector,
+    scratch_like,
+)
 
 # A set is a candidate for "all values equal" when its variance is below (CONSTANT_SLACK u |mean|)^2;
 # candidates are confirmed exactly with min == max. Any real spread is far above this.

@@ -12,10 +12,27 @@ import math
 
 import numpy as np
 
-from normspec.impls.fast_numpy.reductions import (add_column_sums, constant_row_candidates, exact_constant_rows,
-                                                  gemv, row_dots, row_sums)
-from normspec.impls.fast_numpy.runtime import (Columns, accumulation_dtype, concatenated, copy_into, load, map_tiles,
-                                               new_output, ones_vector, row_blocks, row_tiles, scratch_like)
+from normspec.impls.fast_numpy.reductions import (
+    add_column_sums,
+    constant_row_candidates,
+    exact_constant_rows,
+    gemv,
+    row_dots,
+    row_sums,
+)
+from normspec.impls.fast_numpy.runtime import (
+    Columns,
+    accumulation_dtype,
+    concatenated,
+    copy_into,
+    load,
+    map_tiles,
+    new_output,
+    ones_vector,
+    row_blocks,
+    row_tiles,
+    scratch_like,
+)
 
 
 def _check_suffix(x: np.ndarray, normalized_shape) -> int:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from normspec.impls.running import running_update, uses_batch_statistics
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 from normspec.impls.numpy_kernels.moments import affine_backward, apply_affine, normalize, normalize_backward
+from normspec.impls.running import running_update, uses_batch_statistics
 
 
 def _geometry(x):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from normspec.impls.numpy_kernels.moments import apply_affine
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
+from normspec.impls.numpy_kernels.moments import apply_affine
 
 
 def _groups(a, gs, acc):
@@ -71,13 +71,17 @@ def backward(inputs, params, dy):
     # gamma * dy in the accumulation dtype: rounded to float16 it errs by float16's roundoff,
     # past the model's bound for a float32-accumulating kernel (found by the dev profile)
     acc = xc.dtype
-    dyw = dy.astype(acc) if inputs.get("weight") is None else dy.astype(acc) * inputs["weight"].astype(acc).reshape(shape)
+    if inputs.get("weight") is None:
+        dyw = dy.astype(acc)
+    else:
+        dyw = dy.astype(acc) * inputs["weight"].astype(acc).reshape(shape)
     g = _groups(dyw, gs, acc)
     if batch:
         a = np.matmul(xc.transpose(0, 2, 1), g)
         a = (a + a.transpose(0, 2, 1)) * xc.dtype.type(0.5)
         k = -1.0 / (root[:, :, None] * root[:, None, :] * (root[:, :, None] + root[:, None, :]))
-        b = np.matmul(np.matmul(vecs, k * np.matmul(np.matmul(vecs.transpose(0, 2, 1), a), vecs)), vecs.transpose(0, 2, 1))
+        vecs_t = vecs.transpose(0, 2, 1)
+        b = np.matmul(np.matmul(vecs, k * np.matmul(np.matmul(vecs_t, a), vecs)), vecs_t)
         dxc = np.matmul(g, phi) + np.matmul(xc, b) * xc.dtype.type(2.0 / xc.shape[1])
         dxg = dxc - dxc.mean(axis=1, keepdims=True)
     else:

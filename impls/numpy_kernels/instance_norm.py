@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
-from normspec.impls.running import uses_batch_statistics
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 from normspec.impls.numpy_kernels.moments import affine_backward, apply_affine, normalize, normalize_backward
+from normspec.impls.running import uses_batch_statistics
 
 
 def _geometry(x):

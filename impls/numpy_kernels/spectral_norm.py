@@ -43,7 +43,8 @@ def _state(inputs, params):
 def forward(inputs, params):
     w = inputs["x"]
     _, _, u, v, sigma = _state(inputs, params)
-    return {"y": (w.astype(u.dtype) / sigma).astype(w.dtype), "u": u.astype(inputs["u"].dtype), "v": v.astype(inputs["v"].dtype)}
+    return {"y": (w.astype(u.dtype) / sigma).astype(w.dtype),
+            "u": u.astype(inputs["u"].dtype), "v": v.astype(inputs["v"].dtype)}
 
 
 def backward(inputs, params, dy):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from normspec.impls.numpy_kernels.moments import apply_affine
-from normspec.impls.running import uses_batch_statistics
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 from normspec.impls.numpy_kernels.batch_norm import _running_update
+from normspec.impls.numpy_kernels.moments import apply_affine
+from normspec.impls.running import uses_batch_statistics
 
 
 def _geometry(x):
@@ -103,7 +103,8 @@ def backward(inputs, params, dy):
     dxs = []
     for d, xh in zip(dys, xhats):
         if batch:
-            dxs.append(gamma * inv_std * (d - sum_dy.reshape(shape) / count - xh * (sum_dy_xhat.reshape(shape) / count)))
+            dxs.append(gamma * inv_std * (d - sum_dy.reshape(shape) / count
+                                          - xh * (sum_dy_xhat.reshape(shape) / count)))
         else:
             dxs.append(gamma * inv_std * d)
     grads = {"x": np.concatenate(dxs).astype(x.dtype)}

@@ -43,7 +43,8 @@ def response(x_in, windows, scale, offset, beta, average=False):
 
 
 def lrn_unsupported(params):
-    if params.get("convention", "pytorch") in ("caffe_across", "caffe_within", "tensorflow") and params["size"] % 2 == 0:
+    if (params.get("convention", "pytorch") in ("caffe_across", "caffe_within", "tensorflow")
+            and params["size"] % 2 == 0):
         return f"the {params['convention']} LRN convention has odd sizes only"
     return None
 

@@ -173,7 +173,8 @@ def _dispatch(inputs, params, dy=None, wrt=(), task=TASK):
 
     x = inputs["x"]
     if x.ndim < 2 or x.ndim > 5:
-        raise ValueError(f"sync_batch_norm expects input of shape (N, C, *S) with 0-3 spatial dims, got {tuple(x.shape)}")
+        raise ValueError("sync_batch_norm expects input of shape (N, C, *S) with 0-3 spatial dims, "
+                         f"got {tuple(x.shape)}")
     shards = _shards(x, params)
     _check(x, inputs, params)
     dys = [None] * len(shards) if dy is None else _shards(dy, params)

@@ -14,8 +14,7 @@ from normspec.cli import split_names as _split
 from normspec.guard import (
     PathError,
     cache_dir,
-    check_writable_dir,
-    check_writable_file,
+    check_report_outputs,
     configure_hypothesis,
     exit_status,
     interrupted_message,
@@ -25,14 +24,7 @@ from normspec.properties.core import PROFILES
 
 def check_outputs(args) -> None:
     """Every output path is checked before any work (PathError: exit 2)."""
-    if args.json and args.json != "-":
-        check_writable_file(args.json, "--json")
-    if args.junit_xml:
-        check_writable_file(args.junit_xml, "--junit-xml")
-    if args.report_dir:
-        check_writable_dir(args.report_dir, "--report-dir")
-    if args.hypothesis_db and args.hypothesis_db != "none":
-        check_writable_dir(args.hypothesis_db, "--hypothesis-db")
+    check_report_outputs(args)
 
 
 def _write(path: str, text: str) -> None:

@@ -12,8 +12,7 @@ from normspec.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, split_names
 from normspec.guard import (
     PathError,
     cache_dir,
-    check_writable_dir,
-    check_writable_file,
+    check_report_outputs,
     configure_hypothesis,
     exit_status,
     interrupted_message,
@@ -84,14 +83,7 @@ def check_outputs(args) -> None:
     bad = [d for d in split_names(args.dtype) if d not in ALL_DTYPES]
     if bad:
         raise PathError(f"unknown dtype(s) {', '.join(bad)}; known: {', '.join(ALL_DTYPES)}")
-    if args.json and args.json != "-":
-        check_writable_file(args.json, "--json")
-    if args.junit_xml:
-        check_writable_file(args.junit_xml, "--junit-xml")
-    if args.report_dir:
-        check_writable_dir(args.report_dir, "--report-dir")
-    if args.hypothesis_db and args.hypothesis_db != "none":
-        check_writable_dir(args.hypothesis_db, "--hypothesis-db")
+    check_report_outputs(args)
 
 
 def write_outputs(args, result, reproducers, to_stdout: bool) -> None:

@@ -7,18 +7,20 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
-from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.batch_renorm import batch_renorm, batch_renorm_backward
 from normspec.library.strategies import affine_arrays, channel_shape, eps_values, flag, grouped_values, seeds
 from normspec.library.tolerance import batch_renorm_bounds
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.batch_renorm import batch_renorm, batch_renorm_backward
 
-RENORM = register_trait("renorm", "Batch Renorm: r, d corrections against moving mean/std, rmax = 1, dmax = 0 is BatchNorm")
+RENORM = register_trait("renorm",
+                        "Batch Renorm: r, d corrections against moving mean/std, rmax = 1, dmax = 0 is BatchNorm")
 POPULATION = register_trait(
     "population_statistics",
     "training updates moving statistics from the batch; with momentum 1 they become the batch's own, and eval with "
     "them reproduces the training output",
 )
-EXACT_SCALE = register_trait("exact_scale_rule", "f(a x, scaled state; eps') = scaled f(x, state; eps) exactly for a = 2^k")
+EXACT_SCALE = register_trait("exact_scale_rule",
+                             "f(a x, scaled state; eps') = scaled f(x, state; eps) exactly for a = 2^k")
 
 
 @st.composite

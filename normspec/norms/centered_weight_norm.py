@@ -4,10 +4,16 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
-from normspec.norms.weight_norm import WEIGHT_REPARAMETRIZATION, dims_for, layer_weight_shape, weight_shapes, weight_values
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.library.strategies import affine_vector
+from normspec.norms.weight_norm import (
+    WEIGHT_REPARAMETRIZATION,
+    dims_for,
+    layer_weight_shape,
+    weight_shapes,
+    weight_values,
+)
 from normspec.registry import NormRecord, register
 from normspec.spec.centered_weight_norm import centered_weight_norm, centered_weight_norm_backward
 from normspec.spec.weight_norm import g_shape
@@ -21,7 +27,8 @@ def centered_weight_norm_cases(draw, *, dim="draw", eps=None, learned_gain=None)
     shape = draw(weight_shapes(min_rank=2), label="shape")
     dim = draw(dims_for(len(shape)), label="dim") if dim == "draw" else dim
     axes = () if dim is None else (dim % len(shape),)
-    if int(np.prod(shape)) // (1 if dim is None else shape[dim % len(shape)]) < 2:  # a row of one value has no direction
+    # a row of one value has no direction
+    if int(np.prod(shape)) // (1 if dim is None else shape[dim % len(shape)]) < 2:
         shape = tuple(s if a in axes else max(s, 2) for a, s in enumerate(shape))
     arrays = {"x": draw(weight_values(shape, axes, centred=False), label="v")}
     params = {"dim": dim, "eps": draw(st.sampled_from([0.0, 0.0, 1e-5]), label="eps") if eps is None else eps}
@@ -47,7 +54,8 @@ def reference_grad(case: Case, dy: np.ndarray) -> dict[str, np.ndarray]:
 def bench_case(shape, rng) -> Case | None:
     """CWN(dim=0) of a layer weight the size of the activation, learned g, eps 0."""
     w_shape = layer_weight_shape(shape)
-    return Case("centered_weight_norm", {"x": rng.standard_normal(w_shape), "weight": rng.uniform(0.5, 2.0, g_shape(w_shape, 0))},
+    return Case("centered_weight_norm",
+                {"x": rng.standard_normal(w_shape), "weight": rng.uniform(0.5, 2.0, g_shape(w_shape, 0))},
                 {"dim": 0, "eps": 0.0})
 
 

@@ -7,13 +7,14 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
-from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.decorrelated_batch_norm import decorrelated_batch_norm, decorrelated_batch_norm_backward
 from normspec.library.strategies import affine_arrays, eps_values, grouped_values, mode, seeds
 from normspec.library.tolerance import zca_bounds
 from normspec.norms.batch_renorm import POPULATION
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.decorrelated_batch_norm import decorrelated_batch_norm, decorrelated_batch_norm_backward
 
-WHITENING = register_trait("whitening", "ZCA whitening of channel groups: decorrelates, rotation-equivariant, group size 1 is BatchNorm")
+WHITENING = register_trait(
+    "whitening", "ZCA whitening of channel groups: decorrelates, rotation-equivariant, group size 1 is BatchNorm")
 
 
 def _spd(rng, gs, scale):
@@ -50,7 +51,8 @@ def decorrelated_cases(draw, *, training=None, track_running_stats=None, affine=
         axes = (0,) + tuple(range(2, x.ndim))
         spread = x.std(axis=axes) + 1e-3
         arrays["running_mean"] = x.mean(axis=axes) + spread * rng.normal(0.0, 0.5, c)
-        arrays["running_whitening"] = np.stack([_spd(rng, gs, spread[g * gs:(g + 1) * gs].mean()) for g in range(groups)])
+        arrays["running_whitening"] = np.stack(
+            [_spd(rng, gs, spread[g * gs:(g + 1) * gs].mean()) for g in range(groups)])
         params["momentum"] = draw(st.one_of(st.just(0.1), st.floats(0.0, 1.0)), label="momentum")
         if conventions:
             params["momentum_style"] = draw(st.sampled_from(["new", "decay"]), label="momentum_style")
@@ -93,7 +95,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=decorrelated_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'group_size', 'spatial_dims', 'track_running_stats', 'training'}),
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'group_size', 'spatial_dims',
+                         'track_running_stats', 'training'}),
     error_model=zca_bounds,
     traits=frozenset({"batch_dependent", "channel_axis_1", WHITENING, POPULATION}),
     outputs=("y", "running_mean", "running_whitening"),

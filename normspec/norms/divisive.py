@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.library.conditioning import DivisiveCondition
 from normspec.library.strategies import affine_arrays, eps_values, grouped_values
+from normspec.norms.lrn import response_shape
 from normspec.registry import NormRecord, register
 from normspec.spec.divisive import BORDERS, divisive_norm, divisive_norm_backward, divisive_parts
-
-from normspec.norms.lrn import response_shape
 
 
 @st.composite

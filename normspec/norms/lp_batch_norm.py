@@ -7,13 +7,14 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
-from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.lp_batch_norm import lp_batch_norm, lp_batch_norm_backward
 from normspec.library.strategies import affine_arrays, channel_shape, eps_values, grouped_values, mode, seeds
 from normspec.library.tolerance import lp_batch_norm_bounds
 from normspec.norms.batch_renorm import EXACT_SCALE, POPULATION
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.lp_batch_norm import lp_batch_norm, lp_batch_norm_backward
 
-LP_SCALE = register_trait("lp_scale", "BatchNorm with the standard deviation replaced by an Lp estimate; p = 2 is BatchNorm")
+LP_SCALE = register_trait("lp_scale",
+                          "BatchNorm with the standard deviation replaced by an Lp estimate; p = 2 is BatchNorm")
 P_VALUES = (1.0, 1.5, 2.0, 3.0, 4.0, math.inf)
 
 
@@ -83,7 +84,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=lp_batch_norm_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'constant', 'conventions', 'eps_placement', 'p', 'spatial_dims', 'track_running_stats', 'training'}),
+    overrides=frozenset({'affine', 'allow_constant', 'constant', 'conventions', 'eps_placement', 'p', 'spatial_dims',
+                         'track_running_stats', 'training'}),
     error_model=lp_batch_norm_bounds,
     traits=frozenset({"batch_dependent", "channel_axis_1", LP_SCALE, POPULATION, EXACT_SCALE}),
     outputs=("y", "running_mean", "running_scale"),

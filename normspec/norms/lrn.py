@@ -5,16 +5,25 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.library.conditioning import ResponseCondition
 from normspec.library.strategies import grouped_values
 from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.lrn import (LRN_CONVENTIONS, SPATIAL_REDUCTIONS, lrn_window, matconvnet_window, response_backward,
-                               response_forward, response_gradient_magnitude, spatial_window)
+from normspec.spec.lrn import (
+    LRN_CONVENTIONS,
+    SPATIAL_REDUCTIONS,
+    lrn_window,
+    matconvnet_window,
+    response_backward,
+    response_forward,
+    response_gradient_magnitude,
+    spatial_window,
+)
 
 RESPONSE = register_trait("response_normalizer",
-                          "y = x * (offset + scale * W(x^2))^-beta for a window reduction W of the squares (LRN family)")
+                          "y = x * (offset + scale * W(x^2))^-beta "
+                          "for a window reduction W of the squares (LRN family)")
 HOMOGENEOUS = register_trait("zero_offset_homogeneous",
                              "with the additive offset (k, kappa) set to 0, f(a x) = a^(1 - 2 beta) f(x) for a > 0; "
                              "cases accept the override zero_offset=True")
@@ -96,8 +105,10 @@ def window_of(case: Case):
         size, alpha, beta, k, convention = lrn_params(case)
         return lrn_window(shape, size, alpha, k, convention), beta
     if case.norm == "matconvnet_cross_channel":
-        return matconvnet_window(shape, p.get("size", 5), p.get("kappa", 1.0), p.get("alpha", 1e-4)), p.get("beta", 0.75)
-    return spatial_window(shape, p.get("size", (2, 2)), p.get("alpha", 10.0), p.get("reduction", "mean")), p.get("beta", 2.0)
+        window = matconvnet_window(shape, p.get("size", 5), p.get("kappa", 1.0), p.get("alpha", 1e-4))
+        return window, p.get("beta", 0.75)
+    window = spatial_window(shape, p.get("size", (2, 2)), p.get("alpha", 10.0), p.get("reduction", "mean"))
+    return window, p.get("beta", 2.0)
 
 
 def reference(case: Case) -> dict[str, np.ndarray]:

@@ -5,11 +5,11 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
+from normspec.library.conditioning import MvnCondition
+from normspec.library.strategies import eps_values, grouped_values
+from normspec.library.tolerance import mvn_bounds
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.mvn import centered, mvn, mvn_axes, mvn_backward
-from normspec.library.strategies import eps_values, grouped_values
-from normspec.library.conditioning import MvnCondition
-from normspec.library.tolerance import mvn_bounds
 
 register_trait("eps_outside_sqrt",
                "y = (x - mean)/(std + eps): f_eps(a x) = f_{eps/a}(x) for a > 0, not eps/a^2 (MVN, Caffe/ONNX)")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
-from normspec.norms.weight_norm import weight_values
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.library.strategies import affine_vector, seeds, standard_values
+from normspec.norms.weight_norm import weight_values
 from normspec.registry import NormRecord, register
 from normspec.spec.norm_prop import norm_prop, norm_prop_backward
 
@@ -48,7 +48,8 @@ def bench_case(shape, rng) -> Case | None:
     if len(shape) > 2:
         x = np.moveaxis(x, 1, -1).reshape(-1, shape[1])
     c = x.shape[1]
-    arrays = {"x": x, "weight": rng.standard_normal((c, c)), "gamma": rng.uniform(0.5, 2.0, c), "bias": rng.normal(size=c)}
+    arrays = {"x": x, "weight": rng.standard_normal((c, c)), "gamma": rng.uniform(0.5, 2.0, c),
+              "bias": rng.normal(size=c)}
     return Case("norm_prop", arrays, {"activation": "relu"})
 
 

@@ -7,12 +7,16 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
-from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.moments import moments
-from normspec.spec.recurrent_batch_norm import (population, recurrent_batch_norm, recurrent_batch_norm_backward,
-                                                stats_axes)
 from normspec.library.strategies import affine_arrays, eps_values, grouped_values, seeds
 from normspec.norms.batch_renorm import POPULATION
+from normspec.registry import NormRecord, register, register_trait
+from normspec.spec.moments import moments
+from normspec.spec.recurrent_batch_norm import (
+    population,
+    recurrent_batch_norm,
+    recurrent_batch_norm_backward,
+    stats_axes,
+)
 
 SEQUENCE = register_trait(
     "per_step_population_stats",
@@ -29,7 +33,9 @@ def recurrent_cases(draw, *, training=None, track_running_stats=None, statistics
     generic moment properties need that. track_running_stats=True draws population statistics
     of any T_max (T <= T_max in training, steps past T_max in eval)."""
     statistics = draw(st.sampled_from(["frame", "sequence"]), label="statistics") if statistics is None else statistics
-    n, t, f = (draw(st.integers(1, 5), label="N"), draw(st.integers(1, 5), label="T") if steps is None else steps, draw(st.integers(1, 5), label="F"))
+    n = draw(st.integers(1, 5), label="N")
+    t = draw(st.integers(1, 5), label="T") if steps is None else steps
+    f = draw(st.integers(1, 5), label="F")
     training = draw(st.booleans(), label="training") if training is None else training
     if track_running_stats is None:
         # frame-wise (T_max, F) statistics do not fit the generic properties' per-channel vectors:
@@ -103,13 +109,22 @@ def conditioning(case: Case) -> Conditioning:
 def population_bounds(case: Case, dtype: str, reference, dy=None, ref_grads=None):
     """The moment model for y and the gradients; per-step running statistics bounded like
     BatchNorm's running statistics, row by row (mean error u g (|mu| + s), variance u g (var + 2 s (|mu| + s)))."""
-    from normspec.library.tolerance import SAFETY, TINY, Bounds, compute_roundoff, growth, moment_bounds, storage_roundoff
+    from normspec.library.tolerance import (
+        SAFETY,
+        TINY,
+        Bounds,
+        compute_roundoff,
+        growth,
+        moment_bounds,
+        storage_roundoff,
+    )
 
     c = conditioning(case)
     b = dict(moment_bounds(c, dtype, {"y": reference["y"]}, dy, ref_grads).values)
     if "running_mean" in reference:
         u, v, g = compute_roundoff(dtype), storage_roundoff(dtype), growth(c.count)
-        mean, std = np.broadcast_to(c.mean, (1,) + case.x.shape[1:])[0], np.broadcast_to(c.std, (1,) + case.x.shape[1:])[0]
+        mean = np.broadcast_to(c.mean, (1,) + case.x.shape[1:])[0]
+        std = np.broadcast_to(c.std, (1,) + case.x.shape[1:])[0]
         if case.params.get("statistics", "frame") == "sequence":
             mean, std = mean[0], std[0]
         em = np.zeros_like(reference["running_mean"])
@@ -117,8 +132,10 @@ def population_bounds(case: Case, dtype: str, reference, dy=None, ref_grads=None
         rows = slice(0, mean.shape[0]) if mean.ndim == 2 else slice(None)
         em[rows] = u * g * (np.abs(mean) + std)
         ev[rows] = u * g * (std**2 * c.running_var_scale + 2 * std * (np.abs(mean) + std))
-        b["running_mean"] = SAFETY * (em + u * np.abs(case.get("running_mean")) + v * np.abs(reference["running_mean"])) + TINY[dtype]
-        b["running_var"] = SAFETY * (ev + u * np.abs(case.get("running_var")) + v * np.abs(reference["running_var"])) + TINY[dtype]
+        b["running_mean"] = SAFETY * (em + u * np.abs(case.get("running_mean"))
+                                      + v * np.abs(reference["running_mean"])) + TINY[dtype]
+        b["running_var"] = SAFETY * (ev + u * np.abs(case.get("running_var"))
+                                     + v * np.abs(reference["running_var"])) + TINY[dtype]
     return Bounds(b)
 
 
@@ -146,7 +163,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=recurrent_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'spatial_dims', 'statistics', 'steps', 't_max', 'track_running_stats', 'training'}),
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'spatial_dims', 'statistics', 'steps', 't_max',
+                         'track_running_stats', 'training'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "scale_invariant", "shift_invariant", SEQUENCE, POPULATION}),
     outputs=("y", "running_mean", "running_var"),

@@ -4,13 +4,24 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
-from normspec.norms.weight_norm import WEIGHT_REPARAMETRIZATION, dims_for, layer_weight_shape, weight_shapes, weight_values
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.library.strategies import seeds
+from normspec.norms.weight_norm import (
+    WEIGHT_REPARAMETRIZATION,
+    dims_for,
+    layer_weight_shape,
+    weight_shapes,
+    weight_values,
+)
 from normspec.registry import NormRecord, register, register_trait
-from normspec.spec.spectral_norm import (POWER_ITERATION_ORDERS, power_iteration, spectral_norm, spectral_norm_backward,
-                                         weight_matrix)
+from normspec.spec.spectral_norm import (
+    POWER_ITERATION_ORDERS,
+    power_iteration,
+    spectral_norm,
+    spectral_norm_backward,
+    weight_matrix,
+)
 
 POWER_ITERATION_STATE = register_trait(
     "power_iteration_state",

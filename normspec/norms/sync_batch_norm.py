@@ -13,9 +13,9 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
-from normspec.library.strategies import batch_norm_running_state, affine_arrays, eps_values, grouped_values, mode
-from normspec.library.tolerance import growth
 from normspec.library.conditioning import Conditioning
+from normspec.library.strategies import affine_arrays, batch_norm_running_state, eps_values, grouped_values, mode
+from normspec.library.tolerance import growth
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.moments import moments
 from normspec.spec.sync_batch_norm import rank_sizes_of, split_batch, sync_batch_norm, sync_batch_norm_backward

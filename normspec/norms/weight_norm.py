@@ -6,8 +6,8 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.library.strategies import affine_vector, centre_ratios, seeds, spreads, standard_values
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.weight_norm import g_shape, weight_norm, weight_norm_backward

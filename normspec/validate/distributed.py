@@ -29,6 +29,7 @@ from normspec.impls import torch_distributed
 from normspec.impls.torch_distributed import DistributedWorkerError, RankPool
 from normspec.spec.sync_batch_norm import split_batch
 from normspec.validate.candidate import CandidateAbort, CandidateBackend, CandidateRaised, CapabilityMissing
+from normspec.validate.replay_source import COMPARE_TO_SPEC
 
 TASK = "normspec.validate.ranks:rank_call"
 RAISE_GRACE_S = 2.0  # after one rank raised, how long the others may take to answer before they count as stuck
@@ -339,7 +340,7 @@ DISTRIBUTED_PROPERTIES = {"sync_rank_shares": _property()}
 # distributed candidate: each recorded call is replayed on len(rank_sizes) local processes joined
 # in a gloo group (file:// rendezvous in a temporary directory, loopback only), each running the
 # embedded adapters on its shard, and compared as the properties compare it.
-REPRODUCER_RUNNER = '''
+REPRODUCER_RUNNER = COMPARE_TO_SPEC + '''
 import multiprocessing
 import os
 import shutil
@@ -438,16 +439,7 @@ def replay_call(candidate, call):
     for role in got["mutated"]:
         problems.append(f"modified or disagrees: {role}")
     values = {**got["outputs"], **{"d" + r: g for r, g in got["grads"].items()}}
-    for name, (expected, bound) in call["expect"].items():
-        if name not in values:
-            problems.append(f"{name} was not returned")
-            continue
-        err = np.abs(values[name] - expected)
-        bad = ~(err <= bound) & ~(np.isnan(expected) & np.isnan(values[name]))
-        if bad.any():
-            i = np.unravel_index(int(np.argmax(np.where(bad, err / np.maximum(bound, 1e-300), 0))), expected.shape)
-            problems.append(f"{name}{list(map(int, i))}={values[name][i]!r}, but the float64 spec gives "
-                            f"{expected[i]!r} ± {bound[i]:.3g} ({int(bad.sum())} of {bad.size} out of bounds)")
+    problems += compare_to_spec(values, call["expect"])
     if not problems and call.get("recorded"):
         same = all(np.array_equal(values.get(k), v, equal_nan=True) for k, v in call["recorded"].items())
         if same:

@@ -23,6 +23,7 @@ from normspec.library.case import Case
 from normspec.registry import get_norm
 from normspec.report import counterexample_text
 from normspec.validate import adapters
+from normspec.validate.replay_source import COMPARE_TO_SPEC
 from normspec.validate.runner import Outcome, ValidationResult, failing_case
 
 STYLE = {"passed": "green", "failed": "bold red", "xfail": "yellow", "xpass": "magenta", "skipped": "dim",
@@ -305,7 +306,7 @@ def _call_source(norm: str, call: dict) -> str:
     return "\n".join(parts)
 
 
-RUNNER = '''
+RUNNER = COMPARE_TO_SPEC + '''
 def replay_call(candidate, call):
     """Run one call; return a list of what is wrong with it (empty: it matches the spec)."""
     problems = []
@@ -321,16 +322,7 @@ def replay_call(candidate, call):
     for role in got["mutated"]:
         problems.append(f"modified its input {role} in place")
     values = {**got["outputs"], **{"d" + r: g for r, g in got["grads"].items()}}
-    for name, (expected, bound) in call["expect"].items():
-        if name not in values:
-            problems.append(f"{name} was not returned")
-            continue
-        err = np.abs(values[name] - expected)
-        bad = ~(err <= bound) & ~(np.isnan(expected) & np.isnan(values[name]))
-        if bad.any():
-            i = np.unravel_index(int(np.argmax(np.where(bad, err / np.maximum(bound, 1e-300), 0))), expected.shape)
-            problems.append(f"{name}{list(map(int, i))}={values[name][i]!r}, but the float64 spec gives "
-                            f"{expected[i]!r} ± {bound[i]:.3g} ({int(bad.sum())} of {bad.size} out of bounds)")
+    problems += compare_to_spec(values, call["expect"])
     again = A.execute(candidate, KIND, NORM, call["inputs"], call["params"], dy=call.get("dy"),
                       wrt=call.get("wrt", ()), outputs=OUTPUTS, contract=CONTRACT)
     for name, v in {**again["outputs"], **{"d" + r: g for r, g in again["grads"].items()}}.items():

@@ -62,7 +62,8 @@ class HandBatchNorm2d(nn.BatchNorm2d):
         if self.use_batch_stats():
             n = x.numel() // x.shape[1]
             if self.training and n <= 1:
-                raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+                raise ValueError("Expected more than 1 value per channel when training, "
+                                 f"got input size {tuple(x.shape)}")
             mean, var, centred = self.stats(xa, dims)
             if self.training and self.track_running_stats:
                 with torch.no_grad():
