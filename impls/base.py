@@ -55,7 +55,8 @@ class Backend(abc.ABC):
     def implements(self, norm: str) -> bool:
         return norm in self.kernels
 
-    def unsupported(self, norm: str, params: Mapping[str, Any], dtype: str = "float64", layout: str = "contiguous") -> str | None:
+    def unsupported(self, norm: str, params: Mapping[str, Any], dtype: str = "float64",
+                    layout: str = "contiguous") -> str | None:
         """Why this backend cannot run `norm` with these parameters, dtype and layout, or None."""
         if norm not in self.kernels:
             return f"{self.name} has no implementation of {norm}"

@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from normspec.impls.fast_numpy import batch_norm, row_norms
 from normspec.impls.base import Kernel
+from normspec.impls.fast_numpy import batch_norm, row_norms
 from normspec.impls.numpy_backend import NumpyBackend, empty_call
 
 

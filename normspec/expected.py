@@ -6,8 +6,8 @@ matrix shows XPASS so that a fixed upstream bug is noticed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
+from dataclasses import dataclass
 from fnmatch import fnmatch
 
 

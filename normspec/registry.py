@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
-from normspec.library.tolerance import Bounds, BoundFn, moment_model
+from normspec.library.tolerance import BoundFn, Bounds, moment_model
 
 # Traits the properties key on: the single vocabulary, name -> meaning. A norm family that
 # needs a new trait declares it with `register_trait` in its record module.

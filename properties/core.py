@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import FailedHealthCheck, Unsatisfiable
 
-from normspec.library.case import Case
 from normspec.impls.base import Backend
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.registry import NormRecord
 
 
@@ -130,14 +130,16 @@ def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True, 
 
 def traits(*names: str) -> Callable[[NormRecord], bool]:
     """Applies to the norms that have every one of the trait(s) `names`."""
-    applies = lambda record: record.has(*names)
+    def applies(record):
+        return record.has(*names)
     applies.traits = names
     return applies
 
 
 def named(*norms: str) -> Callable[[NormRecord], bool]:
     """Applies to the named norms only (an identity or rule of theirs)."""
-    applies = lambda record: record.name in norms
+    def applies(record):
+        return record.name in norms
     applies.names = norms
     return applies
 
@@ -248,7 +250,8 @@ class Context:
         """The case's arrays as the backend's arrays: x in `layout`, weight and bias in
         `param_layout`, running statistics contiguous."""
         b = self.backend
-        lay = lambda r: layout if r == "x" else param_layout if r in ("weight", "bias") else "contiguous"
+        def lay(r):
+            return layout if r == "x" else param_layout if r in ("weight", "bias") else "contiguous"
         return {r: b.native(a, dtype, lay(r)) for r, a in case.arrays.items()}
 
     def run(self, case: Case, dtype: str, layout: str = "contiguous", *, grads: bool = False,
@@ -410,7 +413,8 @@ def replay(property_name: str, record: NormRecord, backend: Backend, draws: list
             raise ReplayExhausted(f"the property drew more values than were recorded (next: {label})")
         recorded_label, value = queue.pop(0)
         if recorded_label != label:
-            raise ReplayExhausted(f"replay expected a draw labelled {recorded_label!r}, the property asked for {label!r}")
+            raise ReplayExhausted(f"replay expected a draw labelled {recorded_label!r}, "
+                                  f"the property asked for {label!r}")
         return value
 
     PROPERTIES[property_name].func(Context(record, backend, draw, replaying=True))

@@ -6,11 +6,10 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.properties.agreement import where
-from normspec.properties.core import Context, assert_close, assert_equal, prop, traits
-from normspec.properties.statistics import batch_stats_case
-from normspec.properties.core import representable
 from normspec.library.tolerance import MAX_FINITE, TINY, compute_roundoff  # noqa: F401 (re-exported)
+from normspec.properties.agreement import where
+from normspec.properties.core import Context, assert_close, assert_equal, prop, representable, traits
+from normspec.properties.statistics import batch_stats_case
 
 MANTISSA_BITS = {"float64": 53, "float32": 24, "float16": 11, "bfloat16": 8}
 # How each stateful role scales when the input is scaled by a: (x - rm)/sqrt(rv + eps) is unchanged.

@@ -10,18 +10,23 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.library.case import Case
 from normspec.library import tolerance
+from normspec.library.case import Case
 from normspec.properties.agreement import where
+from normspec.properties.core import (
+    Context,
+    PropertyFailure,
+    assert_close,
+    assert_equal,
+    named,
+    prop,
+    traits,
+)
 from normspec.properties.hygiene import assert_raises_clearly
-from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, traits
 from normspec.properties.inference import folded_affine
 from normspec.properties.invariance import _fits
 from normspec.registry import get_norm
 from normspec.spec.rms_norm import resolve_eps
-
-
-from normspec.properties.core import named  # noqa: E402  (applies to the named norms only)
 
 
 def _bounds(norm: str, run) -> tolerance.Bounds:
@@ -65,13 +70,15 @@ def group_norm_one_group_is_layer_norm(ctx: Context) -> None:
     _needs(ctx, "layer_norm")
     case = ctx.case(num_groups=1)
     x = case.x
-    spread = lambda a: None if a is None else np.broadcast_to(a.reshape((-1,) + (1,) * (x.ndim - 2)), x.shape[1:])
+    def spread(a):
+        return None if a is None else np.broadcast_to(a.reshape((-1,) + (1,) * (x.ndim - 2)), x.shape[1:])
     ln = Case("layer_norm", {"x": x, "weight": spread(case.get("weight")), "bias": spread(case.get("bias"))},
               {"normalized_shape": x.shape[1:], "eps": case.params["eps"]})
     dtype = ctx.dtype()
     dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(x.shape)
     gn_run, ln_run = ctx.run(case, dtype, grads=True, dy=dy), ctx.run(ln, dtype, grads=True, dy=dy)
-    fold = lambda g: g.reshape(g.shape[0], -1).sum(axis=1)
+    def fold(g):
+        return g.reshape(g.shape[0], -1).sum(axis=1)
     _same(ctx, gn_run, ln_run, ("group_norm", "layer_norm"), "G=1 vs LayerNorm", ("x", "weight", "bias"), fold)
 
 
@@ -253,11 +260,13 @@ def mvn_scale_invariance(ctx: Context) -> None:
     scaled = base.with_arrays(x=base.x * a)
     if nv:
         base, scaled = base.with_params(eps=eps / a), scaled.with_params(eps=eps)
-    ctx.assume(_fits(scaled.x, dtype) and _fits(base.x, dtype) and _fits(np.array([eps / a, eps]), dtype), "the scaled input or its eps does not fit the dtype")
+    ctx.assume(_fits(scaled.x, dtype) and _fits(base.x, dtype) and _fits(np.array([eps / a, eps]), dtype),
+               "the scaled input or its eps does not fit the dtype")
     dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(case.x.shape)
     r0 = ctx.run(base, dtype, layout, grads=True, dy=dy)
     r1 = ctx.run(scaled, dtype, layout, grads=True, dy=dy)
-    ctx.assume(_fits(r0.outputs["y"], dtype) and _fits(r0.grads["x"][np.isfinite(r0.grads["x"])], dtype), "the unscaled result is subnormal or overflows in the dtype")
+    ctx.assume(_fits(r0.outputs["y"], dtype) and _fits(r0.grads["x"][np.isfinite(r0.grads["x"])], dtype),
+               "the unscaled result is subnormal or overflows in the dtype")
     at = where(ctx, r1) + f" a=2^{k}"
     assert_equal(r1.outputs["y"], r0.outputs["y"] * (1.0 if nv else a), "y(a x)", at)
     assert_equal(r1.grads["x"], r0.grads["x"] / (a if nv else 1.0), "dx(a x)", at)

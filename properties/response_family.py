@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.properties.agreement import where
-from normspec.properties.core import named, Context, assert_close, prop, traits
+from normspec.properties.core import Context, assert_close, named, prop, traits
 from normspec.properties.invariance import MAX_FINITE, _fits
 from normspec.registry import get_norm
 from normspec.spec import batch_norm, batch_norm_backward, layer_norm, layer_norm_backward
@@ -79,14 +79,16 @@ def response_homogeneity(ctx: Context) -> None:
     k = ctx.draw(st.integers(-3, 3).filter(bool), "log2_a")
     a = 2.0**k
     base = ctx.rounded(case, dtype)
-    ctx.assume(np.all(base.x != 0) and np.abs(base.x).max() * max(a, 1.0) < MAX_FINITE[dtype] ** 0.25, "zero inputs, or a scaled input whose power overflows")
+    ctx.assume(np.all(base.x != 0) and np.abs(base.x).max() * max(a, 1.0) < MAX_FINITE[dtype] ** 0.25,
+               "zero inputs, or a scaled input whose power overflows")
     scaled = base.with_arrays(x=base.x * a)
     for c in (base, scaled):  # the outputs must be normal numbers of the dtype, not overflow or underflow
         ctx.assume(_fits(ctx.record.reference(c)["y"], dtype), "a scaled result does not fit the dtype")
     r0, r1 = ctx.run(base, dtype, layout), ctx.run(scaled, dtype, layout)
     power = a ** (1.0 - 2.0 * base.params["beta"])
     bound = np.abs(_bounds(ctx, r1)["y"]) + power * np.abs(_bounds(ctx, r0)["y"])
-    assert_close(r1.outputs["y"], power * r0.outputs["y"], bound, "y(a x)", where(ctx, r1) + f" vs a^(1-2beta) y(x), a=2^{k}")
+    assert_close(r1.outputs["y"], power * r0.outputs["y"], bound, "y(a x)",
+                 where(ctx, r1) + f" vs a^(1-2beta) y(x), a=2^{k}")
 
 
 def _divisive_as(ctx: Context, kind: str):
@@ -118,7 +120,8 @@ def divisive_special_cases(ctx: Context) -> None:
         grads = batch_norm_backward(run.dy, x, w, training=True, eps=eps)
     else:
         shape = x.shape[1:]
-        full = lambda p: None if p is None else np.broadcast_to(p.reshape((-1,) + (1,) * (x.ndim - 2)), shape)
+        def full(p):
+            return None if p is None else np.broadcast_to(p.reshape((-1,) + (1,) * (x.ndim - 2)), shape)
         y = layer_norm(x, shape, full(w), full(b), eps=eps)
         grads = layer_norm_backward(run.dy, x, shape, full(w), eps=eps)
         axes = tuple(range(1, x.ndim - 1))

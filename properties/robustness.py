@@ -7,11 +7,10 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.impls.layout import EXPANDED
-from normspec.properties.agreement import compare_outputs, where
-from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, traits
-from normspec.properties.core import representable
-from normspec.properties.statistics import batch_stats_case
 from normspec.library.tolerance import compute_roundoff
+from normspec.properties.agreement import compare_outputs, where
+from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, representable, traits
+from normspec.properties.statistics import batch_stats_case
 
 
 @prop("robustness", applies=traits("moment_normalizer"))
@@ -71,7 +70,7 @@ def layout_consistency(ctx: Context) -> None:
     """Channels-last and non-contiguous strided inputs give the same outputs and gradients as
     contiguous ones (within twice the model's bound: kernels may sum in another order)."""
     case, dtype = ctx.case(), ctx.dtype()
-    layouts = [l for l in ctx.backend.layouts if l != "contiguous"]
+    layouts = [lay for lay in ctx.backend.layouts if lay != "contiguous"]
     ctx.assume(bool(layouts), "the backend supports no other layout")
     layout = ctx.draw(st.sampled_from(layouts), "layout")
     base = ctx.run(case, dtype, "contiguous", grads=True)
@@ -103,10 +102,10 @@ def mixed_layouts_match_spec(ctx: Context) -> None:
     case, dtype = ctx.case(), ctx.dtype()
     b = ctx.backend
     x_layout = ctx.draw(st.sampled_from(list(b.layouts)), "layout")
-    dy_layouts = [l for l in list(b.layouts) + list(getattr(b, "extra_layouts", ())) if l != x_layout]
+    dy_layouts = [lay for lay in list(b.layouts) + list(getattr(b, "extra_layouts", ())) if lay != x_layout]
     ctx.assume(bool(dy_layouts), f"{b.name} has one layout only")
     dy_layout = ctx.draw(st.sampled_from(dy_layouts), "dy_layout")
-    param_layout = ctx.draw(st.sampled_from([l for l in b.layouts if l != "channels_last"]), "param_layout")
+    param_layout = ctx.draw(st.sampled_from([lay for lay in b.layouts if lay != "channels_last"]), "param_layout")
     shape = ctx.record.reference(case)["y"].shape
     dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(shape)
     if dy_layout == EXPANDED:

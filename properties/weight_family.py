@@ -10,10 +10,10 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
+from normspec.library.tolerance import SAFETY, TINY, compute_roundoff, storage_roundoff
 from normspec.properties.agreement import compare_outputs, where
 from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop
-from normspec.properties.invariance import _fits, _on_grid, MAX_FINITE
-from normspec.library.tolerance import SAFETY, TINY, compute_roundoff, storage_roundoff
+from normspec.properties.invariance import MAX_FINITE, _fits, _on_grid
 from normspec.registry import get_norm
 from normspec.spec.norm_prop import RELU_MEAN, RELU_STD
 from normspec.spec.spectral_norm import weight_matrix
@@ -27,7 +27,8 @@ def _exact_range(ctx: Context, dtype: str, *arrays) -> None:
     for a in arrays:
         mags = np.abs(np.asarray(a, dtype=np.float64))
         mags = mags[mags != 0]
-        ctx.assume(mags.size == 0 or (mags.min() > lo and mags.max() < hi), "weight magnitudes outside the range the dtype resolves")
+        ctx.assume(mags.size == 0 or (mags.min() > lo and mags.max() < hi),
+                   "weight magnitudes outside the range the dtype resolves")
 
 
 def _intermediates(case: Case, c: float) -> list:
@@ -55,7 +56,9 @@ def _scaled_pair(ctx: Context, roles_powers: dict[str, int], label="log2_c"):
     c = 2.0**k
     base = ctx.rounded(case, dtype)
     scaled = base.with_arrays(**{r: base.get(r) * c**p for r, p in roles_powers.items() if base.get(r) is not None})
-    ctx.assume(all(_fits(a, dtype) for a in scaled.arrays.values()) and all(_fits(a, dtype) for a in base.arrays.values()), "the scaled or base case does not fit the dtype")
+    ctx.assume(all(_fits(a, dtype) for a in scaled.arrays.values())
+               and all(_fits(a, dtype) for a in base.arrays.values()),
+               "the scaled or base case does not fit the dtype")
     return base, scaled, c, dtype, layout
 
 
@@ -94,7 +97,8 @@ def weight_norm_gradient_orthogonal(ctx: Context) -> None:
     bound = np.broadcast_to(ctx.bounds(run, ref, ref_grads)["x"], run.grads["x"].shape)
     v, axes = run.case.x, norm_axes(run.case.x.ndim, run.case.params.get("dim", 0))
     inner = (run.grads["x"] * v).sum(axis=axes, keepdims=True)
-    slack = (bound * np.abs(v)).sum(axis=axes, keepdims=True) + 1e-13 * (np.abs(run.grads["x"] * v)).sum(axis=axes, keepdims=True)
+    slack = ((bound * np.abs(v)).sum(axis=axes, keepdims=True)
+             + 1e-13 * (np.abs(run.grads["x"] * v)).sum(axis=axes, keepdims=True))
     assert_close(inner, np.zeros_like(inner), slack, "sum(dv * v)", where(ctx, run))
 
 
@@ -119,7 +123,8 @@ def weight_norm_folded_layer(ctx: Context) -> None:
     ref, _ = ctx.reference(run)
     bound = _contract(np.broadcast_to(ctx.bounds(run, ref, {})["y"], v.shape), np.abs(x), dim)
     bound = bound + 1e-13 * _contract(np.abs(ref["y"]), np.abs(x), dim)
-    assert_close(_contract(run.outputs["y"], x, dim), expected, bound, "layer(x; w)", where(ctx, run) + " vs (g/||v||) layer(x; v)")
+    assert_close(_contract(run.outputs["y"], x, dim), expected, bound, "layer(x; w)",
+                 where(ctx, run) + " vs (g/||v||) layer(x; v)")
 
 
 # ---------------------------------------------------------------- Centered Weight Norm
@@ -137,11 +142,16 @@ def cwn_rows_centered_with_norm_g(ctx: Context) -> None:
     bound = np.broadcast_to(ctx.bounds(run, ref, {})["y"], w.shape)
     at = where(ctx, run)
     row_sum = w.sum(axis=axes, keepdims=True)
-    assert_close(row_sum, np.zeros_like(row_sum), bound.sum(axis=axes, keepdims=True) + 1e-13 * np.abs(w).sum(axis=axes, keepdims=True), "sum_row(w)", at)
+    assert_close(row_sum, np.zeros_like(row_sum),
+                 bound.sum(axis=axes, keepdims=True) + 1e-13 * np.abs(w).sum(axis=axes, keepdims=True),
+                 "sum_row(w)", at)
     shape = g_shape(w.shape, dim)
-    g = np.full(shape, run.case.params.get("scale", 1.0)) if run.case.get("weight") is None else run.case.get("weight").reshape(shape)
+    g = (np.full(shape, run.case.params.get("scale", 1.0)) if run.case.get("weight") is None
+         else run.case.get("weight").reshape(shape))
     norm = np.sqrt((w * w).sum(axis=axes, keepdims=True))
-    assert_close(norm, np.abs(g) * np.ones_like(norm), (bound * np.abs(w)).sum(axis=axes, keepdims=True) / np.maximum(norm, TINY["float64"]) + 1e-13 * np.abs(g), "||w_row||", at)
+    assert_close(norm, np.abs(g) * np.ones_like(norm),
+                 (bound * np.abs(w)).sum(axis=axes, keepdims=True) / np.maximum(norm, TINY["float64"])
+                 + 1e-13 * np.abs(g), "||w_row||", at)
 
 
 @prop("invariance", applies=named("centered_weight_norm"))
@@ -158,7 +168,8 @@ def cwn_affine_invariance(ctx: Context) -> None:
     scaled = base.with_arrays(x=base.x * a).with_params(eps=eps * a)
     ctx.assume(_fits(scaled.x, dtype) and _fits(base.x, dtype), "the scaled or base input does not fit the dtype")
     dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(base.x.shape)
-    _exact_range(ctx, dtype, *_intermediates(base, a), *[g * f for g in ctx.record.reference_grad(base, dy).values() for f in (1.0, 1 / a)])
+    _exact_range(ctx, dtype, *_intermediates(base, a),
+                 *[g * f for g in ctx.record.reference_grad(base, dy).values() for f in (1.0, 1 / a)])
     r0, r1 = ctx.run(base, dtype, layout, grads=True, dy=dy), ctx.run(scaled, dtype, layout, grads=True, dy=dy)
     at = where(ctx, r1) + f" a=2^{k}"
     assert_equal(r1.outputs["y"], r0.outputs["y"], "y(a v)", at)
@@ -172,7 +183,8 @@ def cwn_affine_invariance(ctx: Context) -> None:
     spread = np.sqrt(((base.x - mean) ** 2).mean(axis=axes, keepdims=True))
     ctx.assume(np.all(spread > 0), "a constant weight row")
     rng = np.random.default_rng(ctx.seed("shift_seed"))
-    shift = 10.0 ** ctx.draw(st.floats(0.0, 3.0), "log10_shift_over_spread") * spread * rng.choice([-1.0, 1.0], spread.shape)
+    shift = (10.0 ** ctx.draw(st.floats(0.0, 3.0), "log10_shift_over_spread") * spread
+             * rng.choice([-1.0, 1.0], spread.shape))
     total = float(np.abs(base.x).max() + np.abs(shift).max())
     ctx.assume(total < MAX_FINITE[dtype] / 2**16, "the shifted weight overflows the dtype")
     v_q, _ = _on_grid(base.x, total, dtype)
@@ -182,7 +194,8 @@ def cwn_affine_invariance(ctx: Context) -> None:
     ctx.assume(np.array_equal(run.case.x, v_q + b_q), "the shift is not exact in the dtype")
     ref, _ = ctx.reference(run)
     unshifted = ctx.record.reference(base.with_arrays(x=v_q))
-    assert_close(run.outputs["y"], unshifted["y"], ctx.bounds(run, ref, {})["y"], "y(v + b)", where(ctx, run) + " vs spec y(v)")
+    assert_close(run.outputs["y"], unshifted["y"], ctx.bounds(run, ref, {})["y"], "y(v + b)",
+                 where(ctx, run) + " vs spec y(v)")
 
 
 @prop("identities", applies=named("centered_weight_norm"))
@@ -197,9 +210,12 @@ def cwn_equals_weight_norm_of_centered(ctx: Context) -> None:
     axes = norm_axes(run.case.x.ndim, dim)
     dim = None if dim is None else dim % run.case.x.ndim  # PyTorch's dim=-1 quirk is weight_norm's own finding
     centered = run.case.x - run.case.x.mean(axis=axes, keepdims=True)
-    ctx.assume(np.all(np.abs(centered).max(axis=axes) > 0) if axes else np.abs(centered).max() > 0, "a weight row that centres to zero")
+    ctx.assume(np.all(np.abs(centered).max(axis=axes) > 0) if axes else np.abs(centered).max() > 0,
+               "a weight row that centres to zero")
     wn = get_norm("weight_norm")
-    wn_case = Case("weight_norm", {"x": centered, "weight": run.case.get("weight").reshape(g_shape(centered.shape, dim))}, {"dim": dim})
+    wn_case = Case("weight_norm",
+                   {"x": centered, "weight": run.case.get("weight").reshape(g_shape(centered.shape, dim))},
+                   {"dim": dim})
     ctx.supported(wn_case, dtype, layout)
     b = ctx.backend
     wn_rounded = ctx.rounded(wn_case, dtype)
@@ -207,7 +223,8 @@ def cwn_equals_weight_norm_of_centered(ctx: Context) -> None:
     ref, _ = ctx.reference(run)
     bound = (ctx.bounds(run, ref, {})["y"] + wn.bounds(wn_rounded, dtype, wn.reference(wn_rounded))["y"]
              + SAFETY * storage_roundoff(dtype) * np.abs(ref["y"]) * 2)
-    assert_close(out, run.outputs["y"], bound, "weight_norm(v - mean v)", where(ctx, run) + " vs centered_weight_norm(v)")
+    assert_close(out, run.outputs["y"], bound, "weight_norm(v - mean v)",
+                 where(ctx, run) + " vs centered_weight_norm(v)")
 
 
 # ---------------------------------------------------------------- Spectral Norm
@@ -225,10 +242,10 @@ def _gapped_weight(rng, shape, dim, ratio):
     """A weight whose matrix view has singular values 1 > ratio >= ... (a gap sigma_2/sigma_1 = ratio)."""
     d = dim % len(shape)
     k = shape[d]
-    l = math.prod(shape) // k
-    r = min(k, l)
+    n_cols = math.prod(shape) // k
+    r = min(k, n_cols)
     q1, _ = np.linalg.qr(rng.standard_normal((k, r)))
-    q2, _ = np.linalg.qr(rng.standard_normal((l, r)))
+    q2, _ = np.linalg.qr(rng.standard_normal((n_cols, r)))
     s = np.concatenate([[1.0], ratio * rng.uniform(0.2, 1.0, r - 1)]) * 10.0 ** rng.uniform(-1, 1)
     s[1:2] = ratio * s[0] if r > 1 else s[1:2]
     mat = (q1 * s) @ q2.T
@@ -250,7 +267,8 @@ def spectral_norm_sigma_converges(ctx: Context) -> None:
     ratio = ctx.draw(st.floats(0.05, 0.8), "s2_over_s1")
     w, s = _gapped_weight(rng, shape, dim, ratio)
     w_mat = weight_matrix(w, dim)
-    u0 = rng.standard_normal(w_mat.shape[0]); v0 = rng.standard_normal(w_mat.shape[1])
+    u0 = rng.standard_normal(w_mat.shape[0])
+    v0 = rng.standard_normal(w_mat.shape[1])
     u0, v0 = u0 / np.linalg.norm(u0), v0 / np.linalg.norm(v0)
     left, _, vt = np.linalg.svd(w_mat)
     # u first starts from v0 (toward the top right singular vector); v first (Algorithm 1) from u0
@@ -267,7 +285,8 @@ def spectral_norm_sigma_converges(ctx: Context) -> None:
     s1 = float(np.linalg.svd(weight_matrix(wr, dim), compute_uv=False)[0])
     ref, _ = ctx.reference(run)
     rel = float((ctx.bounds(run, ref, {})["y"] * np.abs(wr)).sum() / np.abs(wr * ref["y"]).sum())
-    assert_close(np.array(sigma), np.array(s1), s1 * (rel + 2 * target) + 1e-13 * s1, "sigma", where(ctx, run) + f" after {n} iterations")
+    assert_close(np.array(sigma), np.array(s1), s1 * (rel + 2 * target) + 1e-13 * s1, "sigma",
+                 where(ctx, run) + f" after {n} iterations")
 
 
 @prop("inference", applies=named("spectral_norm"))
@@ -344,7 +363,8 @@ def norm_prop_weight_scale_invariance(ctx: Context) -> None:
     ctx.assume(_fits(scaled.get("weight"), dtype), "the scaled weight does not fit the dtype")
     dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal((base.x.shape[0], base.get("weight").shape[0]))
     grads = ctx.record.reference_grad(base, dy)
-    _exact_range(ctx, dtype, *_intermediates(base, 1.0), *_intermediates(scaled, 1.0), *grads.values(), grads["weight"] / c)
+    _exact_range(ctx, dtype, *_intermediates(base, 1.0), *_intermediates(scaled, 1.0), *grads.values(),
+                 grads["weight"] / c)
     r0, r1 = ctx.run(base, dtype, layout, grads=True, dy=dy), ctx.run(scaled, dtype, layout, grads=True, dy=dy)
     at = where(ctx, r1) + " rows scaled by powers of two"
     assert_equal(r1.outputs["y"], r0.outputs["y"], "y(c W)", at)

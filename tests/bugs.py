@@ -11,7 +11,6 @@ from dataclasses import replace
 
 import numpy as np
 
-from normspec.impls.base import Kernel
 from normspec.impls.numpy_backend import NumpyBackend, accumulation_dtype
 from normspec.impls.numpy_kernels import batch_norm as bn_ref
 from normspec.impls.numpy_kernels import layer_norm as ln_ref

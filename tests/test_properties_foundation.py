@@ -1,9 +1,8 @@
 """Every BatchNorm/LayerNorm property rejects a realistic wrong implementation and accepts the
 reference backends (numpy, torch:cpu, and the bug factory with every bug switched off)."""
-import numpy as np
 import pytest
-
 from bugs import BUGS, buggy_backend, correct_variant_backend
+
 from normspec.impls.base import available_backends
 from normspec.matrix import judge
 from normspec.properties import PROPERTIES, run_property

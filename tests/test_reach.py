@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bugs import buggy_backend
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
-from bugs import buggy_backend
 from normspec.impls.base import available_backends
 from normspec.library.strategies import REACH_LENGTHS, REACH_ROWS, reach
 from normspec.properties import PROPERTIES, run_property

@@ -153,8 +153,10 @@ def reach(draw, dtype: str = "float32"):
         lengths = (draw(st.integers(2, 4), label="reach_length"),)
         sets = draw(st.sampled_from(REACH_ROWS[::-1]), label="reach_sets")  # past 65535 first
     edges = _EDGES[dtype]
-    band = lambda name, label: float(draw(st.floats(*edges[name]), label=label))
-    ratio = lambda strategy, label: float(draw(strategy, label=label))
+    def band(name, label):
+        return float(draw(st.floats(*edges[name]), label=label))
+    def ratio(strategy, label):
+        return float(draw(strategy, label=label))
     magnitudes = (
         ("unit", 1.0, ratio(st.sampled_from([0.0, 1.0]), "reach_unit_ratio")),
         ("large", 2.0 ** band("large", "reach_log2_large"), ratio(st.floats(1.0, 3.0), "reach_large_ratio")),

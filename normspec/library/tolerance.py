@@ -146,7 +146,8 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
         var = (std**2) * c.running_var_scale
         # per-set statistics (one per channel for BatchNorm, per (n, c) for InstanceNorm, whose
         # running statistics are their batch-means) reduced to one bound per running entry
-        per_entry = lambda a: np.reshape(a, (-1, size)).mean(axis=0)
+        def per_entry(a):
+            return np.reshape(a, (-1, size)).mean(axis=0)
         out["running_mean"] = SAFETY * (u * g * per_entry(mean + std) + v * np.abs(reference["running_mean"])) + tiny
         out["running_var"] = SAFETY * (u * g * per_entry(var + 2 * std * (mean + std))
                                        + v * np.abs(reference["running_var"])) + tiny
@@ -169,7 +170,8 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
         out["bias"] = SAFETY * (u * gp * absdy.sum(axis=c.param_axes) + v * np.abs(ref_grads.get("bias", 0.0))) + tiny
     # (a result whose exact value lies past the dtype's largest finite value rounds to +-inf: a
     # constant channel with eps = 1e-8 gives float16 dx = 66527 > 65504)
-    return Bounds({k: _overflow_allowed(val, {**reference, **(ref_grads or {})}.get(k), dtype) for k, val in out.items()})
+    return Bounds({k: _overflow_allowed(val, {**reference, **(ref_grads or {})}.get(k), dtype)
+                   for k, val in out.items()})
 
 
 # ---------------------------------------------------------------- response normalizations
@@ -269,7 +271,8 @@ def centered_weight_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_
     m = int(np.prod([v.shape[a] for a in axes])) if axes else 1
     red, s, tiny = _reduction(m, dtype), storage_roundoff(dtype), TINY[dtype]
     shape = g_shape(v.shape, dim)
-    g = np.full(shape, float(case.params.get("scale", 1.0))) if case.get("weight") is None else case.get("weight").reshape(shape)
+    g = (np.full(shape, float(case.params.get("scale", 1.0))) if case.get("weight") is None
+         else case.get("weight").reshape(shape))
     mean = v.mean(axis=axes, keepdims=True)
     c = v - mean
     r = np.sqrt((c * c).sum(axis=axes, keepdims=True))
@@ -313,7 +316,7 @@ def spectral_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=N
     p = case.params
     dim, eps = p.get("dim", 0), p.get("eps", 1e-12)
     w_mat = weight_matrix(case.x, dim)
-    k, l = w_mat.shape
+    k, n_cols = w_mat.shape
     s, tiny = storage_roundoff(dtype), TINY[dtype]
     abs_w = np.abs(w_mat)
     u, v = case.get("u"), case.get("v")
@@ -324,37 +327,39 @@ def spectral_norm_bounds(case, dtype: str, reference: dict, dy=None, ref_grads=N
             if v_first:  # Algorithm 1 / the legacy hook: the v half-step comes first
                 b = w_mat.T @ u
                 step = (_reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b)
-                        + 2 * _reduction(l, dtype))
+                        + 2 * _reduction(n_cols, dtype))
                 err_v = (_tangent_gain(w_mat.T, u) * err_u if err_u else 0.0) + step
                 v = _normalize(b, eps)
             a = w_mat @ v
-            step = _reduction(l, dtype) * np.linalg.norm(abs_w @ np.abs(v)) / np.linalg.norm(a) + 2 * _reduction(k, dtype)
+            step = (_reduction(n_cols, dtype) * np.linalg.norm(abs_w @ np.abs(v)) / np.linalg.norm(a)
+                    + 2 * _reduction(k, dtype))
             err_u = (_tangent_gain(w_mat, v) * err_v if err_v else 0.0) + step
             u = _normalize(a, eps)
             if not v_first:
                 b = w_mat.T @ u
                 step = (_reduction(k, dtype) * np.linalg.norm(abs_w.T @ np.abs(u)) / np.linalg.norm(b)
-                        + 2 * _reduction(l, dtype))
+                        + 2 * _reduction(n_cols, dtype))
                 err_v = _tangent_gain(w_mat.T, u) * err_u + step
                 v = _normalize(b, eps)
     wv = w_mat @ v
     sigma = float(u @ wv)
     d_sigma = (np.linalg.norm(wv) * err_u + np.linalg.norm(w_mat.T @ u) * err_v
-               + _reduction(l, dtype) * float(np.abs(u) @ abs_w @ np.abs(v)) + _reduction(k, dtype) * float(np.abs(u) @ np.abs(wv)))
+               + _reduction(n_cols, dtype) * float(np.abs(u) @ abs_w @ np.abs(v))
+               + _reduction(k, dtype) * float(np.abs(u) @ np.abs(wv)))
     rel = d_sigma / abs(sigma)
     out = {"y": SAFETY * (rel + 2 * s) * np.abs(reference["y"]) + tiny,
            "u": SAFETY * (err_u + s * np.abs(reference["u"])) + tiny,
            "v": SAFETY * (err_v + s * np.abs(reference["v"])) + tiny}
     if dy is not None:
         d = (case.params.get("dim", 0)) % case.x.ndim
-        dy_mat = np.moveaxis(dy, d, 0).reshape(k, l)
-        y_mat = np.moveaxis(reference["y"], d, 0).reshape(k, l)
+        dy_mat = np.moveaxis(dy, d, 0).reshape(k, n_cols)
+        y_mat = np.moveaxis(reference["y"], d, 0).reshape(k, n_cols)
         c = float((dy_mat * y_mat).sum())
         cab = float(np.abs(dy_mat * y_mat).sum())
         uv = np.abs(np.outer(u, v))
         err = ((np.abs(dy_mat) + abs(c) * uv) * (rel + 2 * s)
                + abs(c) * (err_u * np.abs(v)[None, :] + np.abs(u)[:, None] * err_v + err_u * err_v)
-               + _reduction(k * l, dtype) * cab * uv) / abs(sigma)
+               + _reduction(k * n_cols, dtype) * cab * uv) / abs(sigma)
         full = np.moveaxis(err.reshape((case.x.shape[d],) + tuple(np.delete(case.x.shape, d))), 0, d)
         out["x"] = SAFETY * full + tiny
     return Bounds(out)
@@ -471,7 +476,7 @@ def lp_batch_norm_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bou
     error u g (1 + |mu|/S), like sigma), plus, for the gradient, the term of dS/dz, which top-k
     concentrates on k values (m/k times BatchNorm's spread term). Near-ties at the top-k boundary
     closer than the forward error may select differently: a jump of the subgradient, not covered."""
-    from normspec.spec.lp_batch_norm import _denominator, _ddenominator, _flat, _unflat, lp_scale
+    from normspec.spec.lp_batch_norm import _ddenominator, _denominator, _flat, _unflat, lp_scale
 
     x, p = case.x, case.params
     axes, shape = _batch_axes(x)
@@ -581,7 +586,8 @@ def zca_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
     if "running_mean" in reference:
         g = growth(m)
         spread = np.sqrt(np.maximum(np.diagonal(w.sigma, axis1=1, axis2=2), 0)).reshape(-1)
-        out["running_mean"] = SAFETY * (u * g * (np.abs(w.mean.reshape(-1)) + spread) + u * np.abs(case.get("running_mean"))
+        out["running_mean"] = SAFETY * (u * g * (np.abs(w.mean.reshape(-1)) + spread)
+                                        + u * np.abs(case.get("running_mean"))
                                         + v * np.abs(reference["running_mean"])) + tiny
         rel = (d_sigma[:, :, None] * (1.0 / (2 * s_min**3))[:, :, None])  # ||dPhi|| / u
         out["running_whitening"] = SAFETY * (u * rel + u * np.abs(case.get("running_whitening"))
@@ -605,8 +611,9 @@ def zca_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bounds:
     out["x"] = ungrouped(err_dx, x.shape) + SAFETY * v * np.abs(ref_grads.get("x", 0.0)) + tiny
     n = int(np.prod([dy.shape[q] for q in axes]))
     yh = ungrouped(yhat, x.shape)
-    out["weight"] = SAFETY * (u * growth(n) * (np.abs(dy) * np.abs(yh)).sum(axis=axes)) + (np.abs(dy) * err_hat_x).sum(axis=axes) \
-        + SAFETY * v * np.abs(ref_grads.get("weight", 0.0)) + tiny
+    out["weight"] = (SAFETY * (u * growth(n) * (np.abs(dy) * np.abs(yh)).sum(axis=axes))
+                     + (np.abs(dy) * err_hat_x).sum(axis=axes)
+                     + SAFETY * v * np.abs(ref_grads.get("weight", 0.0)) + tiny)
     out["bias"] = SAFETY * (u * growth(n) * np.abs(dy).sum(axis=axes) + v * np.abs(ref_grads.get("bias", 0.0))) + tiny
     return Bounds(out)
 
@@ -655,7 +662,8 @@ def mvn_bounds(c: MvnCondition, dtype: str, reference: dict[str, np.ndarray], dy
     if eps is None:
         out = {"y": SAFETY * (u * g * (np.abs(centred) + np.abs(mean) + sigma) + v * np.abs(reference["y"])) + tiny}
         if dy is not None:
-            out["x"] = SAFETY * (u * g * (absdy + _mean_over(absdy, stats_axes)) + v * np.abs(grads.get("x", 0.0))) + tiny
+            out["x"] = SAFETY * (u * g * (absdy + _mean_over(absdy, stats_axes))
+                                 + v * np.abs(grads.get("x", 0.0))) + tiny
         return Bounds(out)
     divisor = sigma + eps
     y_hat = centred / divisor

@@ -8,11 +8,20 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
+from normspec.library.strategies import (
+    Reach,
+    affine_arrays,
+    batch_norm_running_state,
+    channel_shape,
+    eps_values,
+    grouped_values,
+    mode,
+    near_square,
+    reach_values,
+    seeds,
+)
 from normspec.registry import NormRecord, register
 from normspec.spec import batch_norm, batch_norm_backward, moments
-from normspec.library.strategies import (Reach, affine_arrays, batch_norm_running_state, channel_shape, eps_values,
-                                         grouped_values, mode, near_square, reach_values, seeds)
-
 
 
 @st.composite
@@ -104,7 +113,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=batch_norm_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'min_per_channel', 'spatial_dims', 'track_running_stats', 'training', 'reach'}),
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'min_per_channel', 'spatial_dims',
+                         'track_running_stats', 'training', 'reach'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "batch_dependent", "scale_invariant",
                       "shift_invariant", "channel_axis_1", "accepts_empty"}),

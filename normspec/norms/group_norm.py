@@ -8,11 +8,18 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
+from normspec.library.strategies import (
+    Reach,
+    affine_arrays,
+    eps_values,
+    grouped_values,
+    near_square,
+    reach_values,
+    seeds,
+)
 from normspec.registry import NormRecord, register
 from normspec.spec.group_norm import group_axes, group_norm, group_norm_backward
 from normspec.spec.moments import moments
-from normspec.library.strategies import (Reach, affine_arrays, eps_values, grouped_values,
-                                         near_square, reach_values, seeds)
 
 
 @st.composite
@@ -20,7 +27,8 @@ def group_norm_cases(draw, *, num_groups=None, affine=None, spatial_dims=None, a
                      reach: Reach | None = None):
     """GroupNorm calls: (N, C, *S) with C = G * (channels per group), per-channel affine or none.
     The single input with one value in all (N * C/G * prod(S) = 1) is left to its own property,
-    `group_norm_single_value_input`, as BatchNorm's one value per channel is. With allow_constant, one whole (n, g) group may be constant (its output must be exactly beta)."""
+    `group_norm_single_value_input`, as BatchNorm's one value per channel is. With allow_constant,
+    one whole (n, g) group may be constant (its output must be exactly beta)."""
     nsp = draw(st.integers(0, 3), label="spatial_dims") if spatial_dims is None else spatial_dims
     if reach is not None:
         return draw(_reach_case(nsp, num_groups, affine, reach))

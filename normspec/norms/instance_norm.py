@@ -8,11 +8,21 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
+from normspec.library.strategies import (
+    Reach,
+    affine_arrays,
+    channel_running_stats,
+    eps_values,
+    grouped_values,
+    mode,
+    momenta,
+    near_square,
+    reach_values,
+    seeds,
+)
 from normspec.registry import NormRecord, register, register_trait
 from normspec.spec.instance_norm import instance_norm, instance_norm_backward, uses_input_stats
 from normspec.spec.moments import moments
-from normspec.library.strategies import (Reach, affine_arrays, channel_running_stats, eps_values, grouped_values,
-                                         mode, momenta, near_square, reach_values, seeds)
 
 register_trait("per_instance_running_stats",
                "running statistics are fed the batch-mean of per-instance statistics; eval uses them per channel")
@@ -102,7 +112,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=instance_norm_cases,
-    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'spatial_dims', 'track_running_stats', 'training', 'reach'}),
+    overrides=frozenset({'affine', 'allow_constant', 'conventions', 'spatial_dims', 'track_running_stats',
+                         'training', 'reach'}),
     conditioning=conditioning,
     traits=frozenset({"moment_normalizer", "running_stats", "per_instance_running_stats", "batch_independent",
                       "scale_invariant", "shift_invariant", "channel_axis_1", "accepts_empty"}),

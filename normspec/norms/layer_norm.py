@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
+from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
+from normspec.library.tolerance import Bounds, moment_bounds, saved_statistics_bounds
 from normspec.registry import NormRecord, register
 from normspec.spec import layer_norm, layer_norm_backward, moments
 from normspec.spec.layer_norm import normalize_axes, param_shape
-from normspec.library.tolerance import Bounds, moment_bounds, saved_statistics_bounds
-from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
 
 
 @st.composite

@@ -5,11 +5,11 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.library.case import Case
+from normspec.library.conditioning import Conditioning
+from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
+from normspec.library.tolerance import moment_bounds
 from normspec.registry import NormRecord, register
 from normspec.spec.rms_norm import gain, resolve_eps, rms, rms_norm, rms_norm_backward
-from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
-from normspec.library.conditioning import Conditioning
-from normspec.library.tolerance import moment_bounds
 
 
 @st.composite

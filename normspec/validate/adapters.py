@@ -584,7 +584,8 @@ def execute(candidate, kind: str, norm: str, inputs: dict, params: dict, *, dy=N
                 raise CandidateError(f"the backward returned no gradient for {role}")
             g = grads[role]
             if tuple(g.shape) != tuple(leaves[role].shape):
-                raise CandidateError(f"d{role} has shape {tuple(g.shape)}, but should have shape {tuple(leaves[role].shape)}")
+                raise CandidateError(f"d{role} has shape {tuple(g.shape)}, "
+                                     f"but should have shape {tuple(leaves[role].shape)}")
             result["grads"][role] = to_float64(g)
     for role, before in pristine.items():
         if not same_bits(t[role], before):

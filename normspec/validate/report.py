@@ -287,12 +287,12 @@ def _arr(a) -> str:
 
 def _call_source(norm: str, call: dict) -> str:
     parts = ["    {"]
-    parts.append("        'inputs': {" + ", ".join(f"{r!r}: ({_arr(v)}, {d!r}, {l!r})"
-                                             for r, (v, d, l) in call["inputs"].items()) + "},")
+    parts.append("        'inputs': {" + ", ".join(f"{r!r}: ({_arr(v)}, {d!r}, {lay!r})"
+                                             for r, (v, d, lay) in call["inputs"].items()) + "},")
     parts.append(f"        'params': {dict(call['params'])!r},")
     if call.get("dy") is not None:
-        v, d, l = call["dy"]
-        parts.append(f"        'dy': ({_arr(v)}, {d!r}, {l!r}), 'wrt': {tuple(call.get('wrt', ()))!r},")
+        v, d, lay = call["dy"]
+        parts.append(f"        'dy': ({_arr(v)}, {d!r}, {lay!r}), 'wrt': {tuple(call.get('wrt', ()))!r},")
     exp = _expected(norm, call)
     if "spec_raises" in exp:
         parts.append(f"        'spec_raises': {exp['spec_raises']!r},")

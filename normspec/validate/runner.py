@@ -148,7 +148,8 @@ def resolve_norm(info: dict, as_norm: str | None) -> str:
         raise UsageError(f"cannot tell which normalization {info['name']} implements (no torch.nn base class or "
                          f"telling name); pass --as NORM, one of: {', '.join(ADAPTED_NORMS)}")
     if norm not in ADAPTED_NORMS:
-        raise UsageError(f"unknown norm {norm!r} for validate; drop-ins can be validated as: {', '.join(ADAPTED_NORMS)}")
+        raise UsageError(f"unknown norm {norm!r} for validate; "
+                         f"drop-ins can be validated as: {', '.join(ADAPTED_NORMS)}")
     if norm not in registered:
         raise UsageError(f"norm {norm!r} has no record in normspec.registry yet, so there is no spec to validate "
                          f"against; registered norms: {', '.join(registered)}")
@@ -807,7 +808,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
         except CandidateAbort as abort:
             aborts, accepted, refused = {"?": abort}, (), {}
         for dtype, abort in aborts.items():
-            v = Verdict(f"simplest_call[{dtype}]", norm, backend.name, "failed", message=f"{abort.kind}: {abort.message}")
+            v = Verdict(f"simplest_call[{dtype}]", norm, backend.name, "failed",
+                        message=f"{abort.kind}: {abort.message}")
             result.outcomes.append(Outcome(v, call=abort.call, group="contract"))
             result.first_counterexample_s = result.first_counterexample_s or time.monotonic() - start
         result.not_exercised = refused
@@ -815,7 +817,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             if refused:
                 why = "; ".join(f"{d}: {m}" for d, m in refused.items())
                 v = Verdict("simplest_call", norm, backend.name, "failed",
-                            message=f"the candidate fails on the simplest call {case.describe()} in every dtype ({why})")
+                            message=f"the candidate fails on the simplest call {case.describe()} "
+                                    f"in every dtype ({why})")
                 result.outcomes.append(Outcome(v, group="contract"))
                 result.first_counterexample_s = result.first_counterexample_s or time.monotonic() - start
             result.complete = True
