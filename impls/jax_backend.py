@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from normspec.impls.base import Backend, BackendUnavailable, Kernel
+from normspec.impls.conventions import beyond_pytorch
 
 INSTALL = "pip install 'normspec[jax]'"
 try:
@@ -138,6 +139,13 @@ BUILDERS = {"layer_norm": (_layer_norm, None), "rms_norm": (_rms_norm, None), "g
             "batch_norm": (_batch_norm, _batch_norm_unsupported)}
 
 
+def _with_conventions(norm, unsupported):
+    """The builder's own reason, after the conventions beyond PyTorch's that no builder offers."""
+    def check(params):
+        return beyond_pytorch(norm, params) or (unsupported(params) if unsupported else None)
+    return check
+
+
 class JaxBackend(Backend):
     name = "jax"
     dtypes = JAX_DTYPES
@@ -149,7 +157,7 @@ class JaxBackend(Backend):
             raise BackendUnavailable(f"jax/flax are not installed ({_IMPORT_ERROR}); {INSTALL}")
         jax.config.update("jax_enable_x64", True)
         self.compiled: dict[tuple, Any] = {}
-        self.kernels = {n: Kernel(forward=self._forward_of(n), unsupported=u or (lambda p: None))
+        self.kernels = {n: Kernel(forward=self._forward_of(n), unsupported=_with_conventions(n, u))
                         for n, (_, u) in BUILDERS.items()}
 
     def _fn(self, norm: str, inputs: Mapping[str, Any], params: Mapping[str, Any]):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from normspec.impls.base import Backend, BackendUnavailable, Kernel
+from normspec.impls.conventions import beyond_pytorch
 
 try:
     import onnx
@@ -110,7 +111,7 @@ class OnnxRuntimeBackend(Backend):
         return self.missing[(op, dtype)]
 
     def unsupported(self, norm, params, dtype="float64", layout="contiguous"):
-        why = super().unsupported(norm, params, dtype, layout)
+        why = beyond_pytorch(norm, params) or super().unsupported(norm, params, dtype, layout)
         return why or self.runtime_lacks(OPS[norm][0], dtype)
 
     def _forward(self, name: str):

@@ -33,7 +33,7 @@ class TargetBackend(TorchBackend):
             obj = adapters.load_target(target)
         except Exception as exc:
             raise TargetError(f"cannot import {target}: {type(exc).__name__}: {exc}") from None
-        found, norm, _ = adapters.classify(obj)
+        found, norm, *_ = adapters.classify(obj)
         if found is None:
             raise TargetError(f"{target} is a {type(obj).__name__}: expected a torch.nn.Module subclass or a "
                               f"torch.nn.functional drop-in")

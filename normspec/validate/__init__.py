@@ -9,16 +9,15 @@ The candidate runs in a worker process (see `candidate`), adapted to the norm's 
 The names below are imported on first use, so that the processes that only run a candidate
 (`worker`, the ranks of `ranks`) do not import the property suite.
 """
+from normspec.validate.contract import Contract, ContractError, contract  # light: the standard library only
+
 __all__ = ["DEFAULT_PROFILE", "Contract", "ContractError", "Outcome", "UsageError", "ValidationResult", "contract",
            "validate"]
-_CONTRACT = {"Contract", "ContractError", "contract"}
 
 
 def __getattr__(name):
-    if name in _CONTRACT:
-        from normspec.validate import contract as module
-    elif name in __all__:
-        from normspec.validate import runner as module
-    else:
-        raise AttributeError(f"module 'normspec.validate' has no attribute {name!r}")
-    return getattr(module, name)
+    if name in __all__:
+        import importlib
+
+        return getattr(importlib.import_module("normspec.validate.runner"), name)
+    raise AttributeError(f"module 'normspec.validate' has no attribute {name!r}")

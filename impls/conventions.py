@@ -1,0 +1,19 @@
+"""Which framework conventions of the spec a backend that implements only PyTorch's cannot run.
+
+The spec draws conventions beyond PyTorch's (docs/conventions.md); an engine that offers only
+PyTorch's semantics declares such calls unsupported with this reason instead of misreading them.
+"""
+from __future__ import annotations
+
+
+def beyond_pytorch(norm: str, params) -> str | None:
+    """Why a call of `norm` with `params` uses a convention PyTorch's layer does not have, or None."""
+    if norm in ("layer_norm", "mvn") and params.get("axes") is not None:
+        return f"{norm} over arbitrary axes (Keras / ONNX axes) is not offered by this engine's adapter"
+    if norm == "layer_norm" and params.get("saved_statistics"):
+        return "layer_norm's saved statistics (mean, rstd) are not returned by this engine's adapter"
+    if norm == "rms_norm" and params.get("weight_offset", 0.0) != 0.0:
+        return "rms_norm with Gemma's weight offset (1 + w) is not offered by this engine's adapter"
+    if norm == "batch_norm" and params.get("moving_average", "ema") != "ema":
+        return "batch_norm's debiased moving average is not offered by this engine's adapter"
+    return None
