@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import numeric_grad as finite_difference
 
 from normspec.impls.base import Kernel
 from normspec.impls.numpy_backend import NumpyBackend
@@ -22,14 +23,6 @@ from normspec.spec.recurrent_batch_norm import recurrent_batch_norm, recurrent_b
 
 RNG = np.random.default_rng(7)
 
-
-def finite_difference(f, x, dy, h=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = h
-        g[i] = ((f(x + e) * dy).sum() - (f(x - e) * dy).sum()) / (2 * h)
-    return g
 
 
 # ---------------------------------------------------------------- spec

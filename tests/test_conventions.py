@@ -12,6 +12,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from helpers import numeric_grad
 
 from normspec.impls.base import Kernel
 from normspec.impls.numpy_backend import NUMPY_KERNELS, NumpyBackend
@@ -26,14 +27,6 @@ from normspec.spec.spectral_norm import spectral_norm, spectral_norm_backward
 
 RNG = np.random.default_rng(14)
 
-
-def numeric_grad(f, a, dy, h=1e-6):
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        e = np.zeros_like(a)
-        e[i] = h
-        g[i] = ((f(a + e) - f(a - e)) * dy).sum() / (2 * h)
-    return g
 
 
 def np_kernel(norm):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import numeric_grad
 
 from normspec.impls.base import Kernel
 from normspec.impls.numpy_backend import NUMPY_KERNELS, NumpyBackend
@@ -19,14 +20,6 @@ from normspec.spec.rms_norm import DEFAULT_EPS, rms_norm, rms_norm_backward
 
 RNG = np.random.default_rng(0)
 
-
-def numeric_grad(f, a, dy, h=1e-6):
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        e = np.zeros_like(a)
-        e[i] = h
-        g[i] = ((f(a + e) - f(a - e)) * dy).sum() / (2 * h)
-    return g
 
 
 # ---------------------------------------------------------------- spec vs finite differences

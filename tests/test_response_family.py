@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import numeric_grad as finite_difference
 
 from normspec.expected import expected_failure
 from normspec.impls.base import Kernel, available_backends
@@ -52,14 +53,6 @@ def verdict(prop: str, norm: str, backend, **focus):
 
 
 # ------------------------------------------------------------ the spec against finite differences
-
-def finite_difference(f, x, dy, h=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = h
-        g[i] = ((f(x + e) - f(x - e)) * dy).sum() / (2 * h)
-    return g
 
 
 @pytest.mark.parametrize("convention,size", [("pytorch", 4), ("pytorch", 3), ("onnx", 4), ("tensorflow", 3),
