@@ -17,3 +17,23 @@ def beyond_pytorch(norm: str, params) -> str | None:
     if norm == "batch_norm" and params.get("moving_average", "ema") != "ema":
         return "batch_norm's debiased moving average is not offered by this engine's adapter"
     return None
+
+
+def biased_running_variance_only(engine: str):
+    """The `unsupported` of a batch norm whose training update feeds the running variance the
+    biased batch variance (flax, ONNX BatchNormalization): PyTorch's unbiased convention is refused."""
+    def unsupported(params):
+        tracked_training = params.get("training", True) and "momentum" in params
+        if tracked_training and params.get("running_var_style", "unbiased") != "biased":
+            return f"{engine} updates the running variance with the biased batch variance"
+        return None
+    return unsupported
+
+
+def no_running_statistics(engine: str):
+    """The `unsupported` of an instance norm that keeps no running statistics."""
+    def unsupported(params):
+        if "momentum" in params:  # running statistics are tracked
+            return f"{engine} keeps no running statistics"
+        return None
+    return unsupported

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from normspec.impls.base import Backend, BackendUnavailable, Kernel
-from normspec.impls.conventions import beyond_pytorch
+from normspec.impls.conventions import beyond_pytorch, biased_running_variance_only, no_running_statistics
 
 INSTALL = "pip install 'normspec[jax]'"
 try:
@@ -121,17 +121,8 @@ def _batch_norm(params, roles):
     return f
 
 
-def _batch_norm_unsupported(params):
-    tracked_training = params.get("training", True) and "momentum" in params
-    if tracked_training and params.get("running_var_style", "unbiased") != "biased":
-        return "flax BatchNorm updates the running variance with the biased batch variance"
-    return None
-
-
-def _instance_norm_unsupported(params):
-    if "momentum" in params:
-        return "flax InstanceNorm keeps no running statistics"
-    return None
+_batch_norm_unsupported = biased_running_variance_only("flax BatchNorm")
+_instance_norm_unsupported = no_running_statistics("flax InstanceNorm")
 
 
 BUILDERS = {"layer_norm": (_layer_norm, None), "rms_norm": (_rms_norm, None), "group_norm": (_group_norm, None),

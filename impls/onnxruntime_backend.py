@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from normspec.impls.base import Backend, BackendUnavailable, Kernel
-from normspec.impls.conventions import beyond_pytorch
+from normspec.impls.conventions import beyond_pytorch, biased_running_variance_only, no_running_statistics
 
 try:
     import onnx
@@ -153,17 +153,8 @@ def _mvn_unsupported(params):
     return None
 
 
-def _batch_norm_unsupported(params):
-    tracked_training = params.get("training", True) and "momentum" in params
-    if tracked_training and params.get("running_var_style", "unbiased") != "biased":
-        return "ONNX BatchNormalization (training_mode) updates the running variance with the biased batch variance"
-    return None
-
-
-def _instance_norm_unsupported(params):
-    if "momentum" in params:  # running statistics are tracked
-        return "ONNX InstanceNormalization keeps no running statistics"
-    return None
+_batch_norm_unsupported = biased_running_variance_only("ONNX BatchNormalization (training_mode)")
+_instance_norm_unsupported = no_running_statistics("ONNX InstanceNormalization")
 
 
 # ---------------------------------------------------------------- one function per operator
