@@ -15,13 +15,18 @@ def forward(inputs, params):
     x, w = inputs["x"], inputs["weight"]
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"norm_prop needs x (N, in) and W (out, in), got x{tuple(x.shape)} and W{tuple(w.shape)}")
-    scale = 1.0 / torch.linalg.vector_norm(w, dim=1, keepdim=True)
+    # half inputs are computed in float32: in float16 the backward of the row norm overflowed to
+    # inf in dweight for one-element rows (a dev-profile draw of norm_prop_rectangular)
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    xa, wa = x.to(acc), w.to(acc)
+    scale = 1.0 / torch.linalg.vector_norm(wa, dim=1, keepdim=True)
     if inputs.get("gamma") is not None:
-        scale = inputs["gamma"].unsqueeze(1) * scale
-    u = F.linear(x, w * scale, inputs.get("bias"))
+        scale = inputs["gamma"].to(acc).unsqueeze(1) * scale
+    bias = inputs.get("bias")
+    u = F.linear(xa, wa * scale, None if bias is None else bias.to(acc))
     if params.get("activation", "relu") == "identity":
-        return {"y": u}
-    return {"y": (torch.relu(u) - _MEAN) / _STD}
+        return {"y": u.to(x.dtype)}
+    return {"y": ((torch.relu(u) - _MEAN) / _STD).to(x.dtype)}
 
 
 torch_kernel("norm_prop")(forward)
