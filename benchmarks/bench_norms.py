@@ -21,6 +21,8 @@ class _Base:
 
     def setup(self, norm, backend, shape, dtype):
         self.p = common.prepare(norm, backend, shape, dtype, self.pass_)
+        if self.pass_ != "forward" and not getattr(self.p.backend, "differentiates", True):
+            raise NotImplementedError(f"{backend} is forward-only")  # asv: skipped, not failed
         self.sync = self.p.backend.synchronize
 
     def _run(self):
