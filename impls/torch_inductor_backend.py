@@ -49,7 +49,10 @@ class CompiledKernel:
 
     def __call__(self, inputs, params):
         before, start = _graphs(), time.perf_counter()
-        out = self.compiled(dict(inputs), dict(params))
+        # An absent optional input and one passed as None are the same call to the kernel (it reads
+        # them with .get), but Dynamo guards on the dict's keys: dropping the Nones keeps the two
+        # from compiling separate graphs (layer_norm: weight/bias absent vs None doubled its graphs).
+        out = self.compiled({k: v for k, v in inputs.items() if v is not None}, dict(params))
         new = _graphs() - before
         if new:
             entry = self.log.setdefault(self.norm, [0, 0.0])

@@ -119,3 +119,22 @@ def test_validate_compile_rejects_a_drop_in_wrong_only_when_compiled(tmp_path, c
     assert data["compile_differences"] == [{"property": "forward_matches_spec", "eager": "passed",
                                             "compiled": "failed"}]
     assert "eager vs compiled differences" in capsys.readouterr().out
+
+
+def test_inductor_absent_and_none_optional_inputs_share_one_graph():
+    """weight=None and no weight are the same call: the backend compiles one graph for both, not two."""
+    b = engine("torch:inductor")
+    x = b.native(np.arange(12.0).reshape(3, 4), "float32")
+    params = {"normalized_shape": (4,), "eps": 1e-5}
+    kernel = b.kernels["rms_norm"].forward
+    kernel({"x": x, "weight": None}, params)
+    graphs = b.compile_log.get("rms_norm", [0, 0.0])[0]
+    y = kernel({"x": x}, params)["y"]
+    assert b.compile_log.get("rms_norm", [0, 0.0])[0] == graphs
+    np.testing.assert_allclose(b.to_numpy(y), b.to_numpy(torch_rms(x)), rtol=1e-6)
+
+
+def torch_rms(x):
+    import torch
+
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=1e-5)
