@@ -460,8 +460,19 @@ EXPECTED_FAILURES += [
         when=r"weight_norm\(x\(\d+,\), weight\(\d+,\); dim=0\)",
     )
     for name in ("forward_matches_spec", "backward_matches_spec", "mixed_layouts_match_spec",
-                 "weight_norm_gradient_orthogonal", "weight_norm_folded_layer", "deterministic")
+                 "weight_norm_gradient_orthogonal", "weight_norm_folded_layer")
 ]
+# Not explained yet: `deterministic` fails on the same rank-1 dim=0 counterexample (float64, dy ~ 1e308:
+# dweight -9.296573571e307 on the first call, -9.296573358e307 on the second, reproduced by the reproducer),
+# while calling the compiled torch._weight_norm directly three times gives bitwise equal gradients (rank 1,
+# where the compiled dg overflows to inf, and rank 2). Recorded so that the check runs; to be isolated.
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="deterministic", norm="weight_norm", backend="torch:inductor*",
+    reason="two calls of the compiled weight_norm backward with the same inputs give dweight differing in the "
+           "8th digit on the rank-1 dim=0 counterexample (dy ~ 1e308, the mis-decomposed path above); direct "
+           "repeated calls are bitwise equal, so the cause (harness call sequence or Inductor) is not isolated",
+    when=r"second call.*weight_norm\(x\(\d+,\), weight\(\d+,\); dim=0\)",
+))
 EXPECTED_FAILURES += [
     ExpectedFailure(
         property=name, norm="weight_norm", backend="torch:inductor*", dtypes=("float16",),
