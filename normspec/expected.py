@@ -460,7 +460,7 @@ EXPECTED_FAILURES += [
         when=r"weight_norm\(x\(\d+,\), weight\(\d+,\); dim=0\)",
     )
     for name in ("forward_matches_spec", "backward_matches_spec", "mixed_layouts_match_spec",
-                 "weight_norm_gradient_orthogonal", "weight_norm_folded_layer")
+                 "weight_norm_gradient_orthogonal", "weight_norm_folded_layer", "layout_consistency")
 ]
 # Not explained yet: `deterministic` fails on the same rank-1 dim=0 counterexample (float64, dy ~ 1e308:
 # dweight -9.296573571e307 on the first call, -9.296573358e307 on the second, reproduced by the reproducer),
@@ -482,5 +482,19 @@ EXPECTED_FAILURES += [
         link=_INDUCTOR_WN_RANK1,
         when=r"expected scalar type Float but found Half",
     )
-    for name in ("inputs_unmodified", "layout_consistency")
+    for name in ("inputs_unmodified", "layout_consistency", "deterministic")
 ]
+
+# torch:inductor local_response_norm, found by `normspec check --backend torch:inductor --norm local_response_norm`
+# (ci profile): the compiled backward in bfloat16 misses the LRN error model by 2.57x on x(3, 2, 5, 1), size=2,
+# alpha=1, beta=0.75, k=1, strided layout: dx[2, 0, 1, 0] = -2.2602e-4 vs -2.7120e-4 ± 1.76e-5. Eager cannot run
+# this input at all (4-D bfloat16 pools with avg_pool3d, which has no bfloat16 CPU kernel; entry above), so there
+# is no eager value to compare; eager's 3-D bfloat16 backward misses the same model by 1.06x (entry above).
+# Whether Inductor rounds the pooled squares to bfloat16 or the model is optimistic here is not isolated yet.
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="backward_matches_spec", norm="local_response_norm", backend="torch:inductor*", dtypes=("bfloat16",),
+    reason="torch.compile of F.local_response_norm, bfloat16 backward: dx misses the float32-accumulation model by "
+           "2.57x (x(3, 2, 5, 1), size=2: -2.2602e-4 vs -2.7120e-4 ± 1.76e-5), consistent with intermediates "
+           "rounded to bfloat16; eager raises on this 4-D bfloat16 input, so there is no eager value",
+    when=r"^dx\[",
+))
