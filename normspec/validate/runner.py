@@ -8,8 +8,8 @@ check that a failure is not one PyTorch's own op shares under a recorded expecte
 """
 from __future__ import annotations
 
-import os
 import math
+import os
 import re
 import shutil
 import time
