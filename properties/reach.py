@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import strategies as st
+
 from normspec.library.strategies import reach
 from normspec.properties.agreement import compare_outputs, where
-from normspec.properties.core import Context, PropertyFailure, assert_close, prop
+from normspec.properties.core import Context, PropertyFailure, SweepPoint, assert_close, prop
 
 
 def takes_reach(record) -> bool:
@@ -22,6 +24,29 @@ def takes_reach(record) -> bool:
 
 
 takes_reach.requirement = "a case strategy that lays out reach draws (cases(reach=...))"
+
+
+def reach_sweep(backend, record) -> list[SweepPoint]:
+    """The reach draws every run makes besides its random ones: in each dtype the backend has,
+    2^16 - 1, 2^16 and 2^16 + 1 values per set (past every power-of-two block up to 2^16 with a
+    one-value tail, past 2048 terms where float16 stops resolving +1, past 65504 where a float16
+    count or sum is inf, past any length threshold of a size-switched path), contiguous and, for
+    norms with a channel axis, channels_last (kernels keep a separate channels-last path); and
+    65535-65537 sets of a few values (past CUDA's 65535 grid limit) in one dtype. The random draws
+    shrink a failure to its shortest length; these make sure the long end is never left out (a
+    kernel wrong only past 4096 values in float16 is one random draw in ~60)."""
+    layouts = ["contiguous"]
+    if record.has("channel_axis_1") and "channels_last" in backend.layouts:
+        layouts.append("channels_last")
+    points = [SweepPoint(f"{d} {layout}, 2^16 +- 1 values per set",
+                         {"dtype": st.just(d), "reach": reach(d, base=2**16), "layout": st.just(layout)}, d,
+                         case_overrides={"spatial_dims": 2} if layout == "channels_last" else {})
+              for d in backend.dtypes for layout in layouts]
+    wide = "float32" if "float32" in backend.dtypes else next(iter(backend.dtypes), None)
+    if wide is not None:
+        points.append(SweepPoint(f"{wide}, 65535-65537 sets", {"dtype": st.just(wide),
+                                                               "reach": reach(wide, many_sets=True)}, wide))
+    return points
 
 
 def _reach_runs(ctx: Context, grads: bool):
@@ -38,7 +63,7 @@ def _reach_runs(ctx: Context, grads: bool):
         yield run, ref, ref_grads, ctx.bounds(run, ref, ref_grads), f" [reach: {at_length.describe()}]"
 
 
-@prop("reach", applies=takes_reach)
+@prop("reach", applies=takes_reach, sweep=reach_sweep)
 def reach_forward_matches_spec(ctx: Context) -> None:
     """At the lengths where kernels change behaviour (2^k - 1, 2^k, 2^k + 1 up to 2^16 + 1 values
     per row, channel, group or instance; block sizes; ~100 x 100 maps; 65535-65537 rows) and the
@@ -55,7 +80,7 @@ def reach_forward_matches_spec(ctx: Context) -> None:
             raise PropertyFailure(f"{exc}{at}") from None
 
 
-@prop("reach", applies=takes_reach)
+@prop("reach", applies=takes_reach, sweep=reach_sweep)
 def reach_backward_matches_spec(ctx: Context) -> None:
     """The gradients with respect to the input, weight and bias at the same reach draws (lengths
     up to 2^16 + 1, 65535-65537 rows, magnitudes at the dtype's edge) equal the spec's closed-form
