@@ -138,3 +138,18 @@ def torch_rms(x):
     import torch
 
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=1e-5)
+
+
+def test_inductor_weight_norm_entries_cover_only_their_cases():
+    """The rank-1 dim=0 entry covers that case only: a rank-2 failure, or one on torch:cpu, stays a FAIL."""
+    from normspec.expected import expected_failure
+
+    where = "y[1]=-0.38, but should be -0.99 [torch:inductor float64 contiguous "
+    rank1 = where + "weight_norm(x(2,), weight(2,); dim=0)]"
+    rank2 = where + "weight_norm(x(2, 3), weight(2, 1); dim=0)]"
+    assert expected_failure("forward_matches_spec", "weight_norm", "torch:inductor", rank1, "float64") is not None
+    assert expected_failure("forward_matches_spec", "weight_norm", "torch:inductor", rank2, "float64") is None
+    assert expected_failure("forward_matches_spec", "weight_norm", "torch:cpu", rank1, "float64") is None
+    half = "backward raised RuntimeError: expected scalar type Float but found Half [torch:inductor weight_norm]"
+    assert expected_failure("inputs_unmodified", "weight_norm", "torch:inductor", half, "float16") is not None
+    assert expected_failure("inputs_unmodified", "weight_norm", "torch:inductor", half, "bfloat16") is None
