@@ -484,18 +484,15 @@ EXPECTED_FAILURES += [
 # which norm() reads as all dims. A 2-D v with dim=0 agrees exactly. The same decomposition returns the
 # norm in the input dtype, and for float16 the eager backward kernel it falls back to then raises.
 _INDUCTOR_WN_RANK1 = "https://github.com/pytorch/pytorch/pull/191141"
-EXPECTED_FAILURES += [
-    ExpectedFailure(
-        property=name, norm="weight_norm", backend="torch:inductor*",
-        reason="Inductor's _weight_norm_interface decomposition normalizes a rank-1 v with dim=0 by the norm of "
-               "the whole vector instead of each element's own magnitude (empty reduction list = all dims): "
-               "v = [-0.7796, 0.3271], g = [-2.0016, -0.9919] gives [1.8458, -0.3838], eager [2.0016, -0.9919]",
-        link=_INDUCTOR_WN_RANK1,
-        when=r"weight_norm\(x\(\d+,\), weight\(\d+,\); dim=0\)",
-    )
-    for name in ("forward_matches_spec", "backward_matches_spec", "mixed_layouts_match_spec",
-                 "weight_norm_gradient_orthogonal", "weight_norm_folded_layer", "layout_consistency")
-]
+EXPECTED_FAILURES.append(ExpectedFailure(
+    # any property: the forward itself is wrong on this input; which properties meet it first varies by run
+    property="*", norm="weight_norm", backend="torch:inductor*",
+    reason="Inductor's _weight_norm_interface decomposition normalizes a rank-1 v with dim=0 by the norm of "
+           "the whole vector instead of each element's own magnitude (empty reduction list = all dims): "
+           "v = [-0.7796, 0.3271], g = [-2.0016, -0.9919] gives [1.8458, -0.3838], eager [2.0016, -0.9919]",
+    link=_INDUCTOR_WN_RANK1,
+    when=r"weight_norm\(x\(\d+,\), weight\(\d+,\); dim=0\)",
+))
 # Not explained yet: `deterministic` fails on the same rank-1 dim=0 counterexample (float64, dy ~ 1e308:
 # dweight -9.296573571e307 on the first call, -9.296573358e307 on the second, reproduced by the reproducer),
 # while calling the compiled torch._weight_norm directly three times gives bitwise equal gradients (rank 1,
@@ -507,17 +504,24 @@ EXPECTED_FAILURES.append(ExpectedFailure(
            "repeated calls are bitwise equal, so the cause (harness call sequence or Inductor) is not isolated",
     when=r"second call.*weight_norm\(x\(\d+,\), weight\(\d+,\); dim=0\)",
 ))
-EXPECTED_FAILURES += [
-    ExpectedFailure(
-        property=name, norm="weight_norm", backend="torch:inductor*", dtypes=("float16",),
-        reason="torch.compile of torch._weight_norm in float16: the backward raises 'expected scalar type Float "
-               "but found Half' (the decomposed forward saves the norm in float16, the eager backward kernel "
-               "expects float32); eager float16 and compiled bfloat16 run",
-        link=_INDUCTOR_WN_RANK1,
-        when=r"expected scalar type Float but found Half",
-    )
-    for name in ("inputs_unmodified", "layout_consistency", "deterministic")
-]
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="*", norm="weight_norm", backend="torch:inductor*", dtypes=("float16",),
+    reason="torch.compile of torch._weight_norm in float16: the backward raises 'expected scalar type Float "
+           "but found Half' (the decomposed forward saves the norm in float16, the eager backward kernel "
+           "expects float32); eager float16 and compiled bfloat16 run",
+    link=_INDUCTOR_WN_RANK1,
+    when=r"expected scalar type Float but found Half",
+))
+# The ci reruns also met the rank-1 dim=0 case as a Hypothesis FlakyFailure ("Failed on the first call but did
+# not on a subsequent one", in deterministic and weight_norm_scale_invariance): the call that compiles the graph
+# and later calls of it disagree there (see the deterministic entry). The message names no case, so this entry
+# is scoped by its text to weight_norm on torch:inductor only.
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="*", norm="weight_norm", backend="torch:inductor*",
+    reason="on the rank-1 dim=0 counterexample a freshly compiled weight_norm graph's first call and later calls "
+           "disagree, so Hypothesis reports the failure as flaky; cause not isolated",
+    when=r"^FlakyFailure: .*Failed on the first call but did not on a subsequent one",
+))
 
 # torch:inductor local_response_norm, found by `normspec check --backend torch:inductor --norm local_response_norm`
 # (ci profile): the compiled backward in bfloat16 misses the LRN error model by 2.57x on x(3, 2, 5, 1), size=2,
