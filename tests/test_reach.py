@@ -171,17 +171,13 @@ def test_reach_control_accepted(control):
     assert result.accepted, [f"{o.verdict.property}: {o.verdict.message}" for o in result.failures]
 
 
-# Open finding (2026-12-06): through the Python API, validate finds torch.nn.BatchNorm2d in eval,
-# float32 channels_last, 1.06x outside the model on an offset reach set of 16383 values, and does
-# not match it against PyTorch's own op; `normspec validate` on the command line accepts the same
-# class. Under investigation: the xfail is not strict, so a fix shows as XPASS.
-_BN2D_OPEN = pytest.mark.xfail(reason="open: float32 channels_last eval BatchNorm2d at reach sizes, API vs CLI",
-                               strict=False)
-
-
+# PyTorch's own modules, subclassed. TorchBatchNorm2d was an open xfail: the Python API drew a float32
+# channels_last batch-statistics case the command line did not (Hypothesis mixed constants from the
+# imported modules into the derandomized draws; pinned in normspec.properties.core), and PyTorch's
+# channels_last batch_norm misses the model there (expected.py; tests/test_tolerance_reach.py).
 @pytest.mark.slow
-@pytest.mark.parametrize("attr", ["TorchLayerNorm", pytest.param("TorchBatchNorm2d", marks=_BN2D_OPEN),
-                                  "TorchGroupNorm", "TorchRMSNorm", "TorchInstanceNorm2d"])
+@pytest.mark.parametrize("attr", ["TorchLayerNorm", "TorchBatchNorm2d", "TorchGroupNorm", "TorchRMSNorm",
+                                  "TorchInstanceNorm2d"])
 def test_pytorch_module_subclass_accepted(attr):
     result = validate(f"{CANDIDATES}:{attr}")
     assert result.accepted, [f"{o.verdict.property}: {o.verdict.message}" for o in result.failures]
