@@ -475,9 +475,25 @@ EXPECTED_FAILURES += [
     ExpectedFailure(
         property="reach_forward_matches_spec", norm="instance_norm", backend="torch:cpu", dtypes=("float64",),
         reason="PyTorch CPU instance_norm (batch_norm on the (1, N*C, *S) view) in float64 misses the model by "
-               "~1.5x on maps of 65535 values at |mean|/std ~ 1e12 (y = 3.753 vs 4.150 +- 0.257): its summation "
-               "error grows faster than the model's 2 + sqrt(n) there. To be re-examined: either the kernel sums "
-               "with a bias or the sqrt(n) growth is optimistic for same-signed sums of 65535 terms",
+               "~1.5x on maps of 65535 values at |mean|/std ~ 1e12 (y = 3.753 vs 4.150 +- 0.257): its float64 "
+               "sums grow like a loop's, n u |mean| (see the batch_norm float64 entry below)",
         when=r"^y\[.*float64 \w+ instance_norm",
     ),
 ]
+
+# The instance_norm float64 entry above, on batch_norm itself (measured for the open TorchBatchNorm2d
+# xfail, tests/test_tolerance_reach.py has the float32 channels_last half): F.batch_norm in float64,
+# batch statistics, 3 channels of 65535 values at |mean|/std = 1e12, one thread, misses the model by
+# 2.2x and 3.8x (seeds 0, 1; contiguous and channels_last alike), 0.02-0.04x at 16383 values. Its
+# channel sums behave like a loop's: a sequential float64 mean of the same values is off by up to
+# 1.36 std (the rounding errors of a running sum of same-signed terms share their sign: Higham,
+# Accuracy and Stability, sec. 4.2, error up to (n - 1) u sum|x|), a pairwise one by 3e-4 std;
+# the model allows 16 u (2 + sqrt(n)) |mean|/std = 0.46 std there. At |mean|/std = 1e12 float64
+# resolves x_hat to ~1e-4 only, so a loop-summed mean loses every digit left.
+EXPECTED_FAILURES += [ExpectedFailure(
+    property=name, norm="batch_norm", backend="torch:cpu", dtypes=("float64",),
+    reason="PyTorch CPU batch_norm in float64 sums each channel like a sequential loop: on channels of 65535 "
+           "values at |mean|/std = 1e12 the error grows like n u |mean| (2.2-3.8x the model; a pairwise sum "
+           "stays at 1e-3 of it)",
+    when=r"^(y|d\w+)\[.*float64 \w+ batch_norm\(",
+) for name in ("reach_forward_matches_spec", "reach_backward_matches_spec")]

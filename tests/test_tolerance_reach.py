@@ -117,6 +117,30 @@ def test_torch_channels_last_batch_norm_float32_sums_rows_in_float32():
                             message.format("channels_last"), "float64") is None
 
 
+def test_torch_batch_norm_float64_sums_like_a_loop_at_65535_values_and_1e12_offsets():
+    """The same sums in float64 (expected.py, batch_norm/instance_norm float64 entries): PyTorch misses
+    the model where a pairwise-summed two-pass kernel (NumPy's mean) stays three decades inside it."""
+    record = get_norm("batch_norm")
+    rng = np.random.default_rng(1)
+    x = 1e12 * 0.777 * rng.uniform(0.5, 1.5, (1, 3, 1, 1)) + 0.777 * rng.standard_normal((1, 3, 255, 257))
+    case = Case("batch_norm", {"x": x}, {"training": False, "eps": 1e-12})
+    ref = record.reference(case)
+    bound = record.bounds(case, "float64", ref)["y"]
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    pairwise = (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=(0, 2, 3), keepdims=True) + 1e-12)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        y = torch.nn.functional.batch_norm(torch.tensor(x), None, None, training=True, eps=1e-12).numpy()
+    finally:
+        torch.set_num_threads(threads)
+    assert (np.abs(pairwise - ref["y"]) / bound).max() < 0.05  # measured ~1e-3
+    assert (np.abs(y - ref["y"]) / bound).max() > 1.0  # measured 3.75
+    message = ("y[0, 1, 2, 3]=np.float64(1.0), but should be np.float64(2.0) ± 0.4 (...) "
+               "[torch:cpu float64 contiguous batch_norm(x(1, 3, 255, 257); training=False, eps=1e-12)]")
+    assert expected_failure("reach_forward_matches_spec", "batch_norm", "torch:cpu", message, "float64") is not None
+
+
 def test_torch_local_response_norm_float16_overflows_its_squares():
     x = torch.tensor([-436.633, 271.404]).reshape(1, 2, 1)
     lrn = torch.nn.LocalResponseNorm(1, alpha=1e-4)
