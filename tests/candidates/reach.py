@@ -374,11 +374,6 @@ REACH = {
 # outliers whose squares pass 65504); they stay as regression cases. Every other one was accepted.
 CAUGHT_BEFORE = {"ln_half_squares", "rms_half_squares", "ln_eps_in_half"}
 
-# Rejected by earlier draw configurations of this work, accepted by the final ci draws (the
-# reach examples that pair a length past 4096 with float32/float64, or float16 with 2049+ values,
-# are too few among 20): open, see docs/reach.md.
-NOT_YET_CAUGHT = {"ln_one_pass_long_rows", "bn_half_count", "bn_one_pass_large_channels"}
-
 # Correct controls: the same classes without a mistake.
 CONTROLS = {
     "layer_norm": ("ReachLayerNorm", "layer_norm"),
