@@ -109,11 +109,10 @@ def test_torch_channels_last_batch_norm_float32_sums_rows_in_float32():
     assert ratio["contiguous"] < 0.01 and ratio["channels_last"] > 1.0, ratio  # measured 5.8e-4 and 1.34
     message = "y[0, 2, 19, 64]=np.float64(-2.5), but should be np.float64(-3.8) ± 1.23 (...) [torch:cpu float32 {} " \
               "batch_norm(x(1, 5, 127, 129); training=False, eps=1e-12)]"
-    assert expected_failure("reach_forward_matches_spec", "batch_norm", "torch:cpu",
-                            message.format("channels_last"), "float32") is not None
-    assert expected_failure("reach_forward_matches_spec", "batch_norm", "torch:cpu",
-                            message.format("contiguous"), "float32") is None
-    assert expected_failure("reach_forward_matches_spec", "batch_norm", "torch:cpu",
+    for prop in ("reach_forward_matches_spec", "mixed_layouts_match_spec", "layout_consistency"):
+        assert expected_failure(prop, "batch_norm", "torch:cpu", message.format("channels_last"), "float32")
+        assert expected_failure(prop, "batch_norm", "torch:cpu", message.format("contiguous"), "float32") is None
+    assert expected_failure("mixed_layouts_match_spec", "batch_norm", "torch:cpu",
                             message.format("channels_last"), "float64") is None
 
 
