@@ -100,11 +100,13 @@ def _has_torch_module(record) -> bool:
 _has_torch_module.requirement = "a torch.nn module equivalent (the norms a fused kernel replaces)"
 
 
-def layout_pairs(backend) -> list[SweepPoint]:
+def layout_pairs(backend, record) -> list[SweepPoint]:
     """Every (x layout, dy layout) pair the backend offers, each visited on every run: a backward
-    that is wrong for one pairing only (dy expanded under a channels_last x) is not left to chance."""
+    that is wrong for one pairing only (dy expanded under a channels_last x) is not left to chance.
+    A pair with channels_last draws 4-D inputs (spatial_dims=2) where the norm takes the override."""
     dy_layouts = list(backend.layouts) + list(getattr(backend, "extra_layouts", ()))
-    return [SweepPoint(f"x {x}, dy {dy}", {"layout": st.just(x), "dy_layout": st.just(dy)})
+    return [SweepPoint(f"x {x}, dy {dy}", {"layout": st.just(x), "dy_layout": st.just(dy)},
+                       case_overrides={"spatial_dims": 2} if "channels_last" in (x, dy) else {})
             for x in backend.layouts for dy in dy_layouts if dy != x]
 
 
