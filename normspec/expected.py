@@ -379,7 +379,10 @@ EXPECTED_FAILURES += [
     )
     for name in ("reach_forward_matches_spec", "reach_backward_matches_spec", "ill_conditioned_inputs",
                  "shift_invariance", "output_moments", "gradient_orthogonality", "layout_consistency",
-                 "forward_matches_spec", "backward_matches_spec", "batch_independence")
+                 "forward_matches_spec", "backward_matches_spec", "batch_independence",
+                 # main's channels_last sweep points bring 4-D channels_last inputs to mixed_layouts_match_spec:
+                 # float64 x(1, 2, 1, 2), G = 2, y = -0.99980823228915 vs -0.99980823229313
+                 "mixed_layouts_match_spec")
 ]
 
 # Found by the reach draws (issue 19): PyTorch's CPU layer_norm in float32 returns a zero variance
