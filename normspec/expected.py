@@ -379,10 +379,7 @@ EXPECTED_FAILURES += [
     )
     for name in ("reach_forward_matches_spec", "reach_backward_matches_spec", "ill_conditioned_inputs",
                  "shift_invariance", "output_moments", "gradient_orthogonality", "layout_consistency",
-                 "forward_matches_spec", "backward_matches_spec", "batch_independence",
-                 # main's channels_last sweep points bring 4-D channels_last inputs to mixed_layouts_match_spec:
-                 # float64 x(1, 2, 1, 2), G = 2, y = -0.99980823228915 vs -0.99980823229313
-                 "mixed_layouts_match_spec")
+                 "forward_matches_spec", "backward_matches_spec", "batch_independence", "mixed_layouts_match_spec")
 ]
 
 # Found by the reach draws (issue 19): PyTorch's CPU layer_norm in float32 returns a zero variance
@@ -412,7 +409,7 @@ EXPECTED_FAILURES += [ExpectedFailure(
            "channel's sum sequentially in the input dtype: at N = 65535, mean 7704.87, std 0.773 (float32) its "
            "mean is off by 2.0 and y by 3.6 std; pairwise summation (the NCHW path, torch.mean) is accurate",
     link="https://github.com/pytorch/pytorch/issues/36582",
-    when=r"float(32|64) (channels_last batch_norm|\w+ batch_norm\(x\(\d+, \d+\)[;)])",
+    when=r"float(32|64) (channels_last batch_norm|\w+ batch_norm\(x\(\d+, \d+\))",
 ) for name in ("reach_forward_matches_spec", "reach_backward_matches_spec")]
 
 # The same channels-last summation, found independently as the open TorchBatchNorm2d xfail of
@@ -431,6 +428,23 @@ EXPECTED_FAILURES += [ExpectedFailure(
     when=r"float32 channels_last batch_norm\(",
 ) for name in ("mixed_layouts_match_spec", "layout_consistency", "forward_matches_spec", "backward_matches_spec",
                "ill_conditioned_inputs")]
+
+# PyTorch's CPU batch_norm in eval mode, float16, on a non-contiguous input (its fallback path)
+# computes 1/sqrt(var + eps) in float16: eps = 1e-8 is 0 there, so a zero-variance channel gives
+# NaN (x = mean) or inf, where the contiguous path gives 0 and 78.1 for the same values:
+# x = [0.932098, 0.94] strided, running_mean 0.932098, running_var 0, eps 1e-8 -> [nan, inf]
+# (contiguous: [0, 78.125]). The batch_norm record's half-precision entries cover it there; the
+# SyncBatchNorm record (whose torch:cpu kernel calls batch_norm per rank) shows it in
+# train_equals_eval_on_batch_stats. Related upstream report: the float16 fallback path's NaN in
+# the backward, pytorch#147303.
+EXPECTED_FAILURES += [ExpectedFailure(
+    property="train_equals_eval_on_batch_stats", norm="sync_batch_norm", backend="torch:cpu", dtypes=("float16",),
+    reason="PyTorch CPU batch_norm eval in float16 on a non-contiguous input computes 1/sqrt(var + eps) in float16: "
+           "eps = 1e-8 rounds to 0, so a constant channel gives NaN (strided [0.932098, 0.94], running_var 0: "
+           "[nan, inf]; contiguous: [0, 78.125])",
+    link="https://github.com/pytorch/pytorch/issues/147303",
+    when=r"float16 (strided|offset|channels_last) sync_batch_norm",
+)]
 
 # GroupNorm gained the moment-normalizer properties (issue 19); on torch:cpu they show the deviations
 # its batch_norm and backward entries above describe: measured with
