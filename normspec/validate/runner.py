@@ -8,7 +8,6 @@ check that a failure is not one PyTorch's own op shares under a recorded expecte
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -440,6 +439,10 @@ def _quantity(message: str) -> str:
 # misses by about as much; one with its own bug (a float16 count that is inf past 65504) misses by
 # orders of magnitude more and is not hidden behind PyTorch's smaller deviation.
 ALIKE_FACTOR = 4.0
+# Where PyTorch's own op misses by more than this many times the bound (or returns NaN/inf), its
+# result is no yardstick: how far past it the candidate lands depends on the bound's size near
+# zero, not on the kernel (the same PyTorch bug missed by 7.7e13x on one length, 2.7e15x on the next).
+NO_YARDSTICK = 1e6
 
 
 def _excess(message: str) -> float | None:
@@ -479,7 +482,7 @@ def _torch_fails_alike(p, record: NormRecord, draws, message: str = ""):
         if message and _quantity(str(exc)) != _quantity(message):
             return None
         theirs, ours = _excess(str(exc)), _excess(message)
-        if message and theirs is not None and ours is not None and math.isfinite(theirs) \
+        if message and theirs is not None and ours is not None and theirs < NO_YARDSTICK \
                 and not ours <= ALIKE_FACTOR * theirs:
             return None
         return expected_failure(p.name, record.name, "torch:cpu", str(exc), dict(draws).get("dtype"))
