@@ -307,16 +307,81 @@ EXPECTED_FAILURES += [
 # flax.linen's LayerNorm/GroupNorm/BatchNorm/InstanceNorm default to use_fast_variance=True:
 # var = E[x^2] - E[x]^2 in one pass, whose error grows like u * (|mean|/std)^2 (float64 LayerNorm
 # of [-111.106, -111.885]: 0.9999670797598424 under jit, 0.9999670797649424 with
-# use_fast_variance=False and in float64 NumPy). RMSNorm has no mean and is unaffected.
+# use_fast_variance=False and in float64 NumPy). RMSNorm has no mean and is unaffected. At the reach
+# draws (issue 19) it is gross: float32 LayerNorm, eps=1e-12, of the row [77046.885, 77048.508] has
+# its one-pass variance cancel to 0 (clamped), so y = +-0.81 and dx ~ 1e17 where the spec has dx ~ 1e-12;
+# every reach failure of the ci run replays as a pass with use_fast_variance=False patched in.
+# flax computes the statistics of float16/bfloat16 inputs in float32, where this error stays below
+# the half-precision model, so the entry is confined to float64 and float32 (half precision has its
+# own gradient deviation, below).
+_FLAX_MEAN_NORMS = ("layer_norm", "group_norm", "batch_norm", "instance_norm")
 EXPECTED_FAILURES += [
     ExpectedFailure(
-        property=name, norm=norm, backend="jax",
+        property=name, norm=norm, backend="jax", dtypes=("float64", "float32"),
         reason="flax's normalization layers default to use_fast_variance=True (one-pass E[x^2] - E[x]^2): "
                "error ~ u*(|mean|/std)^2, documented by flax as less numerically stable",
         link="https://flax.readthedocs.io/en/latest/api_reference/flax.linen/layers.html#flax.linen.LayerNorm",
     )
-    for name in _VALUE_PROPERTIES + ("constant_group_gives_beta", "scale_invariance", "layout_consistency")
-    for norm in ("layer_norm", "group_norm", "batch_norm", "instance_norm")
+    for name in _VALUE_PROPERTIES + ("scale_invariance", "layout_consistency", "reach_forward_matches_spec",
+                                     "reach_backward_matches_spec")
+    for norm in _FLAX_MEAN_NORMS
+]
+EXPECTED_FAILURES += [
+    ExpectedFailure(
+        property="constant_group_gives_beta", norm=norm, backend="jax", when=r"^y\(constant set\)",
+        reason="flax's mean (a float sum divided by n) and one-pass variance are not exact on a constant set, "
+               "so x - mean is not 0: float64 LayerNorm of a constant row gives 1.4e-13 for beta = 0",
+    )
+    for norm in _FLAX_MEAN_NORMS
+]
+# flax's float16/bfloat16 input gradient: x reaches the float32 computation through two conversions (the
+# statistics' x.astype(float32) and the normalization's x - mean), so JAX's autodiff rounds each path's
+# cotangent to the input dtype and adds them in that dtype (`add_any` of two float16 values in the jaxpr of
+# jax.grad): where the two terms cancel, dx misses by u_half * |term| instead of u_half * |dx|. Minimal
+# case, float16 LayerNorm (eps=1e-5, no affine) of x = [0.18909, -0.52295, -0.41309], dy = [-2.4414, 1.7998,
+# 1.1445]: flax dx = [0, 0, -0.00195], spec [-6.0e-4, 1.90e-3, -1.29e-3] (6.7x outside the model); the same
+# layer fed float32 with dx rounded to float16 once stays within 0.06 of the bound over 150 draws (each of
+# the five norms: 2.3x to 6.7x outside with float16 inputs). RMSNorm too: x = [0.0417, 1.919, 0.1022],
+# dy = [-0.594, -0.782, 0.207], eps=1e-5: dx[1] = -9.77e-4 for -6.27e-4 +- 8.1e-5. Messages start "dx[" or
+# "sum_R(dx" (gradient_orthogonality). No upstream report found (jax-ml/jax#30337 is the related rule that
+# a gradient takes its primal's dtype).
+EXPECTED_FAILURES += [
+    ExpectedFailure(
+        property="*", norm=norm, backend="jax", dtypes=("float16", "bfloat16"), when=r"^(sum_R\()?dx\b",
+        reason="flax half-precision input gradient: x's two float32 conversions each get a cotangent rounded "
+               "to float16/bfloat16, summed in that dtype, so cancelling terms leave u_half*|term| errors "
+               "(float16 LayerNorm x=[0.18909, -0.52295, -0.41309], dy=[-2.4414, 1.7998, 1.1445]: "
+               "dx=[0, 0, -0.00195] for [-6.0e-4, 1.9e-3, -1.29e-3])",
+        link="https://github.com/jax-ml/jax/issues/30337",
+    )
+    for norm in _FLAX_MEAN_NORMS + ("rms_norm",)
+]
+# Degenerate sets flax does not refuse: one value per channel (BatchNorm, training) or one spatial element
+# (InstanceNorm) normalizes to 0 (then beta) instead of raising as PyTorch does; and an empty batch gives NaN
+# statistics (the mean of nothing), which reach BatchNorm's running statistics (running_mean NaN after an
+# empty batch where PyTorch leaves it unchanged) and GroupNorm's weight gradient (flax folds scale into
+# rsqrt(var + eps), so dweight = sum over nothing (0) * rsqrt(NaN) = NaN where the spec has 0).
+EXPECTED_FAILURES += [
+    ExpectedFailure(
+        property="single_value_per_channel_raises", norm="batch_norm", backend="jax",
+        reason="flax BatchNorm (training) with one value per channel returns beta (variance 0) instead of "
+               "raising as PyTorch does: x(1, 1) gives y = [0.0]",
+    ),
+    ExpectedFailure(
+        property="instance_single_spatial_element_raises", norm="instance_norm", backend="jax",
+        reason="flax InstanceNorm with one spatial element returns beta instead of raising: x(1, 1, 1) gives "
+               "y = [0.0]",
+    ),
+    ExpectedFailure(
+        property="empty_input_gives_empty_output", norm="batch_norm", backend="jax", when=r"nan",
+        reason="flax BatchNorm on an empty batch updates the running statistics with the NaN mean of nothing "
+               "(x(0, 1, 1), momentum=None: running_mean NaN; PyTorch leaves it unchanged)",
+    ),
+    ExpectedFailure(
+        property="empty_input_gives_empty_output", norm="group_norm", backend="jax", when=r"nan",
+        reason="flax GroupNorm on an empty set: dweight = 0 * rsqrt(NaN variance) = NaN where the spec has 0 "
+               "(x(2, 1, 0), one group)",
+    ),
 ]
 
 
