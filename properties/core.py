@@ -45,6 +45,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Examples per sweep point (see `SweepPoint`): the first is Hypothesis's simplest draw at the
+# point (band minima, seed 0), the second a random one; `dev` keeps only the first.
+SWEEP_EXAMPLES = {"dev": 1, "ci": 2, "thorough": 3}
+
+
 # Where Hypothesis stores failing examples (replayed first on the next run). None, the default for
 # library use and the harness's tests, stores nothing; the command line sets a directory under
 # normspec's cache (`normspec.guard.configure_hypothesis`), never the working directory.
@@ -73,6 +78,19 @@ def hypothesis_settings(profile: str) -> settings:
 # ---------------------------------------------------------------- registry of properties
 
 @dataclass(frozen=True)
+class SweepPoint:
+    """A region of the input space that every run visits, after the random examples: `pins` maps
+    a draw's label to the strategy drawn in its place (e.g. the dtype, and a reach geometry of
+    2^16 +- 1 values per set). Random draws reach a rare region (a long row in float16) in few
+    runs; a sweep point reaches it in every run, the way PyTorch's OpInfo samples always include
+    their large and edge cases. The other draws of the example stay Hypothesis's."""
+
+    name: str
+    pins: dict[str, st.SearchStrategy]
+    dtype: str | None = None  # the dtype the point pins (skipped where the backend lacks it)
+
+
+@dataclass(frozen=True)
 class Property:
     name: str
     func: Callable[["Context"], None]
@@ -83,6 +101,8 @@ class Property:
     # that only some algorithms achieve): `normspec check` holds backends to it, `normspec
     # validate` reports a failure as a warning instead of rejecting the candidate.
     advisory: bool = False
+    # The sweep points every run of the property visits after its random examples (see SweepPoint).
+    sweep: Callable[[Backend], list[SweepPoint]] | None = None
 
     def skip_reason(self, record: NormRecord, backend: Backend) -> str | None:
         if not backend.implements(record.name):
@@ -111,8 +131,10 @@ GROUPS = {
 }
 
 
-def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True, advisory: bool = False):
-    """Register a property under its function name; its docstring is what it claims and why."""
+def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True, advisory: bool = False,
+         sweep: Callable[[Backend], list[SweepPoint]] | None = None):
+    """Register a property under its function name; its docstring is what it claims and why;
+    `sweep` names the points every run visits besides its random examples."""
 
     if group not in GROUPS:
         raise ValueError(f"unknown property group {group!r}; groups: {', '.join(GROUPS)}")
@@ -122,7 +144,8 @@ def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True, 
             raise ValueError(f"property {func.__name__!r} defined twice")
         if not (func.__doc__ or "").strip():
             raise ValueError(f"property {func.__name__!r} needs a docstring saying what it claims")
-        PROPERTIES[func.__name__] = Property(func.__name__, func, applies, func.__doc__.strip(), group, advisory)
+        PROPERTIES[func.__name__] = Property(func.__name__, func, applies, func.__doc__.strip(), group,
+                                           advisory, sweep)
         return func
 
     return deco
@@ -192,8 +215,10 @@ class Context:
     """What a property sees: the norm's record, the backend, and a recorded way to draw."""
 
     def __init__(self, record: NormRecord, backend: Backend, draw: Callable[[st.SearchStrategy, str], Any],
-                 exclude_dtypes: tuple[str, ...] = (), replaying: bool = False):
+                 exclude_dtypes: tuple[str, ...] = (), replaying: bool = False,
+                 pins: dict[str, st.SearchStrategy] | None = None):
         self.replaying = replaying
+        self.pins = pins or {}
         self.record = record
         self.backend = backend
         self._draw = draw
@@ -211,7 +236,8 @@ class Context:
         assume(False)
 
     def draw(self, strategy: st.SearchStrategy, label: str) -> Any:
-        value = self._draw(strategy, label)
+        """Draw from `strategy` (from the sweep point's strategy where it pins `label`), recorded."""
+        value = self._draw(self.pins.get(label, strategy), label)
         self.draws.append((label, value))
         return value
 
@@ -368,20 +394,15 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
         verdict.status, verdict.reason = "skipped", reason
         return verdict
     last: dict[str, Context] = {}
-
-    @hypothesis_settings(profile)
-    @given(data=st.data())
-    def check(data):
-        ctx = Context(record, backend, lambda s, label: data.draw(s, label=label), exclude_dtypes)
-        last["ctx"] = ctx
-        p.func(ctx)
-
-    # One database entry per property x norm x backend (all share `check`'s source, which is what
-    # Hypothesis would key on); the key leaves the derandomized seed, which comes from the source, alone.
-    owner = getattr(backend, "database_key", backend.name)
-    check._hypothesis_internal_database_key = f"normspec:{p.name}:{record.name}:{owner}:{exclude_dtypes}".encode()
     try:
-        check()
+        _drive(p, record, backend, profile, exclude_dtypes, last)
+        for point in _sweep_points(p, backend, exclude_dtypes):
+            try:
+                _drive(p, record, backend, profile, exclude_dtypes, last, point)
+            except Unsatisfiable:
+                continue  # every example at this point was discarded (e.g. values that do not fit its dtype)
+            except PropertyFailure as exc:
+                raise PropertyFailure(f"{exc} (found at the sweep point {point.name})") from None
     except BackendLacks as exc:
         verdict.status, verdict.reason = "skipped", str(exc)
     except (Unsatisfiable, FailedHealthCheck) as exc:
@@ -395,6 +416,40 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
         verdict.draws = last["ctx"].draws if "ctx" in last else []
     verdict.seconds = time.perf_counter() - start
     return verdict
+
+
+def _sweep_points(p: Property, backend: Backend, exclude_dtypes: tuple[str, ...]) -> list[SweepPoint]:
+    """The property's sweep points that this backend can run (their dtype supported, not excluded)."""
+    if p.sweep is None:
+        return []
+    return [point for point in p.sweep(backend)
+            if point.dtype is None or (point.dtype in backend.dtypes and point.dtype not in exclude_dtypes)]
+
+
+def _drive(p: Property, record: NormRecord, backend: Backend, profile: str, exclude_dtypes: tuple[str, ...],
+           last: dict[str, Context], point: SweepPoint | None = None) -> None:
+    """One Hypothesis run of `p`: its random examples, or (with `point`) a few examples at the sweep
+    point; raises what the property raises on the minimal failing example."""
+    chosen = hypothesis_settings(profile)
+    if point is not None:
+        chosen = settings(chosen, max_examples=SWEEP_EXAMPLES.get(profile, 1))
+
+    @chosen
+    @given(data=st.data())
+    def check(data):
+        ctx = Context(record, backend, lambda s, label: data.draw(s, label=label), exclude_dtypes,
+                      pins=point.pins if point is not None else None)
+        last["ctx"] = ctx
+        p.func(ctx)
+
+    # One database entry per property x norm x backend (x sweep point): all share `check`'s source,
+    # which is what Hypothesis would key on; the key leaves the derandomized seed, which comes from
+    # the source, alone.
+    owner = getattr(backend, "database_key", backend.name)
+    where = f":{point.name}" if point is not None else ""
+    check._hypothesis_internal_database_key = \
+        f"normspec:{p.name}:{record.name}:{owner}:{exclude_dtypes}{where}".encode()
+    check()
 
 
 class ReplayExhausted(RuntimeError):

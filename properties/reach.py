@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import strategies as st
+
 from normspec.library.strategies import reach
 from normspec.properties.agreement import compare_outputs, where
-from normspec.properties.core import Context, PropertyFailure, assert_close, prop
+from normspec.properties.core import Context, PropertyFailure, SweepPoint, assert_close, prop
 
 
 def takes_reach(record) -> bool:
@@ -22,6 +24,23 @@ def takes_reach(record) -> bool:
 
 
 takes_reach.requirement = "a case strategy that lays out reach draws (cases(reach=...))"
+
+
+def reach_sweep(backend) -> list[SweepPoint]:
+    """The reach draws every run makes besides its random ones: in each dtype the backend has,
+    2^16 - 1, 2^16 and 2^16 + 1 values per set (past every power-of-two block up to 2^16 with a
+    one-value tail, past 2048 terms where float16 stops resolving +1, past 65504 where a float16
+    count or sum is inf, past any length threshold of a size-switched path); and 65537 sets of a
+    few values (past CUDA's 65535 grid limit) in one dtype. The random draws shrink a failure to
+    its shortest length; these make sure the long end is never left out (a kernel that is wrong
+    only past 4096 values in float16 is one draw in ~60)."""
+    points = [SweepPoint(f"{d}, 2^16 +- 1 values per set", {"dtype": st.just(d), "reach": reach(d, base=2**16)}, d)
+              for d in backend.dtypes]
+    wide = "float32" if "float32" in backend.dtypes else next(iter(backend.dtypes), None)
+    if wide is not None:
+        points.append(SweepPoint(f"{wide}, 65535-65537 sets", {"dtype": st.just(wide),
+                                                               "reach": reach(wide, many_sets=True)}, wide))
+    return points
 
 
 def _reach_runs(ctx: Context, grads: bool):
@@ -38,7 +57,7 @@ def _reach_runs(ctx: Context, grads: bool):
         yield run, ref, ref_grads, ctx.bounds(run, ref, ref_grads), f" [reach: {at_length.describe()}]"
 
 
-@prop("reach", applies=takes_reach)
+@prop("reach", applies=takes_reach, sweep=reach_sweep)
 def reach_forward_matches_spec(ctx: Context) -> None:
     """At the lengths where kernels change behaviour (2^k - 1, 2^k, 2^k + 1 up to 2^16 + 1 values
     per row, channel, group or instance; block sizes; ~100 x 100 maps; 65535-65537 rows) and the
@@ -55,7 +74,7 @@ def reach_forward_matches_spec(ctx: Context) -> None:
             raise PropertyFailure(f"{exc}{at}") from None
 
 
-@prop("reach", applies=takes_reach)
+@prop("reach", applies=takes_reach, sweep=reach_sweep)
 def reach_backward_matches_spec(ctx: Context) -> None:
     """The gradients with respect to the input, weight and bias at the same reach draws (lengths
     up to 2^16 + 1, 65535-65537 rows, magnitudes at the dtype's edge) equal the spec's closed-form

@@ -139,7 +139,7 @@ def _storage_start(x):
 
 def _ln_variant(*, last_dim_only=False, over_batch=False, eps_outside=False, one_pass=False,
                 folded_shift=False, bias_twice=False, tail_block=None, one_pass_above=None,
-                ignore_offset=False):
+                ignore_offset=False, count_in_input_dtype=False):
     def forward(inputs, params):
         x = _storage_start(inputs["x"]) if ignore_offset else inputs["x"]
         axes = _ln_axes(x, params)
@@ -158,6 +158,10 @@ def _ln_variant(*, last_dim_only=False, over_batch=False, eps_outside=False, one
             var = (xa * xa).mean(axis=axes, keepdims=True) - mean**2
         else:
             var = ((xa - mean) ** 2).mean(axis=axes, keepdims=True)
+        if count_in_input_dtype:  # 1/n from the count held in x's dtype: float16 holds 2049 as 2048, 65505+ as inf
+            inv_n = 1.0 / float(np.asarray(n, dtype=x.dtype))
+            mean = xa.sum(axis=axes, keepdims=True) * inv_n
+            var = ((xa - mean) ** 2).sum(axis=axes, keepdims=True) * inv_n
         if tail_block is not None and len(axes) == 1 and n > tail_block and n % tail_block:
             # blocks of `tail_block` values; the masked tail of the last block is dropped from the sums
             kept = xa[..., : n - n % tail_block]
@@ -283,6 +287,7 @@ BUGS = {
         "statistics_detached_in_backward": dict(backward=_ln_backward_detached),
         "tail_block_dropped": dict(forward=_ln_variant(tail_block=1024)),
         "one_pass_variance_above_4096": dict(forward=_ln_variant(one_pass_above=4096)),
+        "count_in_input_dtype": dict(forward=_ln_variant(count_in_input_dtype=True)),
         "ignores_storage_offset": dict(forward=_ln_variant(ignore_offset=True)),
         "output_buffer_reused": dict(forward=_reusing_outputs(ln_ref.forward)),
     },

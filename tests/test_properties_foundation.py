@@ -38,6 +38,7 @@ CATCHES = {
     ("batch_norm", "variance_in_half_precision"): ["reach_forward_matches_spec"],
     ("layer_norm", "tail_block_dropped"): ["reach_forward_matches_spec"],
     ("layer_norm", "one_pass_variance_above_4096"): ["reach_forward_matches_spec"],
+    ("layer_norm", "count_in_input_dtype"): ["reach_forward_matches_spec"],
     ("layer_norm", "ignores_storage_offset"): ["forward_matches_spec", "layout_consistency"],
     ("batch_norm", "nan_running_stats_on_empty_batch"): ["empty_input_gives_empty_output"],
     ("batch_norm", "output_buffer_reused"): ["outputs_not_aliased"],

@@ -135,17 +135,19 @@ _EDGES = {
 
 
 @st.composite
-def reach(draw, dtype: str = "float32"):
+def reach(draw, dtype: str = "float32", base: int | None = None, many_sets: bool = False):
     """A Reach draw for `dtype`. The budget: one long reduction per magnitude (n - 1, n and n + 1
     values for n a power of two up to 2^16 or a block size, 5 sets), or, one example in four, many
     short ones (65537, 65536 or 65535 sets of 2-4 values), never both, so a call holds at most
     ~3.3e5 values (a millisecond kernel call) and an example makes at most three. Shrinks toward
     short lengths; the magnitudes of a set are drawn log-uniformly inside the dtype's edge band (log2 for spreads,
-    log10 for |mean|/std)."""
-    if draw(st.integers(0, 3), label="reach_wide") < 3:
-        if draw(st.integers(0, 3), label="reach_block") < 3:
+    log10 for |mean|/std). A sweep point pins the geometry: `base` (n - 1, n, n + 1 values per set)
+    or `many_sets` (65537-65535 sets of 2-4 values); the magnitudes are drawn as always."""
+    wide = not many_sets and (base is not None or draw(st.integers(0, 3), label="reach_wide") < 3)
+    if wide:
+        if base is None and draw(st.integers(0, 3), label="reach_block") < 3:
             base = 2 ** draw(st.integers(1, 16), label="reach_log2_length")
-        else:
+        elif base is None:
             base = draw(st.sampled_from(REACH_BLOCKS), label="reach_block_length")
         lengths = tuple(n for n in (base - 1, base, base + 1) if n >= 2)
         sets = 5
