@@ -336,6 +336,34 @@ EXPECTED_FAILURES += [
     ),
 ]
 
+# Found by the reach sweep (2^16 +- 1 values or sets) on onnxruntime, float32 (measured with
+# `normspec check --backend onnxruntime`, ci profile):
+# - BatchNormalization with batch statistics sums each channel sequentially in float32: 65535 values of
+#   1e5 + randn give an implied mean of 99970.989 (the sequential float32 sum's 99970.992; true 99999.992)
+#   and a std of 29.0 (the two-pass variance about that mean; true 0.996), so y is off by up to 4.9 std.
+#   The same cause as PyTorch's channels-last entry above (pytorch#36582); no ONNX Runtime report found.
+# - LayerNormalization gives variance 0 for a row of two adjacent float32 values near 8420: [8420.874,
+#   8420.875] normalizes to [-976.5625, 0] with eps=1e-12 and [-0.3088, 0] with eps=1e-5 (both: x - mean
+#   over sqrt(0 + eps), the mean rounded to one of the two values), where the variance is 2.4e-7 and the
+#   spec gives [-1, 1]; a two-pass variance about the rounded mean would give [-1.41, 0], within the model.
+#   ([100000, 100000.0078] is fine.) Related: onnxruntime#28463 (its CPU LayerNormalization's variance
+#   giving NaN for large float32 inputs).
+EXPECTED_FAILURES += [
+    ExpectedFailure(
+        property="reach_forward_matches_spec", norm="batch_norm", backend="onnxruntime", dtypes=("float32",),
+        when=r"float32 \w+ batch_norm",
+        reason="ONNX Runtime BatchNormalization (batch statistics) sums each channel sequentially in float32: "
+               "65535 values of 1e5 + randn give mean 99970.99 (true 99999.99), std 29.0 (true 0.996)",
+    ),
+    ExpectedFailure(
+        property="reach_forward_matches_spec", norm="layer_norm", backend="onnxruntime", dtypes=("float32",),
+        when=r"float32 \w+ layer_norm",
+        reason="ONNX Runtime float32 LayerNormalization takes variance 0 for [8420.874, 8420.875] (true 2.4e-7): "
+               "y = [-976.5625, 0] at eps=1e-12 where the spec gives [-1, 1]",
+        link="https://github.com/microsoft/onnxruntime/issues/28463",
+    ),
+]
+
 # flax.linen's LayerNorm/GroupNorm/BatchNorm/InstanceNorm default to use_fast_variance=True:
 # var = E[x^2] - E[x]^2 in one pass, whose error grows like u * (|mean|/std)^2 (float64 LayerNorm
 # of [-111.106, -111.885]: 0.9999670797598424 under jit, 0.9999670797649424 with
