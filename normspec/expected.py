@@ -516,6 +516,23 @@ EXPECTED_FAILURES += [ExpectedFailure(
     when=r"float(32|64) (channels_last batch_norm|\w+ batch_norm\(x\(\d+, \d+\)[;)])",
 ) for name in ("reach_forward_matches_spec", "reach_backward_matches_spec")]
 
+# PyTorch's CPU batch_norm in eval mode, float16, on a non-contiguous input (its fallback path)
+# computes 1/sqrt(var + eps) in float16: eps = 1e-8 is 0 there, so a zero-variance channel gives
+# NaN (x = mean) or inf, where the contiguous path gives 0 and 78.1 for the same values:
+# x = [0.932098, 0.94] strided, running_mean 0.932098, running_var 0, eps 1e-8 -> [nan, inf]
+# (contiguous: [0, 78.125]). The batch_norm record's half-precision entries cover it there; the
+# SyncBatchNorm record (whose torch:cpu kernel calls batch_norm per rank) shows it in
+# train_equals_eval_on_batch_stats. Related upstream report: the float16 fallback path's NaN in
+# the backward, pytorch#147303.
+EXPECTED_FAILURES += [ExpectedFailure(
+    property="train_equals_eval_on_batch_stats", norm="sync_batch_norm", backend="torch:cpu", dtypes=("float16",),
+    reason="PyTorch CPU batch_norm eval in float16 on a non-contiguous input computes 1/sqrt(var + eps) in float16: "
+           "eps = 1e-8 rounds to 0, so a constant channel gives NaN (strided [0.932098, 0.94], running_var 0: "
+           "[nan, inf]; contiguous: [0, 78.125])",
+    link="https://github.com/pytorch/pytorch/issues/147303",
+    when=r"float16 (strided|offset|channels_last) sync_batch_norm",
+)]
+
 # GroupNorm gained the moment-normalizer properties (issue 19); on torch:cpu they show the deviations
 # its batch_norm and backward entries above describe: measured with
 # `normspec check --norm group_norm --backend torch:cpu,numpy`.

@@ -46,8 +46,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 # Examples per sweep point (see `SweepPoint`): the first is Hypothesis's simplest draw at the
-# point (band minima, seed 0), the second a random one; `dev` keeps only the first.
-SWEEP_EXAMPLES = {"dev": 1, "ci": 2, "thorough": 3}
+# point (band minima, seed 0), the others random.
+SWEEP_EXAMPLES = {"dev": 1, "ci": 1, "thorough": 3}
 
 
 # Where Hypothesis stores failing examples (replayed first on the next run). None, the default for
@@ -88,6 +88,9 @@ class SweepPoint:
     name: str
     pins: dict[str, st.SearchStrategy]
     dtype: str | None = None  # the dtype the point pins (skipped where the backend lacks it)
+    # overrides every case drawn at the point passes to the record's cases(), where the record
+    # takes them (e.g. spatial_dims=2, so that a channels_last point draws 4-D inputs)
+    case_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class Property:
     # validate` reports a failure as a warning instead of rejecting the candidate.
     advisory: bool = False
     # The sweep points every run of the property visits after its random examples (see SweepPoint).
-    sweep: Callable[[Backend], list[SweepPoint]] | None = None
+    sweep: Callable[[Backend, NormRecord], list[SweepPoint]] | None = None
 
     def skip_reason(self, record: NormRecord, backend: Backend) -> str | None:
         if not backend.implements(record.name):
@@ -132,7 +135,7 @@ GROUPS = {
 
 
 def prop(group: str, *, applies: Callable[[NormRecord], bool] = lambda r: True, advisory: bool = False,
-         sweep: Callable[[Backend], list[SweepPoint]] | None = None):
+         sweep: Callable[[Backend, NormRecord], list[SweepPoint]] | None = None):
     """Register a property under its function name; its docstring is what it claims and why;
     `sweep` names the points every run visits besides its random examples."""
 
@@ -216,9 +219,11 @@ class Context:
 
     def __init__(self, record: NormRecord, backend: Backend, draw: Callable[[st.SearchStrategy, str], Any],
                  exclude_dtypes: tuple[str, ...] = (), replaying: bool = False,
-                 pins: dict[str, st.SearchStrategy] | None = None):
+                 point: SweepPoint | None = None):
         self.replaying = replaying
-        self.pins = pins or {}
+        self.pins = point.pins if point is not None else {}
+        self.case_overrides = {k: v for k, v in (point.case_overrides if point is not None else {}).items()
+                               if record.takes(k)}
         self.record = record
         self.backend = backend
         self._draw = draw
@@ -242,7 +247,7 @@ class Context:
         return value
 
     def case(self, label: str = "case", **overrides) -> Case:
-        return self.draw(self.record.draw_cases(**overrides), label)
+        return self.draw(self.record.draw_cases(**{**self.case_overrides, **overrides}), label)
 
     def dtype(self, *allowed: str) -> str:
         choices = [d for d in self.backend.dtypes
@@ -396,7 +401,7 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
     last: dict[str, Context] = {}
     try:
         _drive(p, record, backend, profile, exclude_dtypes, last)
-        for point in _sweep_points(p, backend, exclude_dtypes):
+        for point in _sweep_points(p, record, backend, exclude_dtypes):
             try:
                 _drive(p, record, backend, profile, exclude_dtypes, last, point)
             except Unsatisfiable:
@@ -418,11 +423,12 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
     return verdict
 
 
-def _sweep_points(p: Property, backend: Backend, exclude_dtypes: tuple[str, ...]) -> list[SweepPoint]:
+def _sweep_points(p: Property, record: NormRecord, backend: Backend,
+                  exclude_dtypes: tuple[str, ...]) -> list[SweepPoint]:
     """The property's sweep points that this backend can run (their dtype supported, not excluded)."""
     if p.sweep is None:
         return []
-    return [point for point in p.sweep(backend)
+    return [point for point in p.sweep(backend, record)
             if point.dtype is None or (point.dtype in backend.dtypes and point.dtype not in exclude_dtypes)]
 
 
@@ -437,8 +443,7 @@ def _drive(p: Property, record: NormRecord, backend: Backend, profile: str, excl
     @chosen
     @given(data=st.data())
     def check(data):
-        ctx = Context(record, backend, lambda s, label: data.draw(s, label=label), exclude_dtypes,
-                      pins=point.pins if point is not None else None)
+        ctx = Context(record, backend, lambda s, label: data.draw(s, label=label), exclude_dtypes, point=point)
         last["ctx"] = ctx
         p.func(ctx)
 

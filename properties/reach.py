@@ -26,16 +26,22 @@ def takes_reach(record) -> bool:
 takes_reach.requirement = "a case strategy that lays out reach draws (cases(reach=...))"
 
 
-def reach_sweep(backend) -> list[SweepPoint]:
+def reach_sweep(backend, record) -> list[SweepPoint]:
     """The reach draws every run makes besides its random ones: in each dtype the backend has,
     2^16 - 1, 2^16 and 2^16 + 1 values per set (past every power-of-two block up to 2^16 with a
     one-value tail, past 2048 terms where float16 stops resolving +1, past 65504 where a float16
-    count or sum is inf, past any length threshold of a size-switched path); and 65537 sets of a
-    few values (past CUDA's 65535 grid limit) in one dtype. The random draws shrink a failure to
-    its shortest length; these make sure the long end is never left out (a kernel that is wrong
-    only past 4096 values in float16 is one draw in ~60)."""
-    points = [SweepPoint(f"{d}, 2^16 +- 1 values per set", {"dtype": st.just(d), "reach": reach(d, base=2**16)}, d)
-              for d in backend.dtypes]
+    count or sum is inf, past any length threshold of a size-switched path), contiguous and, for
+    norms with a channel axis, channels_last (kernels keep a separate channels-last path); and
+    65535-65537 sets of a few values (past CUDA's 65535 grid limit) in one dtype. The random draws
+    shrink a failure to its shortest length; these make sure the long end is never left out (a
+    kernel wrong only past 4096 values in float16 is one random draw in ~60)."""
+    layouts = ["contiguous"]
+    if record.has("channel_axis_1") and "channels_last" in backend.layouts:
+        layouts.append("channels_last")
+    points = [SweepPoint(f"{d} {layout}, 2^16 +- 1 values per set",
+                         {"dtype": st.just(d), "reach": reach(d, base=2**16), "layout": st.just(layout)}, d,
+                         case_overrides={"spatial_dims": 2} if layout == "channels_last" else {})
+              for d in backend.dtypes for layout in layouts]
     wide = "float32" if "float32" in backend.dtypes else next(iter(backend.dtypes), None)
     if wide is not None:
         points.append(SweepPoint(f"{wide}, 65535-65537 sets", {"dtype": st.just(wide),

@@ -9,7 +9,16 @@ from hypothesis import strategies as st
 from normspec.impls.layout import EXPANDED
 from normspec.library.tolerance import compute_roundoff
 from normspec.properties.agreement import compare_outputs, where
-from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, representable, traits
+from normspec.properties.core import (
+    Context,
+    PropertyFailure,
+    SweepPoint,
+    assert_close,
+    assert_equal,
+    prop,
+    representable,
+    traits,
+)
 from normspec.properties.statistics import batch_stats_case
 
 
@@ -91,7 +100,17 @@ def _has_torch_module(record) -> bool:
 _has_torch_module.requirement = "a torch.nn module equivalent (the norms a fused kernel replaces)"
 
 
-@prop("robustness", applies=_has_torch_module)
+def layout_pairs(backend, record) -> list[SweepPoint]:
+    """Every (x layout, dy layout) pair the backend offers, each visited on every run: a backward
+    that is wrong for one pairing only (dy expanded under a channels_last x) is not left to chance.
+    A pair with channels_last draws 4-D inputs (spatial_dims=2) where the norm takes the override."""
+    dy_layouts = list(backend.layouts) + list(getattr(backend, "extra_layouts", ()))
+    return [SweepPoint(f"x {x}, dy {dy}", {"layout": st.just(x), "dy_layout": st.just(dy)},
+                       case_overrides={"spatial_dims": 2} if "channels_last" in (x, dy) else {})
+            for x in backend.layouts for dy in dy_layouts if dy != x]
+
+
+@prop("robustness", applies=_has_torch_module, sweep=layout_pairs)
 def mixed_layouts_match_spec(ctx: Context) -> None:
     """The upstream gradient need not have the input's memory layout, and parameters need not be
     contiguous: with x in one layout and dy in another (channels_last vs contiguous both ways, a

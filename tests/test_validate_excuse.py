@@ -57,3 +57,20 @@ def test_a_nan_that_pytorch_also_returns_is_excused(monkeypatch):
     monkeypatch.setattr(runner, "replay", replay)
     assert alike(candidate("nan")) is not None
     assert alike(candidate("1e+09")) is not None  # PyTorch is unboundedly off there: no yardstick
+
+
+def test_pytorchs_op_is_replayed_with_the_workers_threads(monkeypatch):
+    """A sequential sum's rounding depends on how it is split across threads: PyTorch's own op is
+    replayed with the intra-op threads the candidate's worker ran with."""
+    import torch
+
+    seen = []
+
+    def replay(name, record, backend, draws):
+        seen.append(torch.get_num_threads())
+        raise PropertyFailure(TORCH_MESSAGE)
+    monkeypatch.setattr(runner, "replay", replay)
+    monkeypatch.setenv("NORMSPEC_VALIDATE_THREADS", "1")
+    before = torch.get_num_threads()
+    alike(candidate("2.5"))
+    assert seen == [1] and torch.get_num_threads() == before

@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -48,6 +49,7 @@ from normspec.validate.contract import (
 )
 from normspec.validate.distributed import DISTRIBUTED_PROPERTIES, DistributedCandidateBackend, distributed_drop_in_calls
 from normspec.validate.steps import VALIDATE_PROPERTIES
+from normspec.validate.worker import worker_threads
 
 DEFAULT_PROFILE = "ci"
 EXAMPLE_TIMEOUT = 20.0  # seconds one call of the candidate may take
@@ -446,6 +448,20 @@ def _excess(message: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+@contextmanager
+def torch_threads(n: int):
+    """PyTorch's intra-op threads set to `n` within the block: PyTorch's op is replayed the way the
+    candidate's worker ran (a sequential sum's rounding depends on how it is split across threads)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _torch_fails_alike(p, record: NormRecord, draws, message: str = ""):
     """The expected failure PyTorch's own op (torch:cpu) has on these very draws, or None. With
     `message` (the candidate's failure), only a failure of torch:cpu in the same quantity, by
@@ -456,7 +472,7 @@ def _torch_fails_alike(p, record: NormRecord, draws, message: str = ""):
 
         torch_backend = TorchCPUBackend()
         torch_backend.name = "torch:cpu"
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch_threads(worker_threads()):
             warnings.simplefilter("ignore")
             replay(p.name, record, torch_backend, list(draws))
     except PropertyFailure as exc:

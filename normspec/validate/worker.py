@@ -18,6 +18,11 @@ import traceback
 from multiprocessing.connection import Connection
 
 
+def worker_threads() -> int:
+    """The intra-op threads the candidate's torch runs with (NORMSPEC_VALIDATE_THREADS, default 1)."""
+    return int(os.environ.get("NORMSPEC_VALIDATE_THREADS", "1"))
+
+
 def _describe(obj, target):
     from normspec.validate import adapters
 
@@ -83,7 +88,7 @@ def serve(conn, target: str, cwd: str, scratch: str) -> None:
 
     # One intra-op thread by default: tiny cases run ~15x faster than with OpenMP threads waiting
     # on a busy CI machine, and reductions are summed in one order. NORMSPEC_VALIDATE_THREADS=n.
-    torch.set_num_threads(int(os.environ.get("NORMSPEC_VALIDATE_THREADS", "1")))
+    torch.set_num_threads(worker_threads())
     from normspec.validate import adapters
 
     candidate = None
