@@ -290,7 +290,7 @@ EXPECTED_FAILURES += [
         reason="ONNX Runtime's InstanceNormalization with one spatial element returns beta instead of raising",
     ),
     *[ExpectedFailure(
-        property="constant_group_gives_beta", norm=norm, backend="onnxruntime",
+        property="constant_group_gives_beta", norm=norm, backend="onnxruntime", when=r"^y\(constant set\)",
         reason="ONNX Runtime's Batch/Instance/GroupNormalization does not return exactly beta on a constant set "
                "(float32 instance_norm, x = 3.3: 0.25146484375 for beta 0.2514604330)",
     ) for norm in ("batch_norm", "instance_norm", "group_norm")],
@@ -314,7 +314,7 @@ EXPECTED_FAILURES += [
 # `normspec check --backend onnxruntime` (ci profile).
 EXPECTED_FAILURES += [
     ExpectedFailure(
-        property=name, norm="group_norm", backend="onnxruntime", dtypes=("float64", "float32"),
+        property=name, norm="group_norm", backend="onnxruntime", dtypes=("float64", "float32", "float16"),
         reason="ONNX GroupNormalization's function body takes var = E[x^2] - E[x]^2 in float32, unclamped: "
                "error ~ u_32*(|mean|/std)^2 (float32 [[77046.885, 77048.508]], one group: y = [-256.9, 256.9])",
         link="https://github.com/microsoft/onnxruntime/issues/24538",
@@ -363,6 +363,18 @@ EXPECTED_FAILURES += [
         link="https://github.com/microsoft/onnxruntime/issues/28463",
     ),
 ]
+
+# ONNX Runtime's float32 LRN sums each window of squares as a running sum over the channels (add the entering
+# square, subtract the leaving one), so the rounding of large channels leaks into small ones: x(2, 3, 1, 1) with
+# channels [-184.17, -56.39, 2.3203] (size=1, alpha=1, beta=0.75, k=1) gives 0.5777577 for the last where
+# the spec gives 0.5777442 (2.3e-5 relative, 3.2x outside the model); the same 2.3203 alone gives 0.57774425
+# (5e-8). Found by a dev-profile draw; confined to float32, where it was measured. No upstream report found.
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="*", norm="local_response_norm", backend="onnxruntime", dtypes=("float32",),
+    when=r"^y.*float32 \w+ local_response_norm",
+    reason="ONNX Runtime float32 LRN's window sums carry the rounding of other channels' squares: [-184.17, "
+           "-56.39, 2.3203] (size=1) gives 0.5777577 for 0.5777442 at the last channel; alone, 0.57774425",
+))
 
 # flax's float16/bfloat16 input gradient: x reaches the float32 computation through two conversions (the
 # statistics' x.astype(float32) and the normalization's x - mean), so JAX's autodiff rounds each path's
