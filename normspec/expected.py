@@ -495,7 +495,7 @@ EXPECTED_FAILURES += [
     )
     for name in ("reach_forward_matches_spec", "reach_backward_matches_spec", "ill_conditioned_inputs",
                  "shift_invariance", "output_moments", "gradient_orthogonality", "layout_consistency",
-                 "forward_matches_spec", "backward_matches_spec", "batch_independence")
+                 "forward_matches_spec", "backward_matches_spec", "batch_independence", "mixed_layouts_match_spec")
 ]
 
 # Found by the reach draws (issue 19): PyTorch's CPU layer_norm in float32 returns a zero variance
@@ -525,7 +525,7 @@ EXPECTED_FAILURES += [ExpectedFailure(
            "channel's sum sequentially in the input dtype: at N = 65535, mean 7704.87, std 0.773 (float32) its "
            "mean is off by 2.0 and y by 3.6 std; pairwise summation (the NCHW path, torch.mean) is accurate",
     link="https://github.com/pytorch/pytorch/issues/36582",
-    when=r"float(32|64) (channels_last batch_norm|\w+ batch_norm\(x\(\d+, \d+\)[;)])",
+    when=r"float(32|64) (channels_last batch_norm|\w+ batch_norm\(x\(\d+, \d+\))",
 ) for name in ("reach_forward_matches_spec", "reach_backward_matches_spec")]
 
 # PyTorch's CPU batch_norm in eval mode, float16, on a non-contiguous input (its fallback path)

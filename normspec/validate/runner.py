@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
-from hypothesis import HealthCheck, find, reject, settings
+from hypothesis import HealthCheck, find, settings
 from hypothesis import strategies as st
 
 from normspec.expected import expected_failure
@@ -513,9 +513,11 @@ def guarded(p: Property) -> Property:
 
 def parity_checked(p: Property, record: NormRecord, excused: list) -> Property:
     """`p` with every failing example replayed on PyTorch's own op: where torch:cpu fails it too,
-    under a recorded expected failure, the example is discarded (and noted) instead of failing, so
-    that a drop-in is never rejected for a deviation it shares with PyTorch, and the search goes on
-    for failures that are its own."""
+    under a recorded expected failure, the example counts as passed (and is noted) instead of
+    failing, so that a drop-in is never rejected for a deviation it shares with PyTorch, and the
+    search goes on for failures that are its own. It counts as an example (it is not discarded):
+    where PyTorch fails most draws (float16 InstanceNorm at reach sizes), discarding made Hypothesis
+    draw up to ten times the profile's examples, each run twice."""
 
     def func(ctx):
         try:
@@ -525,7 +527,6 @@ def parity_checked(p: Property, record: NormRecord, excused: list) -> Property:
             if xf is None:
                 raise
             excused.append((dict(ctx.draws).get("dtype", "?"), xf))
-            reject()
 
     return replace(p, func=func)
 
