@@ -18,6 +18,7 @@ import numpy as np
 
 from normspec.impls.base import Backend, BackendUnavailable, Kernel
 from normspec.impls.conventions import beyond_pytorch, biased_running_variance_only, no_running_statistics
+from normspec.spec.rms_norm import resolve_eps
 
 INSTALL = "pip install 'normspec[jax]'"
 try:
@@ -74,9 +75,9 @@ def _rms_norm(params, roles):
     axes = tuple(range(-k, 0))
 
     def f(a):
-        eps = params.get("eps")
-        if eps is None:  # PyTorch's rule: the machine epsilon of the input's dtype
-            eps = float(jnp.finfo(a["x"].dtype).eps)
+        # eps=None is PyTorch's rule, which is float32's epsilon for half inputs too (the dtype the statistics are
+        # computed in), not the input dtype's own: float16's 9.8e-4 swamped mean squares near 1e-7.
+        eps = resolve_eps(params.get("eps"), str(a["x"].dtype))
         m = nn.RMSNorm(epsilon=eps, use_scale="weight" in roles, reduction_axes=axes, feature_axes=axes)
         return {"y": m.apply({"params": _affine_vars(a)}, a["x"])}
     return f

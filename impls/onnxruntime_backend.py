@@ -23,6 +23,7 @@ import numpy as np
 
 from normspec.impls.base import Backend, BackendUnavailable, Kernel
 from normspec.impls.conventions import beyond_pytorch, biased_running_variance_only, no_running_statistics
+from normspec.spec.rms_norm import resolve_eps
 
 try:
     import onnx
@@ -222,9 +223,7 @@ def _instance_norm(b, inputs, params):
 def _rms_norm(b, inputs, params):
     x = inputs["x"]
     shape = tuple(params["normalized_shape"])
-    eps = params.get("eps")
-    if eps is None:  # PyTorch's rule: the machine epsilon of the input's dtype
-        eps = float(np.finfo(x.dtype).eps)
+    eps = resolve_eps(params.get("eps"), _dtype_of(x))  # PyTorch's rule: float32's epsilon for float16 inputs too
     w = inputs.get("weight")
     feeds = {"X": x, "scale": np.ones(shape, x.dtype) if w is None else w}
     attrs = {"axis": x.ndim - len(shape), "epsilon": float(eps)}

@@ -9,6 +9,7 @@ turns that into a counterexample and a standalone reproducer.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -73,6 +74,36 @@ def hypothesis_settings(profile: str) -> settings:
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
         **PROFILES[profile],
     )
+
+
+@contextmanager
+def import_independent_draws():
+    """Within the block, Hypothesis draws no constants mined from the caller's source files.
+
+    Hypothesis (>= 6.131) mixes into its float and integer draws constants it collects from every
+    "local" module in `sys.modules` (any file outside site-packages and the standard library: an
+    editable normspec install, the user's own package). Which modules are loaded then changes the
+    examples, so the derandomized `ci` profile drew differently from `normspec validate` on the
+    command line and from `normspec.validate.validate` in Python (the CLI had imported more of
+    normspec). The pool is pinned to empty here (what a site-packages install sees), so a profile's
+    draws depend only on the property, the record and the backend. Hypothesis' global constants
+    (its own list of edge values) still apply. Uses a Hypothesis internal; if that moves, the
+    block is a no-op (draws then follow the imports again, as before).
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+        original, cache = providers._get_local_constants, providers.CONSTANTS_CACHE
+        empty = type(providers._local_constants)()
+    except (ImportError, AttributeError, TypeError):
+        yield
+        return
+    cache.cache.clear()  # cached (global, local) choices were built from the import-dependent pool
+    providers._get_local_constants = lambda: empty
+    try:
+        yield
+    finally:
+        providers._get_local_constants = original
+        cache.cache.clear()
 
 
 # ---------------------------------------------------------------- registry of properties
@@ -454,7 +485,8 @@ def _drive(p: Property, record: NormRecord, backend: Backend, profile: str, excl
     where = f":{point.name}" if point is not None else ""
     check._hypothesis_internal_database_key = \
         f"normspec:{p.name}:{record.name}:{owner}:{exclude_dtypes}{where}".encode()
-    check()
+    with import_independent_draws():
+        check()
 
 
 class ReplayExhausted(RuntimeError):

@@ -233,9 +233,10 @@ def rms_norm_eps_none_rule(ctx: Context) -> None:
     ms = np.mean(case.x**2, axis=axes, keepdims=True)
     target = eps * 10.0 ** ctx.draw(st.floats(-1.0, 2.0), "log10_meansquare_over_eps")
     x = case.x * np.sqrt(target / np.where(ms > 0, ms, 1.0))
-    run = ctx.run(case.with_arrays(x=x), dtype, layout, grads=True)
+    # a forward-only engine (onnxruntime) is still held to the rule on y
+    run = ctx.run(case.with_arrays(x=x), dtype, layout, grads=getattr(ctx.backend, "differentiates", True))
     ref = record.reference(run.case, dtype=dtype)
-    ref_grads = record.reference_grad(run.case, run.dy, dtype=dtype)
+    ref_grads = record.reference_grad(run.case, run.dy, dtype=dtype) if run.dy is not None else {}
     bounds = record.bounds(run.case, dtype, ref, run.dy, ref_grads)
     at = where(ctx, run) + f" eps=None -> {eps!r}"
     assert_close(run.outputs["y"], ref["y"], bounds["y"], "y", at)

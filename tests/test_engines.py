@@ -56,6 +56,16 @@ def test_one_property_on_one_norm(name, norm):
     assert verdict.status in ("passed", "xfail"), verdict.message
 
 
+@pytest.mark.parametrize("name", ["jax", "onnxruntime"])
+def test_rms_norm_eps_none_is_pytorchs_rule_in_every_dtype(name):
+    """eps=None is float32's epsilon for half inputs too (the spec's resolve_eps), not the input dtype's own.
+    Both adapters once read it from the input dtype: float16's 9.8e-4 swamped mean squares near 1e-7 (jax gave
+    y = 0.011 where 0.707 was right). The forward-only engine is held to the rule on y."""
+    b = engine(name)
+    v = run_property(PROPERTIES["rms_norm_eps_none_rule"], norms()["rms_norm"], b, "dev")
+    assert v.status == "passed", v.message
+
+
 def test_forward_only_engine_skips_gradient_properties_saying_why():
     b = engine("onnxruntime")
     v = run_property(PROPERTIES["backward_matches_spec"], norms()["layer_norm"], b, "dev")

@@ -159,6 +159,9 @@ def test_reach_bug_rejected_by_validate(bug):
     assert not result.accepted, f"{bug} was accepted"
 
 
+# ReachInstanceNorm2d delegates eval with running statistics to PyTorch, whose channels_last N=1
+# input gradient is wrong (a recorded expected failure): validate excuses it only as PyTorch's own,
+# which needed PyTorch's far-off result to count as no yardstick (runner.NO_YARDSTICK).
 @pytest.mark.slow
 @pytest.mark.parametrize("control", sorted(catalogue.CONTROLS))
 def test_reach_control_accepted(control):
@@ -167,6 +170,12 @@ def test_reach_control_accepted(control):
     assert result.accepted, [f"{o.verdict.property}: {o.verdict.message}" for o in result.failures]
 
 
+# PyTorch's own modules, subclassed. TorchBatchNorm2d was an open xfail (the Python API rejected it,
+# the command line accepted it) for two reasons: the API drew a float32 channels_last batch-statistics
+# case the CLI did not (Hypothesis mixed constants from the imported modules into the derandomized
+# draws; pinned in normspec.properties.core, tests/test_tolerance_reach.py), and there PyTorch's
+# sequential channel sum, recorded in expected.py, rounded differently in the parity replay's thread
+# count than in the worker's (validate now replays with the worker's threads).
 @pytest.mark.slow
 @pytest.mark.parametrize("attr", ["TorchLayerNorm", "TorchBatchNorm2d", "TorchGroupNorm", "TorchRMSNorm",
                                   "TorchInstanceNorm2d"])

@@ -59,6 +59,13 @@ def test_a_nan_that_pytorch_also_returns_is_excused(monkeypatch):
     assert alike(candidate("1e+09")) is not None  # PyTorch is unboundedly off there: no yardstick
 
 
+def test_pytorch_far_off_is_no_yardstick(monkeypatch):
+    def replay(name, record, backend, draws):
+        raise PropertyFailure(candidate("7.68e+13"))
+    monkeypatch.setattr(runner, "replay", replay)
+    assert alike(candidate("2.72e+15")) is not None
+
+
 def test_pytorchs_op_is_replayed_with_the_workers_threads(monkeypatch):
     """A sequential sum's rounding depends on how it is split across threads: PyTorch's own op is
     replayed with the intra-op threads the candidate's worker ran with."""

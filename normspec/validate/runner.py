@@ -8,7 +8,6 @@ check that a failure is not one PyTorch's own op shares under a recorded expecte
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
-from hypothesis import HealthCheck, find, reject, settings
+from hypothesis import HealthCheck, find, settings
 from hypothesis import strategies as st
 
 from normspec.expected import expected_failure
@@ -440,6 +439,10 @@ def _quantity(message: str) -> str:
 # misses by about as much; one with its own bug (a float16 count that is inf past 65504) misses by
 # orders of magnitude more and is not hidden behind PyTorch's smaller deviation.
 ALIKE_FACTOR = 4.0
+# Where PyTorch's own op misses by more than this many times the bound (or returns NaN/inf), its
+# result is no yardstick: how far past it the candidate lands depends on the bound's size near
+# zero, not on the kernel (the same PyTorch bug missed by 7.7e13x on one length, 2.7e15x on the next).
+NO_YARDSTICK = 1e6
 
 
 def _excess(message: str) -> float | None:
@@ -479,7 +482,7 @@ def _torch_fails_alike(p, record: NormRecord, draws, message: str = ""):
         if message and _quantity(str(exc)) != _quantity(message):
             return None
         theirs, ours = _excess(str(exc)), _excess(message)
-        if message and theirs is not None and ours is not None and math.isfinite(theirs) \
+        if message and theirs is not None and ours is not None and theirs < NO_YARDSTICK \
                 and not ours <= ALIKE_FACTOR * theirs:
             return None
         return expected_failure(p.name, record.name, "torch:cpu", str(exc), dict(draws).get("dtype"))
@@ -513,9 +516,11 @@ def guarded(p: Property) -> Property:
 
 def parity_checked(p: Property, record: NormRecord, excused: list) -> Property:
     """`p` with every failing example replayed on PyTorch's own op: where torch:cpu fails it too,
-    under a recorded expected failure, the example is discarded (and noted) instead of failing, so
-    that a drop-in is never rejected for a deviation it shares with PyTorch, and the search goes on
-    for failures that are its own."""
+    under a recorded expected failure, the example counts as passed (and is noted) instead of
+    failing, so that a drop-in is never rejected for a deviation it shares with PyTorch, and the
+    search goes on for failures that are its own. It counts as an example (it is not discarded):
+    where PyTorch fails most draws (float16 InstanceNorm at reach sizes), discarding made Hypothesis
+    draw up to ten times the profile's examples, each run twice."""
 
     def func(ctx):
         try:
@@ -525,7 +530,6 @@ def parity_checked(p: Property, record: NormRecord, excused: list) -> Property:
             if xf is None:
                 raise
             excused.append((dict(ctx.draws).get("dtype", "?"), xf))
-            reject()
 
     return replace(p, func=func)
 

@@ -21,11 +21,12 @@ def acc(x):
 
 
 def two_pass(xa, dims):
-    """Mean and biased variance over dims, shifted two-pass (exact 0 for a constant set)."""
+    """Mean and biased variance over dims, shifted two-pass (exact 0 for a constant set); the shift is
+    detached (its exact derivative is 0; see shifted_moments in tests/candidates/norms.py)."""
     index = [slice(None)] * xa.ndim
     for d in dims:
         index[d] = slice(0, 1)
-    first = xa[tuple(index)]
+    first = xa[tuple(index)].detach()
     s = xa - first
     m = s.mean(dim=dims, keepdim=True)
     c = s - m
@@ -399,6 +400,22 @@ class LNIgnoresStorageOffset(ReachLayerNorm):
         return super().forward(torch.as_strided(x, x.shape, x.stride(), 0))
 
 
+_WORKSPACE: dict = {}
+
+
+class LNReusesLargeOutputBuffer(ReachLayerNorm):
+    """outputs of 10000 elements or more are written into one cached buffer per (shape, dtype) and
+    that buffer is returned: a second call of the same shape overwrites the caller's first result
+    (small outputs are fresh tensors, so small draws never see it)."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        if y.numel() < 10000:
+            return y
+        buffer = _WORKSPACE.setdefault((tuple(y.shape), y.dtype), torch.empty_like(y))
+        return buffer.detach().copy_(y)
+
+
 REACH = {
     "ln_half_squares": ("LNHalfSquares", "layer_norm"),
     "ln_half_count": ("LNHalfCount", "layer_norm"),
@@ -409,6 +426,7 @@ REACH = {
     "ln_one_pass_long_rows": ("LNOnePassLongRows", "layer_norm"),
     "ln_grid_wraps_past_65535_rows": ("LNGridWraps", "layer_norm"),
     "ln_eps_in_half": ("LNEpsInHalf", "layer_norm"),
+    "ln_reuses_large_output_buffer": ("LNReusesLargeOutputBuffer", "layer_norm"),
     "rms_tail_mask_forgotten": ("RMSTailMaskForgotten", "rms_norm"),
     "rms_half_squares": ("RMSHalfSquares", "rms_norm"),
     "bn_half_count": ("BNHalfCount", "batch_norm"),
