@@ -379,10 +379,15 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, bound: np.ndarray | f
         flat = int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)))
         idx = np.unravel_index(flat, expected.shape) if expected.ndim else ()
         i = tuple(int(j) for j in idx)
+        if bound[i] == 0:  # an exact claim: no ratio to report, only that it differs
+            extent = f"{int(bad.sum())} of {expected.size} elements differ, where the claim is exact"
+        else:
+            ratio = float(excess[i])
+            shown = f"{ratio:.3g}" if f"{ratio:.3g}" != "1" else f"{ratio:.6g}"  # never 'by 1x'
+            extent = f"{int(bad.sum())} of {expected.size} elements out of bounds, worst by {shown}x"
         raise PropertyFailure(
             f"{what}{list(i) if i else ''}={actual[i]!r}, but should be {expected[i]!r} ± {bound[i]:.3g} "
-            f"({int(bad.sum())} of {expected.size} elements out of bounds, worst by {float(excess[i]):.3g}x) "
-            f"[{where}]"
+            f"({extent}) [{where}]"
         )
 
 

@@ -72,7 +72,7 @@ def reach_forward_matches_spec(ctx: Context) -> None:
     and the running statistics equal the spec within the tolerance model. Catches a forgotten
     tail mask, a block loop that drops a remainder, a path switched on the length (one-pass
     variance above a count), half-precision accumulators and intermediates; the shrinker ends at
-    the shortest failing length."""
+    the shortest failing length it can draw (powers of two before other block sizes)."""
     for run, ref, _, bounds, at in _reach_runs(ctx, grads=False):
         try:
             compare_outputs(ctx, run, ref, bounds)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from normspec.guard import human_bytes
 from normspec.library import tolerance
@@ -25,6 +26,7 @@ from normspec.report import counterexample_text
 from normspec.validate import adapters
 from normspec.validate.replay_source import COMPARE_TO_SPEC
 from normspec.validate.runner import Outcome, ValidationResult, failing_case
+from normspec.validate.worker import worker_threads
 
 STYLE = {"passed": "green", "failed": "bold red", "xfail": "yellow", "xpass": "magenta", "skipped": "dim",
          "not run": "bold red", "warn": "yellow"}
@@ -153,8 +155,8 @@ def print_report(console: Console, result: ValidationResult, reproducers: dict[s
     for o in result.outcomes:
         if o.status == "warn":
             v = o.verdict
-            console.print(f"\n[yellow]warn[/] {v.property} (advisory, not a rejection) in {v.dtype or '?'}: "
-                          f"{tidy(v.message)}", highlight=False, markup=False)
+            console.print(Text.assemble("\n", ("warn", "yellow"), f" {v.property} (advisory, not a rejection) in "
+                                        f"{v.dtype or '?'}: {tidy(v.message)}"), highlight=False)
             if counterexample(o):
                 console.print(f"  counterexample: {counterexample(o)}", markup=False, highlight=False)
             if v.property in reproducers:
@@ -388,6 +390,11 @@ import types
 import numpy as np
 
 inf, nan = float("inf"), float("nan")  # as the recorded arrays below write them
+# The intra-op threads the validate worker ran the candidate with: a reduction's rounding can
+# depend on how it is split across threads.
+import torch  # noqa: E402
+
+torch.set_num_threads({worker_threads()})
 TARGET = {result.target!r}
 CWD = {os.getcwd()!r}
 KIND = {result.kind!r}
