@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from normspec.library import tolerance
 from normspec.library.case import Case
 from normspec.properties.agreement import where
-from normspec.properties.core import Context, PropertyFailure, assert_close, assert_equal, prop, traits
+from normspec.properties.core import Context, PropertyFailure, SweepPoint, assert_close, assert_equal, prop, traits
 from normspec.properties.invariance import MAX_FINITE
 from normspec.registry import get_norm
 
@@ -306,7 +306,15 @@ def train_equals_eval_on_own_statistics(ctx: Context) -> None:
                  where(ctx, evaluated) + " vs training output")
 
 
-@prop("batch_family", applies=traits("per_step_population_stats"))
+def longer_than_t_max(backend, record) -> list[SweepPoint]:
+    """Eval of a sequence longer than T_max with frame-wise statistics, every run: the steps past
+    T_max must reuse the last step's statistics (Cooijmans et al. 2017, sec. 3), a rule a kernel
+    can get wrong only there (reusing step 0 instead)."""
+    return [SweepPoint("eval, frame statistics, T = 4 > T_max = 2", {},
+                       case_overrides={"training": False, "statistics": "frame", "steps": 4, "t_max": 2})]
+
+
+@prop("batch_family", applies=traits("per_step_population_stats"), sweep=longer_than_t_max)
 def population_statistics_match_spec(ctx: Context) -> None:
     """With per-step population statistics of any T_max: training updates steps 0..T-1 only, eval
     normalizes step t by the statistics of step min(t, T_max - 1) (Cooijmans et al. 2017, sec. 3),

@@ -62,8 +62,8 @@ def test_rms_norm_eps_none_is_pytorchs_rule_in_every_dtype(name):
     Both adapters once read it from the input dtype: float16's 9.8e-4 swamped mean squares near 1e-7 (jax gave
     y = 0.011 where 0.707 was right). The forward-only engine is held to the rule on y."""
     b = engine(name)
-    v = run_property(PROPERTIES["rms_norm_eps_none_rule"], norms()["rms_norm"], b, "dev")
-    assert v.status == "passed", v.message
+    v = judge("rms_norm_eps_none_rule", norms()["rms_norm"], b, "ci")  # flax's recorded half dx deviation is xfail
+    assert v.status in ("passed", "xfail") and not v.message.startswith("y"), v.message
 
 
 def test_forward_only_engine_skips_gradient_properties_saying_why():
