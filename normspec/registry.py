@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
-from normspec.library.tolerance import BoundFn, Bounds, moment_model
+from normspec.library.tolerance import BoundFn, Bounds, moment_model, overflow_allowed
 
 # Traits the properties key on: the single vocabulary, name -> meaning. A norm family that
 # needs a new trait declares it with `register_trait` in its record module.
@@ -114,7 +114,11 @@ class NormRecord:
                ref_grads: dict[str, np.ndarray] | None = None) -> Bounds:
         """Elementwise error bounds of a `dtype` run of `case` against the spec's `reference`
         (and `ref_grads` for upstream `dy`): the one entry point to the tolerance model."""
-        return self.error_model(case, dtype, reference, dy, ref_grads)
+        b = self.error_model(case, dtype, reference, dy, ref_grads)
+        # wherever the exact value lies past the dtype's largest finite value, a correct result is +-inf:
+        # applied here once, for every record's model (a float16 gradient of -70263 rounds to -inf)
+        exact = {**reference, **(ref_grads or {})}
+        return Bounds({k: overflow_allowed(v, exact.get(k), dtype) for k, v in b.values.items()})
 
     def moment_geometry(self, case: Case) -> tuple[tuple[int, ...], Conditioning]:
         """(view shape, Conditioning in it) of a moment normalizer's case: the view of x in which

@@ -364,12 +364,12 @@ def test_gradient_past_the_dtype_range_may_round_to_infinity():
 def test_moment_bounds_admit_infinity_only_past_the_dtype_range():
     """The overflow rule cannot hide a wrong inf: where |expected| + bound fits in float16 the bound stays
     finite and an inf fails; only where it reaches past 65504 is inf admitted."""
-    from normspec.library.tolerance import _overflow_allowed
+    from normspec.library.tolerance import overflow_allowed
     from normspec.properties.core import assert_close
     expected, bound = np.array([1.0, 66526.7]), np.array([0.1, 10.0])
-    allowed = _overflow_allowed(bound, expected, "float16")
+    allowed = overflow_allowed(bound, expected, "float16")
     assert allowed[0] == 0.1 and allowed[1] == np.inf
     assert_close(np.array([1.0, np.inf]), expected, allowed, "dx", "here")
     with pytest.raises(PropertyFailure, match=r"dx\[0\]=np.float64\(inf\)"):
         assert_close(np.array([np.inf, np.inf]), expected, allowed, "dx", "here")
-    assert np.array_equal(_overflow_allowed(bound, expected, "float32"), bound)  # float32: nothing overflows
+    assert np.array_equal(overflow_allowed(bound, expected, "float32"), bound)  # float32: nothing overflows

@@ -170,7 +170,7 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
         out["bias"] = SAFETY * (u * gp * absdy.sum(axis=c.param_axes) + v * np.abs(ref_grads.get("bias", 0.0))) + tiny
     # (a result whose exact value lies past the dtype's largest finite value rounds to +-inf: a
     # constant channel with eps = 1e-8 gives float16 dx = 66527 > 65504)
-    return Bounds({k: _overflow_allowed(val, {**reference, **(ref_grads or {})}.get(k), dtype)
+    return Bounds({k: overflow_allowed(val, {**reference, **(ref_grads or {})}.get(k), dtype)
                    for k, val in out.items()})
 
 
@@ -523,10 +523,10 @@ def lp_batch_norm_bounds(case, dtype, reference, dy=None, ref_grads=None) -> Bou
         kink = ambiguous * jump * slope * np.abs((gf * z).sum(axis=0))
         b["x"] = b["x"] + _unflat(SAFETY * u * g * cond * (term + np.abs(term).mean(axis=0)) + kink + kink.mean(axis=0),
                                   x.shape)
-    return Bounds({k: _overflow_allowed(val, {**reference, **(ref_grads or {})}.get(k), dtype) for k, val in b.items()})
+    return Bounds({k: overflow_allowed(val, {**reference, **(ref_grads or {})}.get(k), dtype) for k, val in b.items()})
 
 
-def _overflow_allowed(bound, expected, dtype):
+def overflow_allowed(bound, expected, dtype):
     """Where |expected| + bound reaches past the dtype's largest finite value, a correct result may
     round to +-inf (eps outside a root gives 1/eps = 1e5 > float16's 65504): the bound there admits
     every value of the dtype already, and now admits the infinities too."""
@@ -644,7 +644,7 @@ def saved_statistics_bounds(c: Conditioning, dtype: str, mean: np.ndarray, rstd:
     mu = np.abs(c.mean)
     rel = SAFETY * u * g * (1.0 + mu / c.std)
     return {"mean": SAFETY * (u * g * (mu + c.std) + v * np.abs(mean)) + tiny,
-            "rstd": _overflow_allowed(rel * np.abs(rstd) + SAFETY * v * np.abs(rstd) + tiny, rstd, dtype)}
+            "rstd": overflow_allowed(rel * np.abs(rstd) + SAFETY * v * np.abs(rstd) + tiny, rstd, dtype)}
 
 
 def mvn_bounds(c: MvnCondition, dtype: str, reference: dict[str, np.ndarray], dy: np.ndarray | None = None,
