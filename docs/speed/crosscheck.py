@@ -382,15 +382,17 @@ def median_iqr(values) -> tuple[float, float]:
 
 @dataclass
 class Line:
-    """One line of the table: a row, an engine, one independent variant beside the bench's call."""
+    """One line of the table: a row, an engine, one independent variant beside the bench's call.
+    The ratio is the median (and IQR) over rounds of bench / independent samples taken side by side,
+    which a host's drift moves less than the ratio of the two medians."""
 
     norm: str
     shape: str
     pass_: str
     engine: str
     variant: str
-    indep: tuple[float, float] = (np.nan, np.nan)  # median, IQR in seconds
-    bench: tuple[float, float] = (np.nan, np.nan)
+    indep: list = field(default_factory=list)  # seconds per call, one per sample
+    bench: list = field(default_factory=list)
     copy_gbps: float = np.nan
     nbytes: int = 0
     note: str = ""
@@ -402,13 +404,14 @@ class Line:
         head = f"{self.norm:<10} {self.shape:<14} {self.pass_:<16} {self.engine:<14} {self.variant:<24}"
         if self.note:
             return f"{head} {self.note}"
-        (i, di), (b, db) = self.indep, self.bench
-        return (f"{head} {i * 1e3:8.1f} ±{di * 1e3:6.1f} {b * 1e3:8.1f} ±{db * 1e3:6.1f} {b / i:6.2f}"
-                f" {self.pct(i):6.0f}% {self.pct(b):6.0f}% {self.copy_gbps:6.1f}")
+        (i, di), (b, db) = median_iqr(self.indep), median_iqr(self.bench)
+        r, dr = median_iqr(np.divide(self.bench, self.indep))
+        return (f"{head} {i * 1e3:8.1f} {di * 1e3:6.1f} {b * 1e3:8.1f} {db * 1e3:6.1f} {r:5.2f} {dr:4.2f}"
+                f" {self.pct(i):5.0f}% {self.pct(b):5.0f}% {self.copy_gbps:5.1f}")
 
 
 HEADER = (f"{'norm':<10} {'shape':<14} {'pass':<16} {'engine':<14} {'independent call':<24} {'indep ms':>8}"
-          f" {'IQR':>7} {'bench ms':>8} {'IQR':>7} {'b/i':>6} {'i%copy':>7} {'b%copy':>7} {'copyGB/s':>6}")
+          f" {'IQR':>6} {'bench ms':>8} {'IQR':>6} {'b/i':>5} {'IQR':>4} {'i%copy':>6} {'b%copy':>6} {'copy GB/s':>5}")
 
 
 def measure(engine: str, backend, row: Row, pass_: str, repeats: int, min_sample_s: float) -> list[Line]:
@@ -431,8 +434,8 @@ def measure(engine: str, backend, row: Row, pass_: str, repeats: int, min_sample
     calls.update({label: (call, nothing) for label, call in independent.items()})
     samples = interleaved(calls, repeats, min_sample_s)
     copy_gbps = 2 * src.nbytes / median_iqr(samples["copy"])[0] / 1e9
-    lines = [Line(row.norm, shape, pass_, engine, label, median_iqr(samples[label]), median_iqr(samples["bench"]),
-                  copy_gbps, nbytes) for label in independent]
+    lines = [Line(row.norm, shape, pass_, engine, label, samples[label], samples["bench"], copy_gbps, nbytes)
+             for label in independent]
     if note:
         lines[-1].variant += note
     return lines
@@ -441,7 +444,10 @@ def measure(engine: str, backend, row: Row, pass_: str, repeats: int, min_sample
 # ---------------------------------------------------------------------------- the run
 
 def versions() -> str:
+    """The engines' versions, and torch's intra-op threads (a busy host slows its parallel regions most)."""
     import importlib.metadata as md
+
+    import torch
 
     found = []
     for name in ("numpy", "torch", "jax", "flax", "onnxruntime"):
@@ -449,7 +455,7 @@ def versions() -> str:
             found.append(f"{name} {md.version(name)}")
         except md.PackageNotFoundError:
             pass
-    return ", ".join(found)
+    return ", ".join(found) + f"; torch threads {torch.get_num_threads()}"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -475,6 +481,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    from normspec.bench import cpu_times, steal_pct
     from normspec.impls.base import available_backends
 
     backends, absent = available_backends(args.engines)
@@ -505,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     emit("")
     emit(HEADER)
+    before = cpu_times()
     for norm in args.norms:
         row = make_row(norm, shape_for(norm, args.mb))
         for pass_ in args.passes:
@@ -513,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                     emit(line.text())
                 gc.collect()
         del row
-    emit(f"load average {os.getloadavg()[0]:.1f} at the end")
+    emit(f"load average {os.getloadavg()[0]:.1f} at the end; the hypervisor took {steal_pct(before, cpu_times()):.1f}%"
+         f" of the CPUs during the timings")
     write(args.out, out)
     return 0
 
