@@ -458,6 +458,17 @@ def versions() -> str:
     return ", ".join(found) + f"; torch threads {torch.get_num_threads()}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=64, help="input size in MiB of float32 (default 64)")
@@ -487,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     backends, absent = available_backends(args.engines)
     out: list[str] = [f"python docs/speed/crosscheck.py --mb {args.mb} --repeats {args.repeats}"
                       f" (engines {','.join(args.engines)})",
-                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or 'cpu'},"
+                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()},"
                       f" {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; {versions()}"]
     emit = lambda text: (print(text, flush=True), out.append(text))  # noqa: E731
     for engine, why in absent.items():
