@@ -86,6 +86,22 @@ def test_check_rejects_batch_norm_with_a_biased_running_variance(monkeypatch):
     assert worst > cc.TOL and len(problems) == 1 and problems[0].startswith("running_var")
 
 
+def test_script_refuses_to_time_a_different_computation(monkeypatch, tmp_path):
+    """With one call disagreeing, the script stops before any timing, exits 1 and says which call."""
+    right_calls = cc.numpy_calls
+
+    def off(row, pass_):
+        right = right_calls(row, pass_)["two-pass formula"]
+        return {"y 0.1% off": lambda: {k: v * (1 + 1e-3) if k == "y" else v for k, v in right().items()}}
+
+    monkeypatch.setattr(cc, "numpy_calls", off)
+    monkeypatch.setattr(cc, "measure", lambda *a, **k: pytest.fail("timed a call that disagrees"))
+    out = tmp_path / "crosscheck.txt"
+    assert cc.main(["--engines", "numpy", "--norms", "layer_norm", "--passes", "forward", "--out", str(out)]) == 1
+    text = out.read_text()
+    assert "numpy          y 0.1% off" in text and "y: differs by" in text and "no timing" in text
+
+
 def test_check_rejects_a_missing_output():
     """A BatchNorm call that does not return the updated running statistics is a disagreement."""
     row = cc.make_row("batch_norm", cc.SMALL["batch_norm"])
