@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -43,6 +43,37 @@ DEFAULT_NORMS = ("layer_norm", "rms_norm", "batch_norm")
 
 class Unsupported(NotImplementedError):
     """This (norm, backend, shape, dtype, pass) cannot be measured; the message says why."""
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` from the command line: true/false/none, an int, a float, else the string itself."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--param {text!r}: expected KEY=VALUE, e.g. training=false")
+    word = value.strip()
+    named = {"true": True, "false": False, "none": None}
+    if word.lower() in named:
+        return key.strip(), named[word.lower()]
+    for kind in (int, float):
+        try:
+            return key.strip(), kind(word)
+        except ValueError:
+            pass
+    return key.strip(), word
+
+
+def check_params(records: Iterable[NormRecord], shapes: Iterable[tuple[int, ...]], params: Mapping[str, Any]) -> None:
+    """Every overridden parameter must be one of each selected norm's benchmark-case parameters."""
+    if not params:
+        return
+    for record in records:
+        cases = (record.bench_case(tuple(s), np.random.default_rng(0)) for s in shapes) if record.bench_case else ()
+        case = next((c for c in cases if c is not None), None)  # the parameters do not depend on the shape
+        names = sorted(case.params) if case is not None else []
+        unknown = [k for k in params if k not in names]
+        if unknown:
+            raise ValueError(f"--param {', '.join(unknown)}: not a parameter of {record.name}'s benchmark case "
+                             f"(its parameters: {', '.join(names) or 'none'})")
 
 
 def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -118,24 +149,30 @@ class Prepared:
     backend: Backend
 
 
-def bench_case(record: NormRecord, shape: tuple[int, ...], seed: int = 0) -> Case:
+def bench_case(record: NormRecord, shape: tuple[int, ...], seed: int = 0,
+               params: Mapping[str, Any] | None = None) -> Case:
+    """The record's benchmark case for `shape`, with `params` (checked by `check_params`) replacing its own."""
     if record.bench_case is None:
         raise Unsupported(f"{record.name} has no bench_case in its record")
     case = record.bench_case(tuple(shape), np.random.default_rng(seed))
+    if case is not None and params:
+        case = Case(case.norm, case.arrays, {**case.params, **params})
     if case is None:
         raise Unsupported(f"{record.name} has no benchmark case for shape {tuple(shape)}")
     return case
 
 
 def prepare(record: NormRecord, backend: Backend, shape: tuple[int, ...], dtype: str, pass_: str,
-            seed: int = 0, warmup: bool = True) -> Prepared:
+            seed: int = 0, warmup: bool = True, params: Mapping[str, Any] | None = None) -> Prepared:
     """Native inputs for one measurement; with `warmup` the call is run once first."""
     if pass_ not in PASSES:
         raise ValueError(f"unknown pass {pass_!r}; passes: {', '.join(PASSES)}")
-    case = bench_case(record, shape, seed)
+    case = bench_case(record, shape, seed, params)
     why = backend.unsupported(record.name, case.params, dtype, "contiguous")
     if why:
         raise Unsupported(why)
+    if pass_ == "forward+backward" and not backend.differentiates:
+        raise Unsupported(f"{backend.name} is forward-only")
     natives = {r: backend.native(a, dtype) for r, a in case.arrays.items()}
     params = case.params
     outputs = backend.forward(record.name, natives, params)
@@ -280,6 +317,7 @@ class Result:
     ratio_to_fastest: float = math.nan
     steal_pct: float = math.nan
     skipped: str = ""
+    params: str = ""  # the --param overrides of the benchmark case, "" for the record's own case
 
     def row(self) -> dict[str, Any]:
         d = asdict(self)
@@ -297,6 +335,7 @@ class Plan:
     repeats: int = 5
     min_sample_s: float = 0.02
     absent: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # replace the benchmark cases' own (--param)
 
     @property
     def size(self) -> int:
@@ -316,9 +355,10 @@ def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None, *,
                     group = []
                     for backend in plan.backends:
                         on_step(f"{record.name} · {pass_} · {label} · {dtype} · {backend.name}")
-                        r = Result(record.name, pass_, backend.name, dtype, label, "x".join(map(str, shape)), 0, 0)
+                        r = Result(record.name, pass_, backend.name, dtype, label, "x".join(map(str, shape)), 0, 0,
+                                   params=format_params(plan.params))
                         try:
-                            p = prepare(record, backend, shape, dtype, pass_)
+                            p = prepare(record, backend, shape, dtype, pass_, params=plan.params)
                         except Unsupported as exc:
                             r.skipped = str(exc)
                         except Exception as exc:  # a backend crashing on a shape is reported, not fatal
@@ -348,8 +388,13 @@ def run(plan: Plan, on_step: Callable[[str], None] = lambda label: None, *,
 
 # ---------------------------------------------------------------------------- outputs
 
+def format_params(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
 CSV_FIELDS = ("norm", "pass", "backend", "dtype", "shape", "dims", "input_bytes", "bytes", "median_s", "iqr_s",
-              "repeats", "gbps", "copy_gbps", "pct_copy", "ratio_to_fastest", "steal_pct", "skipped")
+              "repeats", "gbps", "copy_gbps", "pct_copy", "ratio_to_fastest", "steal_pct", "skipped",
+              "params")
 
 
 def write_csv(results: list[Result], path: Path) -> Path:

@@ -215,3 +215,41 @@ def test_asv_check_passes():
     done = subprocess.run(["asv", "check", "--python=same"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "No problems found" in done.stdout
+
+
+def test_param_overrides_the_benchmark_case_and_is_recorded(tmp_path, capsys):
+    """--param training=false times BatchNorm's inference call: the running statistics are read, not updated,
+    and the CSV says which case was timed."""
+    assert bench.parse_param("training=false") == ("training", False)
+    assert bench.parse_param("eps=1e-3") == ("eps", 1e-3) and bench.parse_param("momentum=none") == ("momentum", None)
+    record, numpy = get_norm("batch_norm"), _numpy()
+    p = bench.prepare(record, numpy, (2, 3, 4, 4), "float64", "forward", params={"training": False}, warmup=False)
+    case = bench.bench_case(record, (2, 3, 4, 4), params={"training": False})
+    w, b = (case.get(k).reshape(1, 3, 1, 1) for k in ("weight", "bias"))
+    eval_y = case.x / np.sqrt(1 + 1e-5) * w + b  # the case's running statistics are 0 and 1
+    np.testing.assert_allclose(numpy.to_numpy(p.call()["y"]), eval_y, rtol=1e-12)
+    trained = bench.prepare(record, numpy, (2, 3, 4, 4), "float64", "forward", warmup=False).call()
+    assert not np.allclose(numpy.to_numpy(trained["y"]), eval_y)  # the record's own case normalizes by the batch
+    rc = main(["bench", "--norm", "batch_norm", "--backend", "numpy", "--shape", "2x3x4x4", "--pass", "forward",
+               "--param", "training=false", "--repeats", "1", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0 and "training=False" in capsys.readouterr().out
+    (row,) = csv.DictReader((tmp_path / "bench.csv").open())
+    assert row["params"] == "training=False"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--norm", "batch_norm,layer_norm", "--param", "training=false"], "not a parameter of layer_norm's"),
+    (["--norm", "batch_norm", "--param", "training"], "expected KEY=VALUE"),
+])
+def test_param_errors_name_what_was_wrong(tmp_path, capsys, args, message):
+    assert main(["bench", *args, "--shape", "2x3x4x4", "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_forward_only_backend_is_skipped_for_gradients_saying_so():
+    class ForwardOnly(type(_numpy())):
+        name, differentiates = "forward-only-numpy", False
+
+    with pytest.raises(bench.Unsupported, match="forward-only"):
+        bench.prepare(get_norm("layer_norm"), ForwardOnly(), (4, 8), "float32", "forward+backward")

@@ -62,6 +62,12 @@ def cmd_bench(args) -> int:
         print(f"normspec bench: unknown dtype(s) {', '.join(bad_dtypes)}; dtypes: {', '.join(bench.DTYPES)}",
               file=sys.stderr)
         return EXIT_USAGE
+    try:
+        params = dict(bench.parse_param(t) for t in _split(args.param))
+        bench.check_params([records[n] for n in wanted], [shape for _, shape in shapes], params)
+    except ValueError as exc:
+        print(f"normspec bench: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.repeats < 1:
         print("normspec bench: --repeats must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -95,7 +101,7 @@ def cmd_bench(args) -> int:
         print("normspec bench: no backend is available", file=sys.stderr)
         return EXIT_USAGE
     plan = bench.Plan([records[n] for n in wanted], list(backends.values()), shapes, dtypes, passes,
-                      repeats=args.repeats, absent=absent)
+                      repeats=args.repeats, absent=absent, params=params)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=args.quiet or not console.is_terminal) as progress:
@@ -116,7 +122,8 @@ def cmd_bench(args) -> int:
         except KeyboardInterrupt as exc:
             interrupted = exc
     seconds = time.perf_counter() - start
-    console.print(bench.results_table(results))
+    title = f"normspec bench ({bench.format_params(params)})" if params else "normspec bench"
+    console.print(bench.results_table(results, title))
     warning = bench.contention_warning(results)
     if warning:
         console.print(f"[yellow]{warning}[/]", highlight=False)
@@ -157,6 +164,9 @@ def register(sub) -> None:
     p.add_argument("--as", dest="as_norm", metavar="NORM", help="the norm TARGET implements, when not inferred")
     p.add_argument("--kind", choices=["module", "functional"], help="force the kind of a function TARGET")
     p.add_argument("--compile", action="store_true", help="time TARGET under torch.compile (dynamic shapes)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="replace a parameter of the benchmark case (repeat or comma-separate), e.g. training=false "
+                        "to time BatchNorm's inference call; the CSV's params column records it")
     p.add_argument("--repeats", type=int, default=5, help="timed samples per measurement (median and IQR)")
     p.add_argument("--out", default="normspec-report/bench", help="directory for bench.csv and bench.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
