@@ -328,6 +328,22 @@ EXPECTED_FAILURES += [
     ),
 ]
 
+# BatchNormalization with training_mode=1 on an empty batch (a zero-size N or spatial dim): the output is
+# empty, but running_mean and running_var come back NaN in every dtype, where PyTorch leaves them unchanged
+# (there are no statistics to average in). ONNX defines running = input*momentum + current*(1 - momentum)
+# with current = the batch mean/variance, 0/0 for no values: onnx's own reference evaluator (onnx 1.23.2)
+# returns the same NaN, so ORT follows the ONNX formula. Minimal: x(0, 3, 2), running_mean [0.5, -1, 2],
+# momentum 0.9 -> [nan, nan, nan]. Found once the gradient-free half of empty_input_gives_empty_output ran
+# on the forward-only engine (`normspec check --backend onnxruntime --profile dev`); the argument for leaving
+# the statistics unchanged is PyTorch's own (pytorch#12013, where an empty batch once gave NaN too).
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="empty_input_gives_empty_output", norm="batch_norm", backend="onnxruntime",
+    when=r"^running_(mean|var) after an empty batch\S*=\S*nan",
+    reason="ONNX BatchNormalization (training_mode=1) on an empty batch updates the running statistics with the "
+           "mean/variance of no values (0/0): NaN, where PyTorch leaves them unchanged; onnx.reference agrees",
+    link="https://github.com/onnx/onnx/blob/main/docs/Operators.md#BatchNormalization",
+))
+
 # ONNX Runtime 1.32 has no GroupNormalization-21 kernel (onnxruntime#24538): it inlines the ONNX function
 # body, whose variance is ReduceMean(X*X) - Mean*Mean in stash_type (float32), unclamped. A set whose one-pass
 # variance rounds negative gives NaN (float32 [[1000.1, 1000.2]], one group: [nan, nan]), and the error grows
