@@ -51,6 +51,8 @@ class Backend(abc.ABC):
     opt_in: bool = False
     # False for forward-only engines: properties that need gradients are skipped, saying so.
     differentiates: bool = True
+    # An opt-in engine's norms, declared on the class so the catalogue can list them without starting it.
+    native_norms: tuple[str, ...] = ()
 
     def implements(self, norm: str) -> bool:
         return norm in self.kernels

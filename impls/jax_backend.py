@@ -143,6 +143,7 @@ class JaxBackend(Backend):
     dtypes = JAX_DTYPES
     layouts = ("contiguous",)
     opt_in = True  # the default `normspec check` keeps its time budget; `--backend NAME` selects it
+    native_norms = tuple(BUILDERS)
 
     def __init__(self):
         if jax is None:

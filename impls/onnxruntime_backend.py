@@ -276,3 +276,5 @@ PROBES = {
     "LRN": lambda b, x, d: _lrn(b, {"x": x}, {"size": 1}),
     "MeanVarianceNormalization": lambda b, x, d: _mvn(b, {"x": x}, {}),
 }
+
+OnnxRuntimeBackend.native_norms = tuple(OPS)  # declared once OPS exists (the catalogue reads it)

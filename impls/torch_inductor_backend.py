@@ -66,6 +66,7 @@ class TorchInductorBackend(TorchBackend):
 
     device = "cpu"
     opt_in = True
+    native_norms = NATIVE
 
     def __init__(self):
         try:

@@ -5,6 +5,8 @@ carries between its catalogue markers (a test keeps the two equal, so the README
 """
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 from rich.table import Table
 
 from normspec.impls.base import available_backends
@@ -55,11 +57,28 @@ def norm_detail_table(record: NormRecord) -> Table:
     return table
 
 
+def opt_in_engines() -> dict[str, tuple[str, ...]]:
+    """Each opt-in engine's declared norms (`Backend.native_norms`), read from its class: nothing is started,
+    so the answer does not depend on which extras are installed."""
+    engines = {}
+    for ep in entry_points(group="normspec.backends"):
+        try:
+            cls = ep.load()
+        except Exception:  # a broken third-party backend is reported by available_backends, not here
+            continue
+        if getattr(cls, "opt_in", False):
+            engines[ep.name] = tuple(getattr(cls, "native_norms", ()))
+    return dict(sorted(engines.items()))
+
+
 def catalogue_markdown() -> str:
-    """The short catalogue for the README: norm, paper, properties, backends implementing it."""
+    """The short catalogue for the README: norm, paper, properties, the default backends implementing it and
+    the opt-in engines that have it natively (selected with --backend)."""
     backends, _ = available_backends()
-    lines = ["| norm | paper | properties | backends |", "|---|---|---|---|"]
+    engines = opt_in_engines()
+    lines = ["| norm | paper | properties | backends | opt-in engines |", "|---|---|---|---|---|"]
     for record in norms().values():
         impl = ", ".join(name for name, b in backends.items() if b.implements(record.name))
-        lines.append(f"| `{record.name}` | {record.paper} | {len(applicable(record))} | {impl} |")
+        extra = ", ".join(name for name, have in engines.items() if record.name in have)
+        lines.append(f"| `{record.name}` | {record.paper} | {len(applicable(record))} | {impl} | {extra} |")
     return "\n".join(lines)

@@ -56,6 +56,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         print(interrupted_message(args.command, exc), file=sys.stderr)
         return exit_status(exc)
+    except BrokenPipeError:  # `normspec list | head`: the reader left; say nothing, as other Unix tools do
+        if argv is None:
+            import os
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

@@ -180,3 +180,22 @@ def test_inductor_weight_norm_entries_cover_only_their_cases():
     half = "backward raised RuntimeError: expected scalar type Float but found Half [torch:inductor weight_norm]"
     assert expected_failure("inputs_unmodified", "weight_norm", "torch:inductor", half, "float16") is not None
     assert expected_failure("inputs_unmodified", "weight_norm", "torch:inductor", half, "bfloat16") is None
+
+
+def test_catalogue_lists_opt_in_engines_without_starting_them(monkeypatch):
+    """The README's catalogue names each opt-in engine beside the norms it has natively, from the class alone, so
+    it reads the same whether or not jax/onnxruntime are installed (their constructors are never called)."""
+    from normspec.catalogue import catalogue_markdown, opt_in_engines
+    from normspec.impls.jax_backend import JaxBackend
+    from normspec.impls.onnxruntime_backend import OnnxRuntimeBackend
+
+    def refuse(self):
+        raise AssertionError("the catalogue started an opt-in engine")
+
+    monkeypatch.setattr(JaxBackend, "__init__", refuse)
+    monkeypatch.setattr(OnnxRuntimeBackend, "__init__", refuse)
+    engines = opt_in_engines()
+    assert "mvn" in engines["onnxruntime"] and "weight_norm" in engines["torch:inductor"]
+    assert set(engines["jax"]) == {"layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"}
+    row = {line.split("|")[1].strip(): line for line in catalogue_markdown().splitlines()[2:]}
+    assert row["`mvn`"].rstrip(" |").endswith("onnxruntime") and row["`batch_renorm`"].endswith("|  |")

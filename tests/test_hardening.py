@@ -434,3 +434,16 @@ def test_capped_log_keeps_head_and_tail_and_counts_the_rest(total, tmp_path):
     else:
         assert kept.startswith(data[:1000]) and kept.endswith(data[-50:])
         assert f"{total - 1050} bytes of the candidate's output dropped".encode() in kept
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(monkeypatch):
+    """`normspec list | head -1`: the closed pipe ends the command quietly (exit 141), as other Unix tools do."""
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["list", "--markdown"]) == 141
