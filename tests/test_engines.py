@@ -76,7 +76,7 @@ def test_forward_only_engine_skips_gradient_properties_saying_why():
                                        ("rms_norm_is_layer_norm_on_zero_mean_rows", "rms_norm")])
 def test_forward_only_engine_is_held_to_forward_halves(prop, norm):
     """Properties whose outputs stand without their gradients run on ONNX Runtime, marked as such."""
-    v = judge(prop, norms()[norm], engine("onnxruntime"), "dev")
+    v = judge(prop, norms()[norm], engine("onnxruntime"), "ci")
     assert v.status == "passed" and v.forward_half, v.message
     assert v.reason == "forward half only: onnxruntime is forward-only, its gradients are not checked"
 
