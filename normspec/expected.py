@@ -746,6 +746,25 @@ EXPECTED_FAILURES.append(ExpectedFailure(
     when=r"^dx\[",
 ))
 
+# torch:inductor layer_norm, bfloat16 backward, found by `normspec check --backend torch:inductor --norm layer_norm`
+# (ci profile, 2026-12-06): at the reach draw x(5, 2) (rows at unit, 1e6, offset, 1e-18 and subnormal scale),
+# eps = 1e-12, the compiled dx of the first row was [0.004578, 0.006592] where the spec gives ~1e-12 ± 5e-5:
+# exactly eager's bfloat16 value (eager rounds its intermediates to bfloat16: the torch:cpu backward entry
+# above). A fresh process compiling the same graph accumulates in float32 and gives [0, 0], within the model;
+# but the AOTAutograd cache entry the check run wrote (key a5t7xoa6..., in /tmp/torchinductor_root) serves
+# eager's values to every later process, and with TORCHINDUCTOR_AUTOGRAD_CACHE=0 or TORCHINDUCTOR_FX_GRAPH_CACHE=0
+# the same process gives [0, 0]. So what Inductor compiled depended on what the long check process had done
+# before (three guessed histories, other normalized shapes, float32 first, forward first, did not reproduce
+# it), and the cache carries that into fresh processes. Cause not isolated; recorded so the check runs.
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="reach_backward_matches_spec", norm="layer_norm", backend="torch:inductor*", dtypes=("bfloat16",),
+    reason="a compiled bfloat16 layer_norm backward returned eager's half-rounded dx (x(5, 2), eps=1e-12: "
+           "[0.004578, 0.006592] for ~0 ± 5e-5) where a fresh compile accumulates in float32 and passes; the "
+           "AOTAutograd cache entry written by the check run serves the eager-like code to later processes. "
+           "Which process state made Inductor compile it so is not isolated",
+    when=r"^dx\[",
+))
+
 # The instance_norm float64 entry above, on batch_norm itself (measured for the open TorchBatchNorm2d
 # xfail, tests/test_tolerance_reach.py has the float32 channels_last half): F.batch_norm in float64,
 # batch statistics, 3 channels of 65535 values at |mean|/std = 1e12, one thread, misses the model by

@@ -199,3 +199,13 @@ def test_catalogue_lists_opt_in_engines_without_starting_them(monkeypatch):
     assert set(engines["jax"]) == {"layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"}
     row = {line.split("|")[1].strip(): line for line in catalogue_markdown().splitlines()[2:]}
     assert row["`mvn`"].rstrip(" |").endswith("onnxruntime") and row["`batch_renorm`"].endswith("|  |")
+
+
+def test_inductor_layer_norm_bfloat16_entry_covers_only_its_case():
+    from normspec.expected import expected_failure
+    where = ("dx[0, 1]=np.float64(0.006591796875), but should be np.float64(-4.7e-12) ± 5e-05 "
+             "[torch:inductor bfloat16 contiguous layer_norm(x(5, 2); normalized_shape=(2,), eps=1e-12)]")
+    assert expected_failure("reach_backward_matches_spec", "layer_norm", "torch:inductor", where, "bfloat16")
+    assert expected_failure("reach_backward_matches_spec", "layer_norm", "torch:inductor", where, "float32") is None
+    assert expected_failure("reach_forward_matches_spec", "layer_norm", "torch:inductor",
+                            where.replace("dx", "y"), "bfloat16") is None
