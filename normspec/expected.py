@@ -328,6 +328,22 @@ EXPECTED_FAILURES += [
     ),
 ]
 
+# BatchNormalization with training_mode=1 on an empty batch (a zero-size N or spatial dim): the output is
+# empty, but running_mean and running_var come back NaN in every dtype, where PyTorch leaves them unchanged
+# (there are no statistics to average in). ONNX defines running = input*momentum + current*(1 - momentum)
+# with current = the batch mean/variance, 0/0 for no values: onnx's own reference evaluator (onnx 1.23.2)
+# returns the same NaN, so ORT follows the ONNX formula. Minimal: x(0, 3, 2), running_mean [0.5, -1, 2],
+# momentum 0.9 -> [nan, nan, nan]. Found once the gradient-free half of empty_input_gives_empty_output ran
+# on the forward-only engine (`normspec check --backend onnxruntime --profile dev`); the argument for leaving
+# the statistics unchanged is PyTorch's own (pytorch#12013, where an empty batch once gave NaN too).
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="empty_input_gives_empty_output", norm="batch_norm", backend="onnxruntime",
+    when=r"^running_(mean|var) after an empty batch\S*=\S*nan",
+    reason="ONNX BatchNormalization (training_mode=1) on an empty batch updates the running statistics with the "
+           "mean/variance of no values (0/0): NaN, where PyTorch leaves them unchanged; onnx.reference agrees",
+    link="https://github.com/onnx/onnx/blob/main/docs/Operators.md#BatchNormalization",
+))
+
 # ONNX Runtime 1.32 has no GroupNormalization-21 kernel (onnxruntime#24538): it inlines the ONNX function
 # body, whose variance is ReduceMean(X*X) - Mean*Mean in stash_type (float32), unclamped. A set whose one-pass
 # variance rounds negative gives NaN (float32 [[1000.1, 1000.2]], one group: [nan, nan]), and the error grows
@@ -727,6 +743,25 @@ EXPECTED_FAILURES.append(ExpectedFailure(
     reason="torch.compile of F.local_response_norm, bfloat16 backward: dx misses the float32-accumulation model by "
            "2.57x (x(3, 2, 5, 1), size=2: -2.2602e-4 vs -2.7120e-4 ± 1.76e-5), consistent with intermediates "
            "rounded to bfloat16; eager raises on this 4-D bfloat16 input, so there is no eager value",
+    when=r"^dx\[",
+))
+
+# torch:inductor layer_norm, bfloat16 backward, found by `normspec check --backend torch:inductor --norm layer_norm`
+# (ci profile, 2026-12-06): at the reach draw x(5, 2) (rows at unit, 1e6, offset, 1e-18 and subnormal scale),
+# eps = 1e-12, the compiled dx of the first row was [0.004578, 0.006592] where the spec gives ~1e-12 ± 5e-5:
+# exactly eager's bfloat16 value (eager rounds its intermediates to bfloat16: the torch:cpu backward entry
+# above). A fresh process compiling the same graph accumulates in float32 and gives [0, 0], within the model;
+# but the AOTAutograd cache entry the check run wrote (key a5t7xoa6..., in /tmp/torchinductor_root) serves
+# eager's values to every later process, and with TORCHINDUCTOR_AUTOGRAD_CACHE=0 or TORCHINDUCTOR_FX_GRAPH_CACHE=0
+# the same process gives [0, 0]. So what Inductor compiled depended on what the long check process had done
+# before (three guessed histories, other normalized shapes, float32 first, forward first, did not reproduce
+# it), and the cache carries that into fresh processes. Cause not isolated; recorded so the check runs.
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="reach_backward_matches_spec", norm="layer_norm", backend="torch:inductor*", dtypes=("bfloat16",),
+    reason="a compiled bfloat16 layer_norm backward returned eager's half-rounded dx (x(5, 2), eps=1e-12: "
+           "[0.004578, 0.006592] for ~0 ± 5e-5) where a fresh compile accumulates in float32 and passes; the "
+           "AOTAutograd cache entry written by the check run serves the eager-like code to later processes. "
+           "Which process state made Inductor compile it so is not isolated",
     when=r"^dx\[",
 ))
 

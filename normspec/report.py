@@ -16,6 +16,19 @@ from normspec.properties import Verdict
 
 STYLE = {"passed": "green", "failed": "bold red", "xfail": "yellow", "xpass": "magenta", "skipped": "dim"}
 SHORT = {"passed": "pass", "failed": "FAIL", "xfail": "xfail", "xpass": "XPASS", "skipped": "skip"}
+# A pass judged on a property's forward half alone (a forward-only engine; Verdict.forward_half).
+FORWARD_HALF_SHORT = "pass*"
+FORWARD_HALF_LEGEND = "pass* / fwd half: passed on the forward half only (a forward-only engine: gradients not checked)"
+
+
+def forward_half_pass(v: Verdict) -> bool:
+    """A pass of the property's forward half alone: never to be read as a full pass."""
+    return v.status == "passed" and v.forward_half
+
+
+def cell_status(v: Verdict) -> str:
+    """The status a matrix cell shows: a forward-half pass is not a plain 'passed'."""
+    return "passed (forward half only)" if forward_half_pass(v) else v.status
 
 
 def matrix_table(verdicts: list[Verdict]) -> Table:
@@ -31,8 +44,14 @@ def matrix_table(verdicts: list[Verdict]) -> Table:
         cells = []
         for norm, backend in columns:
             v = cell.get((prop, norm, backend))
-            cells.append("" if v is None else f"[{STYLE[v.status]}]{SHORT[v.status]}[/]")
+            if v is None:
+                cells.append("")
+                continue
+            short = FORWARD_HALF_SHORT if forward_half_pass(v) else SHORT[v.status]
+            cells.append(f"[{STYLE[v.status]}]{short}[/]")
         table.add_row(prop, *cells)
+    if any(forward_half_pass(v) for v in verdicts):
+        table.caption = FORWARD_HALF_LEGEND
     return table
 
 
@@ -45,18 +64,20 @@ def not_applicable(v: Verdict) -> bool:
     return v.status == "skipped" and v.reason.startswith("does not apply")
 
 
-SUMMARY_COLUMNS = (("passed", "passed", "green"), ("xfail", "xfail", "yellow"), ("xpass", "XPASS", "magenta"),
-                   ("failed", "FAILED", "bold red"), ("skipped", "skipped", "dim"), ("n/a", "n/a", "dim"))
+SUMMARY_COLUMNS = (("passed", "passed", "green"), ("fwd_half", "fwd half", "cyan"), ("xfail", "xfail", "yellow"),
+                   ("xpass", "XPASS", "magenta"), ("failed", "FAILED", "bold red"), ("skipped", "skipped", "dim"),
+                   ("n/a", "n/a", "dim"))
 
 
 def summary_rows(verdicts: list[Verdict]) -> list[tuple[str, str, dict[str, int]]]:
-    """(norm, backend, counts) per pair the backend implements; n/a: properties that do not apply."""
+    """(norm, backend, counts) per pair the backend implements; n/a: properties that do not apply;
+    fwd_half: passes of the forward half alone (counted there, not under passed)."""
     rows: dict[tuple[str, str], dict[str, int]] = {}
     for v in verdicts:
         if not_implemented(v):
             continue
         counts = rows.setdefault((v.norm, v.backend), {k: 0 for k, _, _ in SUMMARY_COLUMNS})
-        counts["n/a" if not_applicable(v) else v.status] += 1
+        counts["n/a" if not_applicable(v) else "fwd_half" if forward_half_pass(v) else v.status] += 1
     return [(n, b, c) for (n, b), c in rows.items()]
 
 
@@ -74,6 +95,9 @@ def summary_table(verdicts: list[Verdict], title: str = "normspec check") -> Tab
         cells = [f"[{style}]{counts[k]}[/]" if counts[k] and k not in ("n/a", "skipped", "passed")
                  else (str(counts[k]) if counts[k] else "[dim]·[/]") for k, _, style in shown]
         table.add_row(norm, backend, *cells)
+    if any(c["fwd_half"] for _, _, c in rows):
+        table.caption = FORWARD_HALF_LEGEND
+        table.caption_justify = "left"
     return table
 
 
@@ -90,7 +114,7 @@ def matrix_json(verdicts: list[Verdict]) -> dict[str, dict[str, str]]:
     """{property: {"norm/backend": status}}: the full property matrix."""
     m: dict[str, dict[str, str]] = {}
     for v in verdicts:
-        m.setdefault(v.property, {})[f"{v.norm}/{v.backend}"] = v.status
+        m.setdefault(v.property, {})[f"{v.norm}/{v.backend}"] = cell_status(v)
     return m
 
 
@@ -167,6 +191,8 @@ def to_json(verdicts: list[Verdict], seconds: float, profile: str, absent: dict[
         "planned": len(verdicts) if planned is None else planned,
         "seconds": round(seconds, 3),
         "summary": summary(verdicts),
+        # passes judged on the forward half alone (a forward-only engine): included in summary.passed
+        "forward_half_only": sum(forward_half_pass(v) for v in verdicts),
         "absent_backends": absent,
         "not_implemented": folded_not_implemented(verdicts),
         "captured_warnings": warnings or {},
@@ -174,7 +200,7 @@ def to_json(verdicts: list[Verdict], seconds: float, profile: str, absent: dict[
         "results": [
             {
                 "property": v.property, "norm": v.norm, "backend": v.backend, "status": v.status,
-                "message": v.message, "reason": v.reason, "link": v.link,
+                "message": v.message, "reason": v.reason, "link": v.link, "forward_half": v.forward_half,
                 "counterexample": counterexample_text(v) if v.draws else "",
                 "reproducer": v.reproducer, "seconds": round(v.seconds, 3),
             }
@@ -205,6 +231,16 @@ def print_details(console: Console, verdicts: list[Verdict]) -> None:
             console.print(f"  {reason}", markup=False, highlight=False)
             if link:
                 console.print(f"  {link}", markup=False, highlight=False)
+    halves = [v for v in verdicts if forward_half_pass(v)]
+    if halves:
+        by_backend: dict[str, list[Verdict]] = {}
+        for v in halves:
+            by_backend.setdefault(v.backend, []).append(v)
+        for backend, vs in by_backend.items():
+            where = ", ".join(f"{v.property} · {v.norm}" for v in vs[:6])
+            more = f" and {len(vs) - 6} more" if len(vs) > 6 else ""
+            console.print(f"[cyan]passed on the forward half only[/] ({len(vs)}, {backend} is forward-only, "
+                          f"its gradients are not checked): {where}{more}", highlight=False)
     skips: dict[str, list[Verdict]] = {}
     for v in verdicts:
         if v.status == "skipped" and not not_applicable(v) and not not_implemented(v):
@@ -239,6 +275,8 @@ def to_junit(verdicts: list[Verdict], seconds: float, *, complete: bool = True) 
                                              v.reproducer and f"reproducer: python {v.reproducer}"]))
         elif v.status in ("skipped", "xfail"):
             ET.SubElement(case, "skipped", message=(v.reason + (f" {v.link}" if v.link else ""))[:500])
+        elif forward_half_pass(v):
+            ET.SubElement(case, "system-out").text = v.reason
     for (norm, backend), suite in suites.items():
         mine = [v for v in verdicts if (v.norm, v.backend) == (norm, backend)]
         suite.set("tests", str(len(mine)))

@@ -28,6 +28,16 @@ class PropertyFailure(AssertionError):
     """A property does not hold for a backend; the message says what, where and by how much."""
 
 
+# `ctx.run(..., grads=OPTIONAL)`: gradients where the backend has them; a forward-only engine is
+# still held to the property's forward half (see Context.run).
+OPTIONAL = "optional"
+
+
+def forward_half_note(backend: str) -> str:
+    """What a verdict judged on a property's forward half alone says (a forward-only engine)."""
+    return f"forward half only: {backend} is forward-only, its gradients are not checked"
+
+
 class BackendLacks(BaseException):
     """The property needs something the backend does not offer (gradients of a forward-only engine).
 
@@ -260,6 +270,8 @@ class Context:
         self._draw = draw
         self.exclude_dtypes = exclude_dtypes
         self.draws: list[tuple[str, Any]] = []
+        # set when a run asked for optional gradients that the backend (forward-only) cannot give
+        self.forward_half = False
 
     # -- drawing
     def assume(self, condition: bool, why: str = "") -> None:
@@ -316,10 +328,18 @@ class Context:
             return layout if r == "x" else param_layout if r in ("weight", "bias") else "contiguous"
         return {r: b.native(a, dtype, lay(r)) for r, a in case.arrays.items()}
 
-    def run(self, case: Case, dtype: str, layout: str = "contiguous", *, grads: bool = False,
+    def run(self, case: Case, dtype: str, layout: str = "contiguous", *, grads: bool | str = False,
             dy: np.ndarray | None = None, dy_layout: str | None = None, param_layout: str = "contiguous") -> Run:
         """Run the backend forward (and backward when `grads`) on `case` rounded to `dtype`; dy
-        in `dy_layout` (default: x's layout), weight and bias in `param_layout`."""
+        in `dy_layout` (default: x's layout), weight and bias in `param_layout`.
+
+        `grads=True`: the gradients are part of the claim; a forward-only backend cannot be judged
+        (`BackendLacks`: the property is skipped, saying so). `grads=OPTIONAL`: the property's
+        forward half (outputs, running statistics) stands on its own; a forward-only backend's run
+        comes back without gradients (`run.grads` empty, `run.dy` None) and the verdict is marked
+        "forward half only". On a backend that differentiates both mean the same."""
+        if grads not in (False, True, OPTIONAL):
+            raise ValueError(f"grads must be False, True or {OPTIONAL!r}, not {grads!r}")
         self.supported(case, dtype, layout)
         case = self.rounded(case, dtype)
         b = self.backend
@@ -331,6 +351,11 @@ class Context:
             raise PropertyFailure(f"forward raised {type(exc).__name__}: {exc} {where}") from exc
         if grads:
             if not getattr(b, "differentiates", True):
+                if grads == OPTIONAL:
+                    self.forward_half = True
+                    if _IN_PROGRESS:  # the verdict being judged says so
+                        _IN_PROGRESS[-1]["forward_half"] = True
+                    return result
                 raise BackendLacks(f"{b.name} is forward-only: it has no gradients")
             if dy is None:
                 dy = np.random.default_rng(self.seed("dy_seed")).standard_normal(result.outputs["y"].shape)
@@ -410,6 +435,9 @@ class Verdict:
     draws: list[tuple[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     reproducer: str | None = None
+    # judged on the property's forward half alone: the backend is forward-only and the property's
+    # gradient half was not run (a pass then says so in `reason`; see forward_half_note)
+    forward_half: bool = False
 
     @property
     def dtype(self) -> str | None:
@@ -435,6 +463,29 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
         verdict.status, verdict.reason = "skipped", reason
         return verdict
     last: dict[str, Context] = {}
+    notes: dict[str, bool] = {}
+    _IN_PROGRESS.append(notes)
+    try:
+        _judge(p, record, backend, profile, exclude_dtypes, last, verdict)
+    finally:
+        _IN_PROGRESS.pop()
+    if notes.get("forward_half") and verdict.status in ("passed", "failed"):
+        verdict.forward_half = True
+        if verdict.status == "passed":
+            verdict.reason = forward_half_note(backend.name)
+    verdict.seconds = time.perf_counter() - start
+    return verdict
+
+
+# What the run_property calls in progress (innermost last) learn while their property runs: a Context
+# records there that a run came back without its optional gradients. (Not passed through `_drive`'s
+# `check`: Hypothesis derandomizes the ci profile from that function's source, so it stays as it is.)
+_IN_PROGRESS: list[dict[str, bool]] = []
+
+
+def _judge(p: Property, record: NormRecord, backend: Backend, profile: str, exclude_dtypes: tuple[str, ...],
+           last: dict[str, Context], verdict: Verdict) -> None:
+    """Drive `p` (random examples, then its sweep points) and set `verdict`'s status from the outcome."""
     try:
         _drive(p, record, backend, profile, exclude_dtypes, last)
         for point in _sweep_points(p, record, backend, exclude_dtypes):
@@ -455,8 +506,6 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
     except Exception as exc:  # a crash inside the property itself or the backend's conversion
         verdict.status, verdict.message = "failed", f"{type(exc).__name__}: {exc}"
         verdict.draws = last["ctx"].draws if "ctx" in last else []
-    verdict.seconds = time.perf_counter() - start
-    return verdict
 
 
 def _sweep_points(p: Property, record: NormRecord, backend: Backend,

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from normspec.library.strategies import Reach
 from normspec.properties.agreement import where
-from normspec.properties.core import Context, PropertyFailure, SweepPoint, assert_equal, prop, traits
+from normspec.properties.core import OPTIONAL, Context, PropertyFailure, SweepPoint, assert_equal, prop, traits
 
 LONG = 2**16 + 1
 
@@ -78,8 +78,8 @@ def outputs_not_aliased(ctx: Context) -> None:
 def deterministic(ctx: Context) -> None:
     """The same inputs give bitwise the same outputs and gradients on every call."""
     case, dtype, layout = ctx.case(), ctx.dtype(), ctx.layout()
-    first = ctx.run(case, dtype, layout, grads=True)
-    second = ctx.run(case, dtype, layout, grads=True, dy=first.dy)
+    first = ctx.run(case, dtype, layout, grads=OPTIONAL)
+    second = ctx.run(case, dtype, layout, grads=OPTIONAL, dy=first.dy)
     for name, value in first.outputs.items():
         assert_equal(second.outputs[name], value, f"{name} (second call)", where(ctx, second))
     for role, value in first.grads.items():
@@ -141,7 +141,7 @@ def empty_input_gives_empty_output(ctx: Context) -> None:
     shape = tuple(0 if a == axis else s for a, s in enumerate(case.x.shape))
     empty = case.with_arrays(x=np.zeros(shape))
     dtype, layout = ctx.dtype(), ctx.layout()
-    run = ctx.run(empty, dtype, layout, grads=True, dy=np.zeros(shape))
+    run = ctx.run(empty, dtype, layout, grads=OPTIONAL, dy=np.zeros(shape))
     at = where(ctx, run)
     ref, _ = ctx.reference(run)
     if run.outputs["y"].shape != shape:

@@ -10,6 +10,7 @@ from normspec.impls.layout import EXPANDED
 from normspec.library.tolerance import compute_roundoff
 from normspec.properties.agreement import compare_outputs, where
 from normspec.properties.core import (
+    OPTIONAL,
     Context,
     PropertyFailure,
     SweepPoint,
@@ -82,8 +83,8 @@ def layout_consistency(ctx: Context) -> None:
     layouts = [lay for lay in ctx.backend.layouts if lay != "contiguous"]
     ctx.assume(bool(layouts), "the backend supports no other layout")
     layout = ctx.draw(st.sampled_from(layouts), "layout")
-    base = ctx.run(case, dtype, "contiguous", grads=True)
-    other = ctx.run(case, dtype, layout, grads=True, dy=base.dy)
+    base = ctx.run(case, dtype, "contiguous", grads=OPTIONAL)
+    other = ctx.run(case, dtype, layout, grads=OPTIONAL, dy=base.dy)
     ref, ref_grads = ctx.reference(base)
     bounds = ctx.bounds(base, ref, ref_grads)
     at = where(ctx, other) + " vs contiguous"
@@ -130,7 +131,7 @@ def mixed_layouts_match_spec(ctx: Context) -> None:
     if dy_layout == EXPANDED:
         ctx.assume(len(shape) >= 1, "a scalar output has no axis to expand")
         dy = np.broadcast_to(dy[:1], shape).copy()
-    run = ctx.run(case, dtype, x_layout, grads=True, dy=dy, dy_layout=dy_layout, param_layout=param_layout)
+    run = ctx.run(case, dtype, x_layout, grads=OPTIONAL, dy=dy, dy_layout=dy_layout, param_layout=param_layout)
     ref, ref_grads = ctx.reference(run)
     bounds = ctx.bounds(run, ref, ref_grads)
     at = f" with dy {dy_layout}, weight/bias {param_layout}"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.properties.agreement import where
-from normspec.properties.core import Context, PropertyFailure, assert_close, prop, traits
+from normspec.properties.core import OPTIONAL, Context, PropertyFailure, assert_close, prop, traits
 from normspec.registry import get_norm
 
 # The unsplit norm each rank-synchronized norm must equal on the concatenated batch.
@@ -40,11 +40,11 @@ def sync_equals_unsplit_norm(ctx: Context) -> None:
     statistics, and the all-reduced backward sums are the global ones. Averaging rank means
     without weighting by n_r, or a running variance from one rank's shard, fails on uneven splits."""
     case, dtype, layout = ctx.case(), ctx.dtype(), ctx.layout()
-    run = ctx.run(case, dtype, layout, grads=True)
+    run = ctx.run(case, dtype, layout, grads=OPTIONAL)
     unsplit = get_norm(UNSPLIT[case.norm])
     reference_case = unsplit_case(run.case)
     ref = unsplit.reference(reference_case)
-    ref_grads = unsplit.reference_grad(reference_case, run.dy)
+    ref_grads = unsplit.reference_grad(reference_case, run.dy) if run.dy is not None else {}
     bounds = ctx.bounds(run, ref, ref_grads)
     at = where(ctx, run) + f" vs {unsplit.name} spec on the concatenated batch"
     for name, expected in ref.items():
@@ -85,8 +85,8 @@ def rank_split_invariance(ctx: Context) -> None:
     sizes = ctx.draw(other_split(n, tuple(case.params["rank_sizes"])), "other_rank_sizes")
     ctx.assume(sizes != tuple(case.params["rank_sizes"]), "the drawn split equals the case's own")
     dy = np.random.default_rng(ctx.seed("dy_seed")).standard_normal(case.x.shape)
-    first = ctx.run(case, dtype, layout, grads=True, dy=dy)
-    second = ctx.run(case.with_params(rank_sizes=sizes), dtype, layout, grads=True, dy=dy)
+    first = ctx.run(case, dtype, layout, grads=OPTIONAL, dy=dy)
+    second = ctx.run(case.with_params(rank_sizes=sizes), dtype, layout, grads=OPTIONAL, dy=dy)
     ref, ref_grads = ctx.reference(first)
     bounds = ctx.bounds(first, ref, ref_grads)
     bounds_other = ctx.bounds(second, ref, ref_grads)

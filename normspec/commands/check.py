@@ -28,6 +28,7 @@ def _write(path: str, text: str) -> None:
 def cmd_check(args) -> int:
     from normspec.matrix import SelectionError, plan, run_plan
     from normspec.report import (
+        forward_half_pass,
         matrix_table,
         not_applicable,
         not_implemented,
@@ -91,7 +92,9 @@ def cmd_check(args) -> int:
     counts = summary(verdicts)
     na = sum(not_applicable(v) for v in verdicts)
     missing = sum(not_implemented(v) for v in verdicts)
-    parts = [f"{counts['passed']} passed", f"{counts['failed']} failed", f"{counts['xfail']} xfail"]
+    halves = sum(forward_half_pass(v) for v in verdicts)
+    passed = f"{counts['passed']} passed" + (f" ({halves} on the forward half only)" if halves else "")
+    parts = [passed, f"{counts['failed']} failed", f"{counts['xfail']} xfail"]
     parts += [f"{counts['xpass']} XPASS"] * bool(counts["xpass"])
     parts += [f"{counts['skipped'] - na - missing} skipped"] * bool(counts["skipped"] - na - missing)
     parts += [f"{na} not applicable", f"{missing} not implemented by the backend"]
