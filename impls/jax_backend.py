@@ -175,7 +175,7 @@ class JaxBackend(Backend):
     def gradients(self, norm, inputs, params, dy, wrt):
         """The pullback of y under one `jax.jit` (forward and vjp as one XLA program), as a jitted training
         step runs it: vjp of the jitted forward would run two programs with the residuals between them in memory
-        (1.56x the time at 64 MB, docs/speed/crosscheck.md)."""
+        (1.56x the time at 64 MB: docs/speed/engines.md, the independent timer)."""
         f, roles = self._fn(norm, inputs, params)
         diff_roles = tuple(r for r in roles if r in wrt)
         key = ("grad", norm, roles, diff_roles, _key(dict(params)))
