@@ -146,6 +146,13 @@ def test_validate_compile_rejects_a_drop_in_wrong_only_when_compiled(tmp_path, c
     assert data["compile_differences"] == [{"property": "forward_matches_spec", "eager": "passed",
                                             "compiled": "failed"}]
     assert "eager vs compiled differences" in capsys.readouterr().out
+    # the compiled run's reproducer replays the candidate compiled (it once replayed it eagerly and said
+    # "no longer reproduces" for every compiled-only failure)
+    import subprocess
+    import sys
+    (repro,) = [p for p in tmp_path.rglob("repro_*forward_matches_spec*.py") if "COMPILED = True" in p.read_text()]
+    proc = subprocess.run([sys.executable, str(repro)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "REPRODUCED" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_inductor_absent_and_none_optional_inputs_share_one_graph():
@@ -209,3 +216,22 @@ def test_inductor_layer_norm_bfloat16_entry_covers_only_its_case():
     assert expected_failure("reach_backward_matches_spec", "layer_norm", "torch:inductor", where, "float32") is None
     assert expected_failure("reach_forward_matches_spec", "layer_norm", "torch:inductor",
                             where.replace("dx", "y"), "bfloat16") is None
+
+
+def test_compiled_module_class_really_compiles_an_inherited_forward():
+    """`class MyLayerNorm(nn.LayerNorm): pass` under --compile: nn.Module.compile alone traced no frame for a
+    forward inherited from torch.nn (pytorch#150915), so the 'compiled' run was eager and agreed by construction."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from normspec.validate import adapters
+
+    class InheritsForward(torch.nn.LayerNorm):
+        pass
+
+    before = counters["stats"]["unique_graphs"]
+    m = adapters.compiled(InheritsForward)(4)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(m(x), torch.nn.functional.layer_norm(x, (4,), m.weight, m.bias))
+    assert counters["stats"]["unique_graphs"] > before, "no graph was compiled: the compiled run would be eager"
+    assert isinstance(m, InheritsForward) and type(m).__name__ == "InheritsForward"

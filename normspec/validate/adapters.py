@@ -114,7 +114,13 @@ def compiled(obj):
             obj.__init__(self, *args, **kwargs)
             self.compile(dynamic=True)
 
-        return type(obj.__name__, (obj,), {"__init__": __init__, "__module__": obj.__module__,
+        def forward(self, *args, **kwargs):
+            # A forward inherited from torch.nn (class MyLayerNorm(nn.LayerNorm): pass) is a frame Dynamo
+            # skips, so nn.Module.compile alone compiles nothing and the "compiled" run is eager
+            # (pytorch#150915); this frame is traced, and the inherited forward is inlined into it.
+            return obj.forward(self, *args, **kwargs)
+
+        return type(obj.__name__, (obj,), {"__init__": __init__, "forward": forward, "__module__": obj.__module__,
                                             "__qualname__": obj.__qualname__})
     wrapped = torch.compile(obj, dynamic=True)
     for attr in ("__name__", "__qualname__", "__module__"):

@@ -356,7 +356,9 @@ def _rank_main(rank, world, init_method, call, conn):
     inputs = {r: (_shard(w, lo, hi) if r == "x" else w) for r, w in call["inputs"].items()}
     dy = None if call.get("dy") is None else _shard(call["dy"], lo, hi)
     try:
-        got = A.execute(A.load_target(TARGET, CWD), KIND, NORM, inputs, call["params"], dy=dy,
+        candidate = A.load_target(TARGET, CWD)
+        candidate = A.compiled(candidate) if COMPILED else candidate  # found under --compile: replay it compiled
+        got = A.execute(candidate, KIND, NORM, inputs, call["params"], dy=dy,
                         wrt=call.get("wrt", ()), outputs=OUTPUTS)
         conn.send(("ok", got))
     except Exception as exc:

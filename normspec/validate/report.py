@@ -340,6 +340,8 @@ def replay_call(candidate, call):
 
 if __name__ == "__main__":
     candidate = A.load_target(TARGET, CWD)
+    if COMPILED:  # the failure was found under `normspec validate --compile`: replay it compiled
+        candidate = A.compiled(candidate)
     reproduced = False
     for i, call in enumerate(CALLS):
         problems = replay_call(candidate, call)
@@ -402,6 +404,7 @@ NORM = {result.norm!r}
 OUTPUTS = {tuple(get_norm(result.norm).outputs)!r}
 PROPERTY = {v.property!r}
 CONTRACT = {result.contract.to_wire() if result.contract is not None else None!r}
+COMPILED = {result.compiled!r}  # validated under torch.compile (--compile)
 
 # The call adapters of normspec.validate (normspec.validate.adapters), verbatim.
 ADAPTERS_SOURCE = r\'\'\'{src}\'\'\'
