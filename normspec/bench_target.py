@@ -21,12 +21,24 @@ class TargetError(ValueError):
     """The target cannot be benchmarked as given (a usage error)."""
 
 
+def target_contract(obj, given):
+    """The contract the candidate is timed under: the one declared beside it (NORMSPEC_CONTRACT or @contract),
+    with the command line's fields (--ctor, --convention) over it, as validate merges them; None if neither."""
+    from normspec.validate.contract import Contract
+
+    declared = adapters.find_contract(obj)
+    if declared is None and given is None:
+        return None
+    return (declared or Contract()).merged(given)
+
+
 class TargetBackend(TorchBackend):
     """One kernel: the candidate, for the norm it implements."""
 
     layouts = ("contiguous", "channels_last", "strided")
 
-    def __init__(self, target: str, as_norm: str | None = None, kind: str | None = None, compile: bool = False):
+    def __init__(self, target: str, as_norm: str | None = None, kind: str | None = None, compile: bool = False,
+                 contract=None):
         if ":" not in target or not target.rsplit(":", 1)[1]:
             raise TargetError(f"TARGET {target!r} must be 'package.module:attr' or 'path/to/file.py:attr'")
         try:
@@ -46,12 +58,15 @@ class TargetBackend(TorchBackend):
         if found not in ("module", "functional"):
             raise TargetError("bench --target times torch drop-ins (a module or a functional); a NumPy "
                               "spec-signature function is not a speed peer")
+        self.contract = target_contract(obj, contract)
+        wire = self.contract.to_wire() if self.contract is not None else None
+        self.wire = wire
         self.obj = adapters.compiled(obj) if compile else obj
         self.kind, self.norm = found, norm
-        self.name = f"target:{target.rsplit(':', 1)[1]}" + ("[compiled]" if compile else "")
+        self.name = f"target:{target.rsplit(':', 1)[1]}" + (" (compiled)" if compile else "")
         self.modules: dict[tuple, torch.nn.Module] = {}
         self.kernels = {norm: Kernel(forward=self._forward,
-                                     unsupported=lambda p: adapters.unsupported(norm, found, dict(p)))}
+                                     unsupported=lambda p: adapters.unsupported(norm, found, dict(p), wire))}
 
     def _module(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> torch.nn.Module:
         x = inputs["x"]
@@ -59,7 +74,8 @@ class TargetBackend(TorchBackend):
                tuple(sorted(id(v) for v in inputs.values() if v is not None)))
         if key not in self.modules:
             t = {r: v for r, v in inputs.items() if v is not None}
-            module = adapters.construct(self.norm, self.obj, tuple(x.shape), t, dict(params)).to(x.device, x.dtype)
+            module = adapters.construct(self.norm, self.obj, tuple(x.shape), t, dict(params), self.wire)
+            module = module.to(x.device, x.dtype)
             adapters.load_state(self.norm, module, t, dict(params))
             module.train(bool(params.get("training", True)))
             self.modules.clear()  # one module alive at a time (the bench keeps one call prepared)

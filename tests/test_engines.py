@@ -118,7 +118,26 @@ def test_bench_target_times_the_candidate_in_the_same_table_and_csv(tmp_path, ca
 def test_bench_target_usage_errors_exit_2(capsys):
     assert main(["bench", "--target", "no_such_module_xyz:Thing"]) == 2
     assert main(["bench", "--compile"]) == 2
+    assert main(["bench", "--ctor", "normalized_shape=dim"]) == 2
     assert "qualify --target" in capsys.readouterr().err
+    assert main(["bench", "--target", f"{CANDIDATES / 'library.py'}:TimmStyleRmsNorm", "--ctor", "bad"]) == 2
+    assert "is not NAME=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("DeclaredRmsNorm", []),  # NORMSPEC_CONTRACT beside the class, as validate reads it
+    ("TimmStyleRmsNorm", ["--as", "rms_norm", "--ctor",
+                          "normalized_shape=channels:int,eps=eps,elementwise_affine=affine"]),
+])
+def test_bench_target_honours_validates_contract(tmp_path, name, extra):
+    """A class whose constructor is not torch.nn's is timed under its contract, as validate runs it (it was
+    skipped with a TypeError about normalized_shape)."""
+    pytest.importorskip("matplotlib")
+    rc = main(["bench", "--target", f"{CANDIDATES / 'library.py'}:{name}", *extra, "--backend", "numpy",
+               "--shape", "8x16", "--pass", "forward", "--repeats", "1", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    row = {r["backend"]: r for r in csv.DictReader((tmp_path / "bench.csv").open())}[f"target:{name}"]
+    assert not row["skipped"] and float(row["median_s"]) > 0, row
 
 
 COMPILE_ARGS = ["--compile", "--profile", "dev", "--property", "forward_matches_spec", "--dtype", "float32",

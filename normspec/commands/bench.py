@@ -31,14 +31,17 @@ def cmd_bench(args) -> int:
     target = None
     if args.target:
         from normspec.bench_target import TargetBackend, TargetError
+        from normspec.validate.contract import ContractError, from_options
 
         try:
-            target = TargetBackend(args.target, as_norm=args.as_norm, kind=args.kind, compile=args.compile)
-        except TargetError as exc:
+            given = from_options(ctor=args.ctor, conventions=args.convention)
+            target = TargetBackend(args.target, as_norm=args.as_norm, kind=args.kind, compile=args.compile,
+                                   contract=given)
+        except (TargetError, ContractError) as exc:
             print(f"normspec bench: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    elif args.as_norm or args.kind or args.compile:
-        print("normspec bench: --as, --kind and --compile qualify --target", file=sys.stderr)
+    elif args.as_norm or args.kind or args.compile or args.ctor or args.convention:
+        print("normspec bench: --as, --kind, --compile, --ctor and --convention qualify --target", file=sys.stderr)
         return EXIT_USAGE
     default_norms = [target.norm] if target else [n for n in bench.DEFAULT_NORMS if n in records]
     wanted = _split(args.norm) or default_norms
@@ -151,7 +154,8 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="time backends side by side against the machine's copy bandwidth")
     p.add_argument("--norm", action="append",
                    help="norm(s) to time (repeat or comma-separate); default layer_norm, rms_norm, batch_norm")
-    p.add_argument("--backend", action="append", help="backend(s); default every installed one")
+    p.add_argument("--backend", action="append", help="backend(s); default every installed one except the opt-in "
+                   "engines (torch:inductor, jax, onnxruntime), which run when named")
     p.add_argument("--shape", action="append",
                    help="preset (cnn-1MB, cnn-8MB, cnn-64MB, tokens-1MB, tokens-8MB, tokens-64MB) or dims like "
                         "16384x1024; default all six presets")
@@ -164,6 +168,10 @@ def register(sub) -> None:
     p.add_argument("--as", dest="as_norm", metavar="NORM", help="the norm TARGET implements, when not inferred")
     p.add_argument("--kind", choices=["module", "functional"], help="force the kind of a function TARGET")
     p.add_argument("--compile", action="store_true", help="time TARGET under torch.compile (dynamic shapes)")
+    p.add_argument("--ctor", metavar="MAP", help="as in validate: torch.nn constructor argument -> TARGET's, e.g. "
+                   "normalized_shape=dim,eps=eps (a NORMSPEC_CONTRACT beside TARGET is honoured too)")
+    p.add_argument("--convention", action="append", metavar="KEY=VALUE",
+                   help="as in validate: a convention TARGET pins (repeatable)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="replace a parameter of the benchmark case (repeat or comma-separate), e.g. training=false "
                         "to time BatchNorm's inference call; the CSV's params column records it")

@@ -120,7 +120,8 @@ def cmd_check(args) -> int:
 def register(sub) -> None:
     check = sub.add_parser("check", help="run every property x norm x backend; print a summary per norm x backend")
     check.add_argument("--norm", action="append", help="norm(s) to check (repeat or comma-separate); default all")
-    check.add_argument("--backend", action="append", help="backend(s) to check; default every installed one")
+    check.add_argument("--backend", action="append", help="backend(s) to check; default every installed one "
+                       "except the opt-in engines (torch:inductor, jax, onnxruntime), which run when named")
     check.add_argument("--property", action="append", help="property(ies) to check; default all")
     check.add_argument("--profile", choices=list(PROFILES), default="ci",
                        help="Hypothesis profile: dev (fast), ci (deterministic, default), thorough")
