@@ -196,3 +196,17 @@ def test_one_pass_variance_gets_a_cancellation_hint_not_a_float32_one():
     assert not r.accepted
     hints = " ".join(h for o in r.failures for h in o.hints)
     assert "one-pass variance" in hints and "computes in float32" not in hints, hints
+
+
+
+def test_mapped_affine_flag_keeps_the_bias_in_the_validation():
+    """With elementwise_affine mapped, the affine probe built the simplest (non-affine) module, found no bias and
+    dropped it from every case: a bias added twice was accepted. Found by an outside red team."""
+    contract = Contract(ctor={"normalized_shape": "num_channels:int", "eps": "eps", "elementwise_affine": "affine"},
+                        axes="last")
+    wrong = validate(t("ChannelsLayerNormBiasTwice"), contract=contract, properties=["forward_matches_spec"],
+                     dtypes=["float32"])
+    assert not wrong.accepted, messages(wrong)
+    assert not any("bias=False" in line for line in wrong.contract_lines), wrong.contract_lines
+    right = validate(t("ChannelsLayerNorm"), contract=contract, properties=["forward_matches_spec"], dtypes=["float32"])
+    assert right.accepted, messages(right)

@@ -127,6 +127,21 @@ class ValidationResult:
 
 # ------------------------------------------------------------------ the target
 
+def _with_affine(record: NormRecord, case) -> dict:
+    """The case's arrays with weight and bias added (ones, zeros), so that the affine probe builds the module an
+    affine call builds: probing the simplest case (no affine tensors, elementwise_affine=False through a mapped
+    flag) found no bias and dropped it from every case, so a wrong bias was accepted (red-team finding)."""
+    arrays = {r: np.asarray(a) for r, a in case.arrays.items()}
+    if record.name in ("layer_norm", "rms_norm"):
+        shape = tuple(case.params.get("normalized_shape") or case.x.shape[-1:])
+    else:
+        shape = case.x.shape[1:2]
+    for role, fill in (("weight", np.ones), ("bias", np.zeros)):
+        if role in record.differentiable and role not in arrays:
+            arrays[role] = fill(shape)
+    return arrays
+
+
 def compile_differences(eager: ValidationResult, compiled: ValidationResult) -> list[tuple[str, str, str]]:
     """(property, eager status, compiled status) where the two runs disagree: what torch.compile changes."""
     before = {o.verdict.property: o.status for o in eager.outcomes}
@@ -799,7 +814,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             # the mapping passes no affine flag: what the module holds decides (a T5/OLMo-style norm has no bias)
             try:
                 reply = worker.request({"op": "affine", "norm": norm, "shape": list(case.x.shape),
-                                        "arrays": {r: np.asarray(a) for r, a in case.arrays.items()},
+                                        "arrays": _with_affine(record, case),
                                         "params": dict(case.params), "contract": contract.to_wire()},
                                        timeout=max(60.0, example_timeout))
             except CandidateAbort:

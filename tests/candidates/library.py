@@ -135,3 +135,18 @@ class LayerNormNoBias(nn.Module):
         c = a - mean
         y = c * torch.rsqrt((c * c).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.to(a.dtype)).to(x.dtype)
+
+
+class ChannelsLayerNorm(nn.LayerNorm):
+    """timm-style constructor (num_channels, eps, affine) over torch.nn.LayerNorm. Correct."""
+
+    def __init__(self, num_channels, eps=1e-6, affine=True):
+        super().__init__(num_channels, eps=eps, elementwise_affine=affine)
+
+
+class ChannelsLayerNormBiasTwice(ChannelsLayerNorm):
+    """Adds the bias twice (once inside layer_norm, once after): invisible wherever the bias is 0 or absent."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y + self.bias if self.bias is not None else y
