@@ -210,3 +210,15 @@ def test_mapped_affine_flag_keeps_the_bias_in_the_validation():
     assert not any("bias=False" in line for line in wrong.contract_lines), wrong.contract_lines
     right = validate(t("ChannelsLayerNorm"), contract=contract, properties=["forward_matches_spec"], dtypes=["float32"])
     assert right.accepted, messages(right)
+
+
+def test_an_advisory_warning_alone_does_not_reject():
+    """One property that only warns (advisory) was REJECTED, exit 1, and the same warn beside a pass was
+    accepted (outside red team): a warn ran and held, so it counts toward acceptance like a pass."""
+    from normspec.properties import Verdict
+    from normspec.validate.runner import Outcome, ValidationResult
+
+    warn = Outcome(Verdict("constant_group_gives_beta", "layer_norm", "candidate", "warn", "advisory"))
+    assert ValidationResult(target="m:X", outcomes=[warn]).accepted
+    skipped = Outcome(Verdict("constant_group_gives_beta", "layer_norm", "candidate", "skipped"))
+    assert not ValidationResult(target="m:X", outcomes=[skipped]).accepted  # nothing ran: not accepted
