@@ -254,3 +254,17 @@ def test_compiled_module_class_really_compiles_an_inherited_forward():
     torch.testing.assert_close(m(x), torch.nn.functional.layer_norm(x, (4,), m.weight, m.bias))
     assert counters["stats"]["unique_graphs"] > before, "no graph was compiled: the compiled run would be eager"
     assert isinstance(m, InheritsForward) and type(m).__name__ == "InheritsForward"
+
+
+def test_inductor_group_norm_entries_cover_only_their_cases():
+    from normspec.expected import expected_failure
+    half = ("dx[0, 0, 2, 0]=np.float64(0.0141143798828125), but should be np.float64(0.0138936) ± 0.000204 "
+            "[torch:inductor float16 contiguous group_norm(x(1, 6, 4, 4); num_groups=3, eps=1e-05)]")
+    assert expected_failure("backward_matches_spec", "group_norm", "torch:inductor", half, "float16")
+    assert expected_failure("backward_matches_spec", "group_norm", "torch:inductor", half, "float32") is None
+    const = "y(constant set)[0]=np.float64(0.25146044218672614), but should be np.float64(0.2514604421867866) ± 0"
+    assert expected_failure("constant_group_gives_beta", "group_norm", "torch:inductor", const, "float64")
+    assert expected_failure("constant_group_gives_beta", "group_norm", "torch:inductor", const, "float32") is None
+    crash = "backward raised BackendCompilerFailed: backend='inductor' raised:\nZeroDivisionError: float division"
+    assert expected_failure("empty_input_gives_empty_output", "group_norm", "torch:inductor", crash, "float64")
+    assert expected_failure("empty_input_gives_empty_output", "layer_norm", "torch:inductor", crash, "float64") is None
