@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, Verbosity, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import FailedHealthCheck, Unsatisfiable
 
@@ -79,6 +79,9 @@ def hypothesis_settings(profile: str) -> settings:
         # a derandomized profile (ci) runs the same examples every time: no database (Hypothesis forbids one)
         database=None if PROFILES[profile].get("derandomize") else EXAMPLE_DATABASE[0],
         print_blob=False,
+        # the harness reports each failure itself (message, minimal counterexample, reproducer); Hypothesis's own
+        # "Falsifying example" and "@seed(...)" lines, one per failing property in the dev profile, were noise
+        verbosity=Verbosity.quiet,
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
