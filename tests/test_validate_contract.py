@@ -154,7 +154,6 @@ def test_forward_only_spec_function_still_runs_the_forward_halves():
     (["--ctor", "num_features"], "is not NAME=VALUE"),
     (["--ctor", "num_features=num_features"], "leaves out eps, momentum"),
     (["--modes", "sometimes"], "allowed: training, eval"),
-    (["--compute", "float32", "--dtype", "float16"], "excludes float64"),
 ])
 def test_bad_contract_options_exit_2_with_what_is_allowed(argv, says, capsys):
     assert main(["validate", "torch.nn:BatchNorm2d", "--quiet", *argv]) == 2
@@ -222,3 +221,11 @@ def test_an_advisory_warning_alone_does_not_reject():
     assert ValidationResult(target="m:X", outcomes=[warn]).accepted
     skipped = Outcome(Verdict("constant_group_gives_beta", "layer_norm", "candidate", "skipped"))
     assert not ValidationResult(target="m:X", outcomes=[skipped]).accepted  # nothing ran: not accepted
+
+
+def test_compute_declaration_stands_under_a_dtype_filter():
+    """--compute float32 with --dtype float32 was a usage error ('describes float64 inputs'), which blocked the
+    narrowed run docs/engines.md advises for the float32-compute layers (Llama, T5, Gemma)."""
+    contract = Contract(**{**RMS_CONTRACT.to_wire(), "compute": "float32"})
+    r = validate(t("Float32RmsNorm"), contract=contract, properties=["forward_matches_spec"], dtypes=["float32"])
+    assert r.accepted, messages(r)
