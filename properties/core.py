@@ -409,6 +409,9 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, bound: np.ndarray | f
         i = tuple(int(j) for j in idx)
         if bound[i] == 0:  # an exact claim: no ratio to report, only that it differs
             extent = f"{int(bad.sum())} of {expected.size} elements differ, where the claim is exact"
+        elif not np.isfinite(actual[i]) and np.isfinite(expected[i]):  # no ratio says anything about a NaN/inf
+            got = "NaN" if np.isnan(actual[i]) else "an infinity"
+            extent = f"{int(bad.sum())} of {expected.size} elements out of bounds, {got} where a finite value is due"
         else:
             ratio = float(excess[i])
             shown = f"{ratio:.3g}" if f"{ratio:.3g}" != "1" else f"{ratio:.6g}"  # never 'by 1x'

@@ -81,3 +81,19 @@ def test_pytorchs_op_is_replayed_with_the_workers_threads(monkeypatch):
     before = torch.get_num_threads()
     alike(candidate("2.5"))
     assert seen == [1] and torch.get_num_threads() == before
+
+
+def test_a_nan_output_is_named_and_counts_as_beyond_any_ratio():
+    """y = NaN used to read 'worst by nanx'; it now says NaN where a finite value is due, and the excuse rule reads
+    it as an infinite excess (a NaN candidate is never excused by PyTorch's finite miss)."""
+    import numpy as np
+
+    from normspec.properties.core import PropertyFailure, assert_close
+    from normspec.validate.runner import _excess
+
+    try:
+        assert_close(np.array([np.nan, 1.0]), np.array([0.5, 1.0]), np.array([1e-3, 1e-3]), "y", "w")
+    except PropertyFailure as exc:
+        message = str(exc)
+    assert "NaN where a finite value is due" in message and "nanx" not in message
+    assert _excess(message) == float("inf")

@@ -8,6 +8,7 @@ check that a failure is not one PyTorch's own op shares under a recorded expecte
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -464,6 +465,8 @@ NO_YARDSTICK = 1e6
 
 def _excess(message: str) -> float | None:
     """How many times the bound a failure message's worst element misses by ('worst by 3.2x')."""
+    if "where a finite value is due" in message:  # a NaN or an infinity for a finite value: beyond any ratio
+        return math.inf
     match = re.search(r"worst by ([0-9.eE+-]+|inf|nan)x", message)
     return float(match.group(1)) if match else None
 
