@@ -284,6 +284,9 @@ class Context:
             return
         if self.replaying:
             raise ReplayExhausted(f"the recorded example is not valid here: {why or 'an assumption failed'}")
+        if _IN_PROGRESS and why:  # counted, so that a property with no example left can say why
+            discards = _IN_PROGRESS[-1].setdefault("discards", {})
+            discards[why] = discards.get(why, 0) + 1
         assume(False)
 
     def draw(self, strategy: st.SearchStrategy, label: str) -> Any:
@@ -469,12 +472,15 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
         verdict.status, verdict.reason = "skipped", reason
         return verdict
     last: dict[str, Context] = {}
-    notes: dict[str, bool] = {}
+    notes: dict[str, Any] = {}
     _IN_PROGRESS.append(notes)
     try:
         _judge(p, record, backend, profile, exclude_dtypes, last, verdict)
     finally:
         _IN_PROGRESS.pop()
+    if verdict.status == "skipped" and verdict.reason.startswith("no example") and notes.get("discards"):
+        top = sorted(notes["discards"].items(), key=lambda kv: -kv[1])[:2]
+        verdict.reason += "; the draws were discarded because: " + "; ".join(f"{why} ({n}x)" for why, n in top)
     if notes.get("forward_half") and verdict.status in ("passed", "failed"):
         verdict.forward_half = True
         if verdict.status == "passed":
@@ -486,7 +492,7 @@ def run_property(p: Property, record: NormRecord, backend: Backend, profile: str
 # What the run_property calls in progress (innermost last) learn while their property runs: a Context
 # records there that a run came back without its optional gradients. (Not passed through `_drive`'s
 # `check`: Hypothesis derandomizes the ci profile from that function's source, so it stays as it is.)
-_IN_PROGRESS: list[dict[str, bool]] = []
+_IN_PROGRESS: list[dict[str, Any]] = []
 
 
 def _judge(p: Property, record: NormRecord, backend: Backend, profile: str, exclude_dtypes: tuple[str, ...],

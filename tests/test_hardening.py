@@ -447,3 +447,16 @@ def test_a_reader_that_leaves_early_gets_no_traceback(monkeypatch):
 
     monkeypatch.setattr("sys.stdout", ClosedPipe())
     assert main(["list", "--markdown"]) == 141
+
+
+def test_a_property_with_no_example_left_says_why_its_draws_were_discarded():
+    """'no example the backend supports (Unsatisfiable)' alone left a newcomer guessing (outside red team): the
+    reason names what discarded the draws, e.g. a backend with one memory layout."""
+    from normspec.impls.base import available_backends
+    from normspec.registry import norms
+
+    class OneLayout(type(available_backends(["numpy"])[0]["numpy"])):
+        name, layouts = "one-layout-numpy", ("contiguous",)
+
+    v = run_property(PROPERTIES["layout_consistency"], norms()["layer_norm"], OneLayout(), "dev")
+    assert v.status == "skipped" and "discarded because" in v.reason and "layout" in v.reason, v.reason
