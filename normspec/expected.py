@@ -798,6 +798,25 @@ EXPECTED_FAILURES += [
     ),
 ]
 
+# torch:inductor instance_norm, found by `normspec check --backend torch:inductor --norm instance_norm` (ci
+# profile, 2026-12-06; 556 graphs, 30 min). Every counterexample replayed on torch:cpu gives the same values
+# (dx -0.052032470703125 at x(4, 1, 2, 3) float16; 0.00934600830078125 with dy channels_last; -9.1386e-09 at
+# the bfloat16 reach draw x(1, 5, 1, 2), eps=0.1; NaN running_mean after a batch of N = 0), so the compiled
+# instance_norm shares eager's deviations (the torch:cpu entries above), in its backward and its running stats.
+EXPECTED_FAILURES += [ExpectedFailure(
+    property=name, norm="instance_norm", backend="torch:inductor*", dtypes=("float16", "bfloat16"),
+    reason="the compiled instance_norm backward gives eager's values bit for bit in float16/bfloat16, so it shares "
+           "PyTorch CPU's half-precision backward deviation (intermediates rounded to the input dtype): 1.2-1.5x "
+           "the model at small sets, 96x at the bfloat16 reach draw x(1, 5, 1, 2), eps=0.1",
+    when=r"^(dx|sum_R\(dx)",
+) for name in _GN_GRAD_PROPERTIES]
+EXPECTED_FAILURES.append(ExpectedFailure(
+    property="empty_input_gives_empty_output", norm="instance_norm", backend="torch:inductor*",
+    reason="as eager (torch:cpu entry): InstanceNorm with track_running_stats sets the running statistics to NaN on "
+           "a batch of N = 0 (the mean over no instances), where BatchNorm leaves them unchanged",
+    when=r"^running_(mean|var) after an empty batch",
+))
+
 # The instance_norm float64 entry above, on batch_norm itself (measured for the open TorchBatchNorm2d
 # xfail, tests/test_tolerance_reach.py has the float32 channels_last half): F.batch_norm in float64,
 # batch statistics, 3 channels of 65535 values at |mean|/std = 1e12, one thread, misses the model by

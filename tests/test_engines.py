@@ -268,3 +268,14 @@ def test_inductor_group_norm_entries_cover_only_their_cases():
     crash = "backward raised BackendCompilerFailed: backend='inductor' raised:\nZeroDivisionError: float division"
     assert expected_failure("empty_input_gives_empty_output", "group_norm", "torch:inductor", crash, "float64")
     assert expected_failure("empty_input_gives_empty_output", "layer_norm", "torch:inductor", crash, "float64") is None
+
+
+def test_inductor_instance_norm_entries_cover_only_their_cases():
+    from normspec.expected import expected_failure
+    half = ("dx[2, 0, 0, 1]=np.float64(-0.052032470703125), but should be np.float64(-0.0513790) ± 0.000541 "
+            "[torch:inductor float16 contiguous instance_norm(x(4, 1, 2, 3); training=False, eps=1e-05)]")
+    assert expected_failure("backward_matches_spec", "instance_norm", "torch:inductor", half, "float16")
+    assert expected_failure("backward_matches_spec", "instance_norm", "torch:inductor", half, "float64") is None
+    empty = "running_mean after an empty batch[0]=np.float64(nan), but should be np.float64(0.5669) ± 0"
+    assert expected_failure("empty_input_gives_empty_output", "instance_norm", "torch:inductor", empty, "float64")
+    assert expected_failure("empty_input_gives_empty_output", "batch_norm", "torch:inductor", empty, "float64") is None
