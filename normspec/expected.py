@@ -817,6 +817,19 @@ EXPECTED_FAILURES.append(ExpectedFailure(
     when=r"^running_(mean|var) after an empty batch",
 ))
 
+# torch:inductor batch_norm, found by `normspec check --backend torch:inductor --norm batch_norm` (ci profile,
+# 2026-12-06; 542 graphs, 23 min): 21 passed, 2 failed, both the eval-mode (training=False) backward in half
+# precision. Replayed on torch:cpu, eager fails the same inputs with other values (11.1x where Inductor is 3.51x
+# at x(3, 2, 2) float16 with dy channels_last; 32.4x where Inductor is 51.8x at the bfloat16 reach draw x(2, 5)),
+# so both round the eval backward's intermediates to the input dtype, each in its own way.
+EXPECTED_FAILURES += [ExpectedFailure(
+    property=name, norm="batch_norm", backend="torch:inductor*", dtypes=("float16", "bfloat16"),
+    reason="the compiled eval-mode batch_norm backward in float16/bfloat16 misses the float32-accumulation model "
+           "(3.51x at x(3, 2, 2) float16 with dy channels_last, 51.8x at a bfloat16 reach draw x(2, 5)); eager "
+           "misses the same inputs with other values (11.1x, 32.4x): intermediates rounded to the input dtype",
+    when=r"^(dx|sum_R\(dx).*training=False",
+) for name in _GN_GRAD_PROPERTIES]
+
 # The instance_norm float64 entry above, on batch_norm itself (measured for the open TorchBatchNorm2d
 # xfail, tests/test_tolerance_reach.py has the float32 channels_last half): F.batch_norm in float64,
 # batch statistics, 3 channels of 65535 values at |mean|/std = 1e12, one thread, misses the model by

@@ -279,3 +279,13 @@ def test_inductor_instance_norm_entries_cover_only_their_cases():
     empty = "running_mean after an empty batch[0]=np.float64(nan), but should be np.float64(0.5669) ± 0"
     assert expected_failure("empty_input_gives_empty_output", "instance_norm", "torch:inductor", empty, "float64")
     assert expected_failure("empty_input_gives_empty_output", "batch_norm", "torch:inductor", empty, "float64") is None
+
+
+def test_inductor_batch_norm_entries_cover_only_the_eval_half_backward():
+    from normspec.expected import expected_failure
+    where = ("dx[2, 0, 1]=np.float64(0.0027065), but should be np.float64(0.0030976) ± 0.000112 [torch:inductor "
+             "float16 contiguous batch_norm(x(3, 2, 2); training=False, eps=1e-05)] with dy channels_last")
+    assert expected_failure("mixed_layouts_match_spec", "batch_norm", "torch:inductor", where, "float16")
+    assert expected_failure("mixed_layouts_match_spec", "batch_norm", "torch:inductor", where, "float32") is None
+    trained = where.replace("training=False", "training=True")
+    assert expected_failure("mixed_layouts_match_spec", "batch_norm", "torch:inductor", trained, "float16") is None
