@@ -738,13 +738,15 @@ EXPECTED_FAILURES.append(ExpectedFailure(
 # this input at all (4-D bfloat16 pools with avg_pool3d, which has no bfloat16 CPU kernel; entry above), so there
 # is no eager value to compare; eager's 3-D bfloat16 backward misses the same model by 1.06x (entry above).
 # Whether Inductor rounds the pooled squares to bfloat16 or the model is optimistic here is not isolated yet.
-EXPECTED_FAILURES.append(ExpectedFailure(
-    property="backward_matches_spec", norm="local_response_norm", backend="torch:inductor*", dtypes=("bfloat16",),
+# The second session's full ci run (226 graphs, 7 min on a quiet host) met the same bfloat16 backward in
+# mixed_layouts_match_spec: x(1, 2, 1), size=2, dy channels_last: dx 1.0490e-4 vs 1.2016e-4 ± 7.8e-6 (1.96x).
+EXPECTED_FAILURES += [ExpectedFailure(
+    property=name, norm="local_response_norm", backend="torch:inductor*", dtypes=("bfloat16",),
     reason="torch.compile of F.local_response_norm, bfloat16 backward: dx misses the float32-accumulation model by "
-           "2.57x (x(3, 2, 5, 1), size=2: -2.2602e-4 vs -2.7120e-4 ± 1.76e-5), consistent with intermediates "
-           "rounded to bfloat16; eager raises on this 4-D bfloat16 input, so there is no eager value",
+           "1.96-2.57x (x(3, 2, 5, 1), size=2: -2.2602e-4 vs -2.7120e-4 ± 1.76e-5), consistent with intermediates "
+           "rounded to bfloat16; eager raises on 4-D bfloat16 inputs, so there is no eager value there",
     when=r"^dx\[",
-))
+) for name in ("backward_matches_spec", "mixed_layouts_match_spec")]
 
 # torch:inductor layer_norm, bfloat16 backward, found by `normspec check --backend torch:inductor --norm layer_norm`
 # (ci profile, 2026-12-06): at the reach draw x(5, 2) (rows at unit, 1e6, offset, 1e-18 and subnormal scale),
