@@ -6,8 +6,8 @@
 
 (or `python examples/transformers_norms.py`). T5LayerNorm is named a LayerNorm but computes
 RMSNorm (no mean subtracted, no bias): without --as, validate stops and says so. GemmaRMSNorm
-scales by (1 + weight) (its weight is an offset from 1): judged as torch's RMSNorm, its
-forward differs by design (see docs/field-report.md).
+scales by (1 + weight) (its weight is an offset from 1): its contract pins rms_norm's convention
+weight_offset=1; judged as torch's RMSNorm, its forward differs by design (see docs/field-report.md).
 """
 import os
 import sys
@@ -22,7 +22,9 @@ from normspec.validate import Contract
 # float64 inputs are computed in float32, so the contract declares it.
 _RMS = Contract(ctor={"normalized_shape": "hidden_size:int", "eps": "eps"}, axes="last", eps_none=False,
                 compute="float32", source="examples/transformers_norms.py")
-NORMSPEC_CONTRACT = {"LlamaRMSNorm": _RMS, "GemmaRMSNorm": _RMS, "T5LayerNorm": _RMS}
+# Gemma stores w and scales by 1 + w: the spec's numeric convention weight_offset=1.
+_GEMMA = _RMS.merged(Contract(conventions={"weight_offset": 1}, source="examples/transformers_norms.py"))
+NORMSPEC_CONTRACT = {"LlamaRMSNorm": _RMS, "GemmaRMSNorm": _GEMMA, "T5LayerNorm": _RMS}
 __all__ = ["GemmaRMSNorm", "LlamaRMSNorm", "T5LayerNorm"]
 
 if __name__ == "__main__":

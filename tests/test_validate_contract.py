@@ -135,6 +135,46 @@ def test_keras_conventions_rejected_as_pytorch_accepted_when_pinned():
     assert any("momentum_style='decay'" in line for line in r.contract_lines)
 
 
+GEMMA = Contract(ctor=RMS_MAP, axes="last", eps_none=False, compute="float32", conventions={"weight_offset": 1})
+
+
+def test_gemma_numeric_convention_is_pinnable_and_judged_by_it():
+    """Gemma's gain 1 + w is rms_norm's numeric convention weight_offset=1: pinning it was refused ('its
+    conventions: none', only string-valued keywords were collected; outside red team), so a correct Gemma
+    layer could only be rejected."""
+    r = validate(t("GemmaStyleRmsNorm"), contract=GEMMA, properties=FORWARD_BACKWARD)
+    assert r.accepted, messages(r)
+    assert any("weight_offset=1" in line for line in r.contract_lines)
+    r = validate(t("GemmaWeightsInPlainRmsNorm"), contract=GEMMA, properties=["forward_matches_spec"])
+    assert not r.accepted
+    r = validate(t("GemmaStyleRmsNorm"), contract=Contract(**{**GEMMA.to_wire(), "conventions": {}}),
+                 properties=["forward_matches_spec"], dtypes=["float32"])
+    assert not r.accepted  # without the pin the same layer is judged as PyTorch's w-scaling RMSNorm
+
+
+def test_a_declared_float32_compute_rounds_the_stored_gemma_weight_not_the_gain():
+    """float64 in, float32 arithmetic: w = g - 1 rounded to float32 is off by u32 |w|, which relative to a
+    small gain g = 1 + w is u32 |w| / |g|. The bound carries that term only where the implementation rounds
+    its own inputs (a declared compute below the dtype), and not for inputs already in the dtype."""
+    import numpy as np
+
+    from normspec.library import tolerance
+    from normspec.library.case import Case
+    from normspec.registry import get_norm
+
+    record = get_norm("rms_norm")
+    w = np.array([-0.999, 0.5])
+    case = Case("rms_norm", {"x": np.array([[3.0, -4.0]]), "weight": w}, {"normalized_shape": (2,), "eps": 1e-6,
+                                                                        "weight_offset": 1.0})
+    plain = Case("rms_norm", {"x": case.x, "weight": w + 1.0}, {"normalized_shape": (2,), "eps": 1e-6})
+    ref = record.reference(case)
+    assert np.allclose(ref["y"], record.reference(plain)["y"])
+    with tolerance.declared_compute({"float64": "float32"}):
+        gemma64, plain64 = record.bounds(case, "float64", ref)["y"], record.bounds(plain, "float64", ref)["y"]
+    assert gemma64[0, 0] > 100 * plain64[0, 0]  # |w| / |1 + w| = 999 at the small gain
+    assert np.array_equal(record.bounds(case, "float32", ref)["y"], record.bounds(plain, "float32", ref)["y"])
+
+
 def test_forward_only_spec_function_still_runs_the_forward_halves():
     r = validate("normspec.spec:layer_norm", kind="spec", contract=Contract(forward_only=True),
                  properties=["scale_invariance", "deterministic", "inputs_unmodified", "backward_matches_spec"])
@@ -149,6 +189,7 @@ def test_forward_only_spec_function_still_runs_the_forward_halves():
 @pytest.mark.parametrize("argv, says", [
     (["--convention", "frobnicate=1"], "not a convention keyword"),
     (["--convention", "running_var_style=sideways"], "allowed: 'biased', 'unbiased'"),
+    (["--convention", "weight_offset=1"], "its conventions: momentum_style"),
     (["--axes", "last"], "axes=last applies to layer_norm and rms_norm"),
     (["--ctor", "normalized_shape=dim"], "not an argument of torch.nn's batch_norm constructor"),
     (["--ctor", "num_features"], "is not NAME=VALUE"),

@@ -62,11 +62,13 @@ def conditioning(case: Case, dtype: str = "float64") -> Conditioning:
     x, shape = case.x, tuple(case.params["normalized_shape"])
     k = len(shape)
     r = rms(x, shape, eps=resolve_eps(case.params.get("eps"), dtype))
-    gamma = case.array_or("weight", shape, 1.0)
-    if case.get("weight") is not None:
-        gamma = gain(gamma, case.params.get("weight_offset", 0.0))  # Gemma: 1 + w
+    gamma = stored = case.array_or("weight", shape, 1.0)
+    offset = case.params.get("weight_offset", 0.0) if case.get("weight") is not None else 0.0
+    if offset:
+        gamma = gain(stored, offset)  # Gemma: 1 + w
     return Conditioning(x / r, np.zeros_like(r), r, int(np.prod(shape)), gamma, np.zeros(()),
-                        tuple(range(x.ndim - k, x.ndim)), tuple(range(x.ndim - k)), True)
+                        tuple(range(x.ndim - k, x.ndim)), tuple(range(x.ndim - k)), True,
+                        stored_gamma=stored if offset else None)
 
 
 def error_model(case: Case, dtype: str, ref, dy=None, ref_grads=None):

@@ -294,7 +294,8 @@ def check_for_norm(c: Contract, norm: str, kind: str, conventions: Mapping[str, 
         pass  # eps=None is drawn for rms_norm only; elsewhere the declaration narrows nothing
     for k, v in c.conventions.items():
         if k not in conventions:
-            known = ", ".join(f"{n} ({'/'.join(map(str, vals))})" for n, vals in conventions.items()) or "none"
+            known = ", ".join(f"{n} ({'/'.join(map(str, vals)) or 'a number'})"
+                              for n, vals in conventions.items()) or "none"
             raise ContractError(f"{k!r} is not a convention keyword of {norm}'s spec; its conventions: {known}")
         if conventions[k] and v not in conventions[k]:
             raise ContractError(f"{k}={v!r} is not a value {norm}'s spec accepts; allowed: "

@@ -273,22 +273,38 @@ def restricted_record(record: NormRecord, kind: str, ranks, contract: Contract |
 
 
 def convention_keywords(record: NormRecord) -> dict[str, tuple]:
-    """The norm's convention keywords (string-valued parameters of its cases) and the values its
-    strategy draws for them (the spec checks any other value when it is pinned)."""
-    seen: dict[str, set] = {}
+    """The norm's convention keywords and the values its strategy draws for them: the string-valued
+    parameters of its cases, with those values (the spec checks any other value when it is pinned), and
+    the numeric parameters that appear only when the strategy draws conventions, such as rms_norm's
+    ``weight_offset`` (1 is Gemma's ``1 + w``), with () for "any number"."""
+    def params_seen(**overrides) -> dict[str, list]:
+        seen: dict[str, list] = {}
 
-    def collect(case) -> bool:
-        for k, v in case.params.items():
-            if isinstance(v, str):
-                seen.setdefault(k, set()).add(v)
-        return False
+        def collect(case) -> bool:
+            for k, v in case.params.items():
+                seen.setdefault(k, []).append(v)
+            return False
 
-    try:
-        find(record.cases(), collect, settings=settings(database=None, derandomize=True, max_examples=150,
-                                                         suppress_health_check=list(HealthCheck)))
-    except Exception:
-        pass
-    return {k: tuple(sorted(v)) for k, v in sorted(seen.items())}
+        try:
+            find(record.cases(**overrides), collect,
+                 settings=settings(database=None, derandomize=True, max_examples=150,
+                                   suppress_health_check=list(HealthCheck)))
+        except Exception:
+            pass
+        return seen
+
+    def numeric(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    drawn = params_seen()
+    plain = params_seen(conventions=False) if record.takes("conventions") else None
+    keywords: dict[str, tuple] = {}
+    for k, values in sorted(drawn.items()):
+        if all(isinstance(v, str) for v in values):
+            keywords[k] = tuple(sorted(set(values)))
+        elif plain is not None and k not in plain and all(numeric(v) for v in values):
+            keywords[k] = ()
+    return keywords
 
 
 def first_case(record: NormRecord):

@@ -52,6 +52,35 @@ class Float32RmsNorm(TimmStyleRmsNorm):
         return y.to(x.dtype)
 
 
+class GemmaStyleRmsNorm(TimmStyleRmsNorm):
+    """Gemma's RMSNorm: stores w (initialized to 0) and scales by 1 + w, all in float32 whatever the input
+    (the convention weight_offset=1 with compute=float32). Correct under that contract."""
+
+    def __init__(self, channels, eps=1e-6, affine=True):
+        super().__init__(channels, eps, affine)
+        if self.weight is not None:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x):
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * (1.0 + self.weight.float())
+        return y.to(x.dtype)
+
+
+class GemmaWeightsInPlainRmsNorm(GemmaStyleRmsNorm):
+    """Gemma's stored w used as the gain itself, the +1 forgotten: what loading a Gemma checkpoint into a
+    w-scaling RMSNorm gives unless the converter adds 1 to the weights (a real deviation)."""
+
+    def forward(self, x):
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y.to(x.dtype)
+
+
 class T5StyleLayerNorm(nn.Module):
     """Named a LayerNorm, computes RMSNorm (as transformers' T5LayerNorm does): no mean subtracted."""
 
