@@ -3,6 +3,8 @@
     normspec validate examples/timm_norms.py:RmsNorm
     normspec validate examples/timm_norms.py:LayerNorm
     normspec validate examples/timm_norms.py:GroupNorm
+    normspec validate examples/timm_norms.py:GroupNorm1
+    normspec validate examples/timm_norms.py:LayerNorm2d
 
 (or `python examples/timm_norms.py` for all of them). Each class here is timm's own, re-exported;
 the contract beside it says how torch.nn's constructor arguments map onto timm's.
@@ -19,6 +21,8 @@ _L = timm_layers()
 RmsNorm = _L.RmsNorm  # RmsNorm(channels, eps=1e-6, affine=True): over the last dim only
 LayerNorm = _L.LayerNorm  # LayerNorm(num_channels, eps=1e-6, affine=True): a torch.nn.LayerNorm subclass
 GroupNorm = _L.GroupNorm  # GroupNorm(num_channels, num_groups=32, eps=1e-5, affine=True)
+GroupNorm1 = _L.GroupNorm1  # GroupNorm1(num_channels, **kwargs): num_groups fixed at 1
+LayerNorm2d = _L.LayerNorm2d  # LayerNorm2d(num_channels, eps=1e-6, affine=True): over C of NCHW
 
 NORMSPEC_CONTRACT = {
     "RmsNorm": Contract(ctor={"normalized_shape": "channels:int", "eps": "eps", "elementwise_affine": "affine"},
@@ -27,6 +31,12 @@ NORMSPEC_CONTRACT = {
                           axes="last", source="examples/timm_norms.py"),
     "GroupNorm": Contract(ctor={"num_channels": "num_channels", "num_groups": "num_groups", "eps": "eps",
                                 "affine": "affine"}, source="examples/timm_norms.py"),
+    # the class fixes num_groups at 1 (a value in the mapping, not passed); **kwargs takes eps and affine
+    "GroupNorm1": Contract(ctor={"num_channels": "num_channels", "num_groups": 1, "eps": "eps", "affine": "affine"},
+                           source="examples/timm_norms.py"),
+    # a LayerNorm over the channels of (N, C, H, W), constructed with C
+    "LayerNorm2d": Contract(ctor={"normalized_shape": "num_channels:int", "eps": "eps", "elementwise_affine": "affine"},
+                            axes="channels", source="examples/timm_norms.py"),
 }
 
 if __name__ == "__main__":

@@ -58,10 +58,12 @@ def add_contract_options(add, prefix: str = "--") -> None:
 
     add(f"{prefix}ctor", metavar="MAP", help="torch.nn constructor argument -> the candidate's, e.g. "
         "normalized_shape=dim,eps=eps,elementwise_affine=affine ('dim:int' passes one size as an int); "
-        "arguments left out are fixed at torch.nn's default")
+        "arguments left out are fixed at torch.nn's default; a number is a value the class fixes itself "
+        "(num_groups=1, eps=1e-6), not passed")
     add(f"{prefix}convention", action="append", metavar="KEY=VALUE", help="pin a convention keyword of the spec "
         "(e.g. running_var_style=biased, momentum_style=decay, convention=caffe); repeatable")
-    add(f"{prefix}axes", choices=list(AXES), help="last: normalizes over the last dimension only")
+    add(f"{prefix}axes", choices=list(AXES), help="last: normalizes over the last dimension only; channels: a "
+        "LayerNorm over dim 1 of (N, C, *S) (timm's LayerNorm2d, ConvNeXt's channels_first)")
     add(f"{prefix}modes", metavar="MODE", help="training or eval: the only mode it supports")
     add(f"{prefix}forward-only", action="store_true", help="no gradients: gradient properties are not run")
     add(f"{prefix}affine", choices=["on", "off"], help="affine parameters always on / always off")

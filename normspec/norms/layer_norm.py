@@ -17,10 +17,14 @@ from normspec.spec.layer_norm import normalize_axes, param_shape
 
 @st.composite
 def layer_norm_cases(draw, *, elementwise_affine=None, bias=None, allow_constant=True, min_batch=1, conventions=True,
-                     reach: Reach | None = None):
+                     reach: Reach | None = None, channels_first=False, spatial_dims=None):
     """LayerNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims; with conventions,
     sometimes Keras' `axis` (any non-empty set of the axes after the first, which stays a batch
-    axis) instead, and sometimes the saved statistics (mean, rstd) asked for as outputs."""
+    axis) instead, and sometimes the saved statistics (mean, rstd) asked for as outputs.
+    channels_first: LayerNorm over dim 1 of (N, C, *S) only, with (C,) parameters (ConvNeXt's
+    channels_first LayerNorm, timm's LayerNorm2d), `spatial_dims` spatial dims (0-2 when None)."""
+    if channels_first:
+        return draw(_channels_first_cases(elementwise_affine, bias, allow_constant, min_batch, reach, spatial_dims))
     if reach is not None:  # `reach.sets` rows of `reach.length` features at the reach's magnitudes
         batch, normalized = (reach.sets,), (reach.length,)
     else:
@@ -51,6 +55,29 @@ def layer_norm_cases(draw, *, elementwise_affine=None, bias=None, allow_constant
     if reach is None and conventions and draw(st.integers(0, 3), label="saved_statistics") == 0:
         params["saved_statistics"] = True
     return Case("layer_norm", arrays, params)
+
+
+@st.composite
+def _channels_first_cases(draw, elementwise_affine, bias, allow_constant, min_batch, reach, spatial_dims):
+    """LayerNorm over the channels of (N, C, *S): Keras' axis=1, the layout of a convolutional network."""
+    rank = draw(st.integers(0, 2), label="spatial_dims") if spatial_dims is None else spatial_dims
+    if reach is not None:  # `reach.sets` positions of `reach.length` channels at the reach's magnitudes
+        shape = (reach.sets, reach.length) + (1,) * rank
+        x = np.ascontiguousarray(np.moveaxis(reach_values(np.random.default_rng(draw(seeds, label="seed")),
+                                     (reach.sets,) + (1,) * rank + (reach.length,), (0,), reach), -1, 1))
+    else:
+        shape = ((draw(st.integers(min_batch, 4), label="batch"), draw(st.integers(1, 8), label="channels"))
+                 + tuple(draw(st.integers(1, 5), label="spatial") for _ in range(rank)))
+        x = draw(grouped_values(shape, tuple(a for a in range(len(shape)) if a != 1), allow_constant=allow_constant),
+                 label="x")
+    arrays = {"x": x}
+    affine = draw(st.booleans(), label="elementwise_affine") if elementwise_affine is None else elementwise_affine
+    if affine:
+        arrays["weight"] = draw(affine_vector((shape[1],), kind="weight"))
+        if (draw(st.booleans(), label="bias") if bias is None else bias):
+            arrays["bias"] = draw(affine_vector((shape[1],), kind="bias"))
+    eps = reach.eps if reach is not None and reach.eps is not None else draw(eps_values, label="eps")
+    return Case("layer_norm", arrays, {"axes": (1,), "eps": eps})
 
 
 def _geometry(case: Case) -> tuple[tuple[int, ...], dict]:
@@ -115,7 +142,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=layer_norm_cases,
-    overrides=frozenset({'allow_constant', 'bias', 'conventions', 'elementwise_affine', 'min_batch', 'reach'}),
+    overrides=frozenset({'allow_constant', 'bias', 'channels_first', 'conventions', 'elementwise_affine', 'min_batch',
+                         'reach', 'spatial_dims'}),
     conditioning=conditioning,
     error_model=bounds,
     traits=frozenset({"moment_normalizer", "batch_independent", "scale_invariant", "shift_invariant", "accepts_empty"}),

@@ -61,6 +61,10 @@ class CandidateError(Exception):
     """The candidate broke the drop-in contract (wrong type, shape or dtype of a result)."""
 
 
+class ConstructorError(Exception):
+    """The candidate's constructor refused torch.nn's arguments (as mapped): not a drop-in as declared."""
+
+
 class Unsupported(Exception):
     """This call is outside what a drop-in of this kind can express (not the candidate's fault)."""
 
@@ -141,6 +145,12 @@ def _hint(name: str):
     return None, None
 
 
+def suffix_ranks(name: str):
+    """The input ranks a class name's 1d/2d/3d suffix says (None: no single one)."""
+    found = [k for k in RANKS_BY_SUFFIX if k in name.lower()]
+    return RANKS_BY_SUFFIX[found[0]] if len(found) == 1 else None
+
+
 def classify(obj):
     """(kind, inferred norm or None, input ranks or None, how the norm was inferred) of a candidate."""
     if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
@@ -149,8 +159,7 @@ def classify(obj):
                 if klass.__name__ == base and klass.__module__.startswith("torch.nn"):
                     return "module", norm, ranks, f"base class torch.nn.{base}"
         norm, fragment = _hint(obj.__name__)
-        found = [k for k in RANKS_BY_SUFFIX if k in obj.__name__.lower()]
-        ranks = RANKS_BY_SUFFIX[found[0]] if norm in ("batch_norm", "instance_norm") and len(found) == 1 else None
+        ranks = suffix_ranks(obj.__name__) if norm in ("batch_norm", "instance_norm") else None
         return "module", norm, ranks, (f"the name {obj.__name__!r} (contains {fragment!r})" if norm else "")
     if callable(obj) and not isinstance(obj, type):
         name = getattr(obj, "__name__", "") or ""
@@ -254,6 +263,11 @@ def unsupported(norm: str, kind: str, params: dict, contract=None) -> str | None
     """Why a drop-in of `kind` cannot express a call with these parameters, or None. A convention
     the contract pins is the candidate's own, whatever PyTorch does."""
     pinned = (contract or {}).get("conventions") or {}
+    ctor = (contract or {}).get("ctor")
+    for k, v in (ctor.items() if isinstance(ctor, dict) else ()):  # a value the class fixes: no other is passed
+        if not isinstance(v, str) and k in params and params[k] != v:
+            return (f"the class fixes {k} at {v!r} (declared in its constructor mapping); "
+                    f"this call needs {k}={params[k]!r}")
     if kind in ("module", "functional"):
         if norm in ("batch_norm", "sync_batch_norm") and params.get("running_var_style", "unbiased") != "unbiased" \
                 and "running_var_style" not in pinned:
@@ -273,8 +287,9 @@ def torch_ctor_kwargs(norm: str, shape, a: dict, p: dict, contract=None) -> dict
     if norm in ("batch_norm", "sync_batch_norm", "instance_norm"):  # SyncBatchNorm: the default process group
         return {"num_features": c, "eps": eps, "momentum": _momentum(p, contract), **_affine_flags(a),
                 "track_running_stats": a.get("running_mean") is not None}
-    if norm == "layer_norm":
-        return {"normalized_shape": tuple(p["normalized_shape"]), "eps": eps,
+    if norm == "layer_norm":  # a channels-first call (axes) is constructed with the normalized dims' sizes
+        normalized = p.get("normalized_shape") or tuple(shape[a] for a in p["axes"])
+        return {"normalized_shape": tuple(normalized), "eps": eps,
                 **_affine_flags(a, "elementwise_affine")}
     if norm == "group_norm":
         return {"num_groups": p["num_groups"], "num_channels": c, "eps": eps, **_affine_flags(a)}
@@ -306,7 +321,7 @@ def mapped_ctor_kwargs(kw: dict, mapping: dict) -> dict:
     """torch.nn's arguments renamed to the candidate's; 'name:int' passes normalized_shape's one size."""
     out = {}
     for k, v in kw.items():
-        if k not in mapping:
+        if k not in mapping or not isinstance(mapping[k], str):  # not mapped, or fixed by the class
             continue
         name, _, conv = mapping[k].partition(":")
         if conv == "int":
@@ -328,8 +343,12 @@ def construct(norm: str, cls, shape, a: dict, p: dict, contract=None):
             raise CandidateError("the contract names a constructor adapter, but none is declared beside the class")
         return declared.ctor(**kw)
     if isinstance(ctor, dict):
-        return cls(**mapped_ctor_kwargs(kw, ctor))
-    return cls(**kw)
+        kw = mapped_ctor_kwargs(kw, ctor)
+    try:
+        return cls(**kw)
+    except TypeError as exc:  # a signature mismatch (**kwargs hides it from the signature check)
+        raise ConstructorError(f"{getattr(cls, '__name__', cls)}({', '.join(f'{k}={v!r}' for k, v in kw.items())}) "
+                               f"raised TypeError: {exc}") from None
 
 
 def affine_present(norm: str, cls, shape, a: dict, p: dict, contract=None) -> dict:

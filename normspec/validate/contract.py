@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 MODES = ("training", "eval")
-AXES = ("last",)
+AXES = ("last", "channels")
 COMPUTES = ("float32", "half")
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 # The torch.nn constructor of each norm's module drop-in: its arguments, in order.
@@ -58,12 +58,14 @@ class Contract:
     """What the candidate takes and covers; every field narrows the validation and is reported.
 
     ctor: torch.nn's constructor argument -> the candidate's (`{"normalized_shape": "dim"}`; a
-          value "dim:int" passes the one normalized size as an int), or a callable taking
+          value "dim:int" passes the one normalized size as an int; a number or bool, the value the
+          class fixes, not passed: `{"num_groups": 1}` for timm's GroupNorm1), or a callable taking
           torch.nn's arguments by keyword and returning the module (an adapter). torch.nn
           arguments left out of a mapping are not passed, so they are fixed at torch.nn's default.
     conventions: convention keywords of the spec pinned to a value (`running_var_style="biased"`,
           `momentum_style="decay"`, LRN `convention="caffe"`...).
-    axes: "last": normalizes over the last dimension only (layer_norm, rms_norm).
+    axes: "last": normalizes over the last dimension only (layer_norm, rms_norm); "channels": over dim 1 of
+          (N, C, *S) only, with (C,) parameters (layer_norm: ConvNeXt's channels_first, timm's LayerNorm2d).
     modes: ("eval",) or ("training",): the only mode(s) it supports (batch_norm, instance_norm).
     forward_only: no gradients are checked (gradient properties are reported as not run).
     affine: True / False: the affine parameters are always / never there.
@@ -129,6 +131,12 @@ class Contract:
         sources = [s for s in (self.source, other.source if changes else "") if s]
         return replace(self, **changes, source=" + ".join(sources))
 
+    def fixed_by_class(self) -> dict[str, Any]:
+        """torch.nn arguments the candidate's class fixes at a value (a number or bool in the mapping)."""
+        if not isinstance(self.ctor, Mapping):
+            return {}
+        return {k: v for k, v in self.ctor.items() if not isinstance(v, str)}
+
     def lines(self, implied: Mapping[str, Any] | None = None) -> list[str]:
         """One line per narrowing, for the report header ([] for a full, drop-in validation)."""
         out = []
@@ -137,11 +145,15 @@ class Contract:
                 name = getattr(self.ctor, "__name__", "declared beside the class")
                 out.append(f"constructor: adapter {name} (takes torch.nn's arguments by keyword)")
             else:
-                out.append("constructor: " + ", ".join(f"{k} -> {v}" for k, v in self.ctor.items()))
+                out.append("constructor: " + ", ".join(
+                    f"{k} -> {v}" if isinstance(v, str) else f"{k} fixed at {v!r} by the class (not passed)"
+                    for k, v in self.ctor.items()))
         for k, v in self.conventions.items():
             out.append(f"convention pinned: {k}={v!r} (other values not validated)")
         if self.axes == "last":
             out.append("domain: normalizes over the last dimension only (normalized_shape of one dim)")
+        if self.axes == "channels":
+            out.append("domain: normalizes over the channels (dim 1) of (N, C, *S) only, (C,) parameters")
         if self.modes:
             out.append(f"domain: {' and '.join(self.modes)} mode only")
         if self.forward_only:
@@ -158,6 +170,8 @@ class Contract:
             out.append("compute precision: LOWER TIER: half inputs with half-precision intermediates "
                        "(float16/bfloat16 judged at their own roundoff, not float32's)")
         for k, v in (implied or {}).items():
+            if k in self.fixed_by_class():
+                continue  # on the constructor line
             why = "torch.nn's default" if v else "the module has none"
             out.append(f"fixed by the constructor mapping: {k}={v!r} ({why}; not passed)")
         return out
@@ -166,12 +180,13 @@ class Contract:
 def check_fields(c: Contract) -> None:
     """Field values that are wrong whatever the norm (ContractError says what is allowed)."""
     if c.ctor is not None and not callable(c.ctor) and c.ctor != "callable":
-        if not isinstance(c.ctor, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
-                                                      for k, v in c.ctor.items()):
-            raise ContractError("ctor must map torch.nn argument names to the candidate's (strings), "
-                                "e.g. {'normalized_shape': 'dim', 'eps': 'eps'}, or be a callable adapter")
+        if not isinstance(c.ctor, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in c.ctor.items()):
+            raise ContractError("ctor must map torch.nn argument names to the candidate's (strings) or to the value "
+                                "the class fixes (a number or bool), e.g. {'normalized_shape': 'dim', 'eps': 'eps'}, "
+                                "or be a callable adapter")
         for k, v in c.ctor.items():
-            if not re.fullmatch(r"[A-Za-z_]\w*(:int)?", v):
+            if isinstance(v, str) and not re.fullmatch(r"[A-Za-z_]\w*(:int)?", v):
                 raise ContractError(f"ctor: {k}={v!r} is not a parameter name (optionally with ':int')")
     if c.axes is not None and c.axes not in AXES:
         raise ContractError(f"axes={c.axes!r}; allowed: {', '.join(AXES)}")
@@ -231,6 +246,12 @@ def _value(text: str) -> Any:
     return text
 
 
+def _fixed_or_name(text: str) -> Any:
+    """A --ctor value: the candidate's parameter name, or a number/bool the class fixes."""
+    value = _value(text)
+    return value if isinstance(value, (int, float, bool)) else text
+
+
 def from_options(*, ctor: str | None = None, conventions: list[str] | None = None, axes: str | None = None,
                  modes: str | None = None, forward_only: bool = False, affine: str | None = None,
                  no_eps_none: bool = False, dtypes: list[str] | None = None, compute: str | None = None,
@@ -238,7 +259,7 @@ def from_options(*, ctor: str | None = None, conventions: list[str] | None = Non
     """The contract the CLI / pytest options declare, or None when they declare nothing."""
     kw: dict[str, Any] = {}
     if ctor:
-        kw["ctor"] = _mapping(ctor, "--ctor")
+        kw["ctor"] = {k: _fixed_or_name(v) for k, v in _mapping(ctor, "--ctor").items()}
     if conventions:
         pinned = {}
         for text in conventions:
@@ -281,10 +302,16 @@ def check_for_norm(c: Contract, norm: str, kind: str, conventions: Mapping[str, 
                                 f"its arguments: {', '.join(allowed)}")
         int_ok = {"normalized_shape"}
         for k, v in c.ctor.items():
-            if v.endswith(":int") and k not in int_ok:
+            if isinstance(v, str) and v.endswith(":int") and k not in int_ok:
                 raise ContractError(f"ctor: ':int' applies to normalized_shape only, not {k}")
+            if not isinstance(v, str) and k in SHAPE_ARGS:
+                raise ContractError(f"ctor: {k} cannot be fixed at {v!r}: the validation draws the shapes; map it "
+                                    f"to the candidate's parameter")
     if c.axes == "last" and norm not in ("layer_norm", "rms_norm"):
         raise ContractError(f"axes=last applies to layer_norm and rms_norm (normalized_shape), not {norm}")
+    if c.axes == "channels" and (norm != "layer_norm" or kind != "module"):
+        raise ContractError(f"axes=channels applies to layer_norm module classes (a channels-first LayerNorm "
+                            f"constructed with the channel count), not a {norm} {kind}")
     if c.modes and norm not in ("batch_norm", "instance_norm"):
         raise ContractError(f"modes apply to norms with a training/eval distinction (batch_norm, instance_norm), "
                             f"not {norm}")
@@ -305,6 +332,8 @@ def check_for_norm(c: Contract, norm: str, kind: str, conventions: Mapping[str, 
     # for exactly the layers that need it (Llama, T5, Gemma; outside red team)
 
 
+# torch.nn arguments that size the module to the input: mapped, never fixed.
+SHAPE_ARGS = {"num_features", "normalized_shape", "num_channels"}
 REQUIRED = {"num_features", "normalized_shape", "num_groups", "num_channels", "size", "alpha", "beta", "k", "eps",
             "momentum"}
 
@@ -322,8 +351,9 @@ def unmapped_required(c: Contract, norm: str) -> list[str]:
 
 def implied_by_ctor(c: Contract, norm: str) -> dict[str, Any]:
     """torch.nn arguments a mapping leaves out, which the candidate therefore never receives: the
-    validation fixes them at torch.nn's default (and says so)."""
+    validation fixes them at torch.nn's default (and says so); and those the class fixes at a value."""
     if not isinstance(c.ctor, Mapping):
         return {}
     defaults = {"elementwise_affine": True, "affine": True, "bias": True, "track_running_stats": True}
-    return {k: v for k, v in defaults.items() if k in TORCH_CTOR.get(norm, ()) and k not in c.ctor}
+    return {**{k: v for k, v in defaults.items() if k in TORCH_CTOR.get(norm, ()) and k not in c.ctor},
+            **c.fixed_by_class()}

@@ -27,7 +27,7 @@ from normspec.guard import default_worker_memory
 from normspec.library import tolerance
 from normspec.properties import PROPERTIES, Property, PropertyFailure, Verdict, replay, run_property
 from normspec.registry import NormRecord, norms
-from normspec.validate.adapters import ADAPTED_NORMS, DISTRIBUTED_NORMS
+from normspec.validate.adapters import ADAPTED_NORMS, DISTRIBUTED_NORMS, suffix_ranks
 from normspec.validate.candidate import (
     ALL_DTYPES,
     ALL_LAYOUTS,
@@ -135,7 +135,7 @@ def _with_affine(record: NormRecord, case) -> dict:
     affine call builds: probing the simplest case (no affine tensors, elementwise_affine=False through a mapped
     flag) found no bias and dropped it from every case, so a wrong bias was accepted (red-team finding)."""
     arrays = {r: np.asarray(a) for r, a in case.arrays.items()}
-    if record.name in ("layer_norm", "rms_norm"):
+    if record.name in ("layer_norm", "rms_norm") and case.params.get("axes") is None:
         shape = tuple(case.params.get("normalized_shape") or case.x.shape[-1:])
     else:
         shape = case.x.shape[1:2]
@@ -217,6 +217,8 @@ def domain_overrides(record: NormRecord, contract: Contract | None, implied: dic
             fixed[AFFINE_KEYWORD.get(record.name, key)] = value
         else:
             fixed[key] = value
+    if contract.axes == "channels":
+        fixed["channels_first"] = True
     if contract.affine is not None and record.name in AFFINE_KEYWORD:
         fixed[AFFINE_KEYWORD[record.name]] = contract.affine
         if record.name == "layer_norm" and contract.affine is False:
@@ -245,6 +247,10 @@ def restricted_record(record: NormRecord, kind: str, ranks, contract: Contract |
     spatial = sorted({r - 2 for r in ranks}) if ranks else None
     if spatial is not None and not record.takes("spatial_dims"):
         spatial = None
+    # what the class fixes (a value in the constructor mapping) and the strategy does not take as a keyword
+    # (eps, momentum, LRN's size/alpha/beta/k) is set on each drawn case, as a pinned convention is
+    pins.update({k: v for k, v in (contract.fixed_by_class() if contract else {}).items()
+                 if k not in AFFINE_KEYWORD.values() and not accepts(k, v)})
     case_pins = {k: v for k, v in pins.items() if accepts(k, v)}
     param_pins = {k: v for k, v in pins.items() if k not in case_pins}
     if param_pins:
@@ -255,7 +261,8 @@ def restricted_record(record: NormRecord, kind: str, ranks, contract: Contract |
             if key in overrides and overrides[key] != value and overrides[key] is not None:
                 raise CapabilityMissing(f"it needs {key}={overrides[key]!r}, outside the declared contract "
                                         f"({key}={value!r})")
-        if contract is not None and not contract.eps_none and overrides.get("eps_none"):
+        if contract is not None and (not contract.eps_none or "eps" in contract.fixed_by_class()) \
+                and overrides.get("eps_none"):
             raise CapabilityMissing("it needs eps=None, which the contract declares unsupported")
         kw = {k: v for k, v in {**fixed, **overrides, **domain, **case_pins}.items() if accepts(k, v)}
         if spatial is not None and "spatial_dims" not in kw:
@@ -367,6 +374,20 @@ TORCH_SIGNATURE = {
 }
 
 
+def channels_first_ranks(info: dict, contract: Contract | None) -> None:
+    """A channels-first LayerNorm (`--axes channels`) takes the input ranks its name says (timm's LayerNorm2d: 4-D);
+    without the declaration, such a name is a usage error that says so: judged as torch.nn.LayerNorm (over the
+    trailing dims), a correct LayerNorm2d was REJECTED on its simplest call (outside red team)."""
+    ranks = suffix_ranks(info["name"])
+    if contract is not None and contract.axes == "channels":
+        info["ranks"] = info["ranks"] or ranks
+    elif ranks and (contract is None or contract.axes is None):
+        raise UsageError(f"{info['name']} is taken for layer_norm, and its name says {ranks[0]}-D inputs: a LayerNorm "
+                         f"over the channels of (N, C, *S) (timm's LayerNorm2d, ConvNeXt's channels_first) is declared "
+                         f"with --axes channels (constructed with the channel count as normalized_shape); one over the "
+                         f"trailing dims like torch.nn.LayerNorm, with --axes last")
+
+
 def suggested_mapping(norm: str, params: list[str]) -> dict[str, str]:
     """torch.nn argument -> the candidate's parameter of a known synonym name (a first guess)."""
     out = {}
@@ -384,7 +405,7 @@ def ctor_problem(norm: str, info: dict | None, contract: Contract | None) -> str
     if info is None or ctor == "callable" or callable(ctor) or norm not in TORCH_CTOR:
         return None
     params = {n: (kw_ok, required) for n, kw_ok, required in info["params"]}
-    passed = [v.partition(":")[0] for v in ctor.values()] if ctor else list(TORCH_CTOR[norm])
+    passed = [v.partition(":")[0] for v in ctor.values() if isinstance(v, str)] if ctor else list(TORCH_CTOR[norm])
     if not ctor and norm == "layer_norm" and "bias" not in params:
         passed.remove("bias")  # passed only for a weight without a bias; a missing one is pinned (see implied)
     unknown = [n for n in passed if n not in params and not info["var_kw"]]
@@ -402,7 +423,12 @@ def ctor_problem(norm: str, info: dict | None, contract: Contract | None) -> str
 
 def ctor_usage_error(target: str, norm: str, info: dict, problem: str, contract: Contract | None) -> UsageError:
     names = [n for n, _, _ in info["params"]]
-    guess = suggested_mapping(norm, names)
+    guess: dict[str, Any] = suggested_mapping(norm, names)
+    duplicate = re.search(r"got multiple values for (?:keyword )?argument '(\w+)'", problem)
+    if info.get("var_kw"):  # the other torch.nn arguments pass through **kwargs, but the one the class sets itself
+        for arg in TORCH_CTOR.get(norm, ()):
+            if arg not in guess and arg not in guess.values():
+                guess[arg] = "VALUE" if duplicate and duplicate.group(1) == arg else arg
     cli = ",".join(f"{k}={v}" for k, v in guess.items()) or "normalized_shape=NAME,eps=NAME"
     py = ", ".join(f"{k!r}: {v!r}" for k, v in guess.items())
     torch_args = ", ".join(TORCH_CTOR[norm])
@@ -417,6 +443,8 @@ def ctor_usage_error(target: str, norm: str, info: dict, problem: str, contract:
         f"or in a file beside the class (NORMSPEC_CONTRACT, or @contract(...) on a wrapper class):\n"
         f"  from normspec.validate import Contract\n"
         f"  NORMSPEC_CONTRACT = Contract(ctor={{{py}}})\n"
+        f"An argument the class fixes itself is declared with its value, not passed (timm's GroupNorm1 fixes "
+        f"num_groups at 1: --ctor num_channels=num_channels,num_groups=1); only that value is validated.\n"
         f"or, where the arguments need converting, an adapter taking torch.nn's arguments by keyword:\n"
         f"  NORMSPEC_CONTRACT = Contract(ctor=lambda {torch_args}, **rest: {info['text'].split('(')[0]}(...))")
 
@@ -814,6 +842,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
                                  f"result and have no default normspec could assume; map them too "
                                  f"(torch.nn's arguments: {', '.join(TORCH_CTOR[norm])})")
             implied = implied_by_ctor(contract, norm)
+        if norm == "layer_norm" and info["kind"] == "module":
+            channels_first_ranks(info, contract)
         if info["kind"] == "module":
             problem = ctor_problem(norm, info.get("ctor"), contract)
             if problem:
@@ -890,6 +920,10 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             result.outcomes.append(Outcome(v, call=abort.call, group="contract"))
             result.first_counterexample_s = result.first_counterexample_s or time.monotonic() - start
         result.not_exercised = refused
+        refusals = [re.sub(r" \(at adapters\.py:\d+\)$", "", m.partition("raised ConstructorError: ")[2])
+                    for m in refused.values()]
+        if not accepted and refusals and all(refusals) and info.get("ctor"):  # **kwargs hid it from ctor_problem
+            raise ctor_usage_error(target, norm, info["ctor"], f"{refusals[0]}", contract)
         if not accepted:
             if refused:
                 why = "; ".join(f"{d}: {m}" for d, m in refused.items())

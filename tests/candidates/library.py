@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from normspec.validate import Contract
 
@@ -179,3 +180,68 @@ class ChannelsLayerNormBiasTwice(ChannelsLayerNorm):
     def forward(self, x):
         y = super().forward(x)
         return y + self.bias if self.bias is not None else y
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of NCHW, timm's way: permute to channels-last, layer_norm, permute back. Correct
+    under axes=channels (not a torch.nn.LayerNorm drop-in: it takes 4-D inputs only)."""
+
+    def forward(self, x):
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+class ChannelsFirstLayerNorm(nn.Module):
+    """ConvNeXt's channels_first LayerNorm (any rank from 2), in float32 for half inputs. Correct under
+    axes=channels with the mapping normalized_shape -> normalized_shape:int."""
+
+    def __init__(self, normalized_shape, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.eps = eps
+
+    def _stats(self, a):
+        mean = a.mean(1, keepdim=True)
+        return mean, (a - mean).pow(2).mean(1, keepdim=True)
+
+    def forward(self, x):
+        a = x.to(_acc(x))
+        mean, var = self._stats(a)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        y = (a - mean) / torch.sqrt(var + self.eps)
+        return (self.weight.to(a.dtype).view(shape) * y + self.bias.to(a.dtype).view(shape)).to(x.dtype)
+
+
+class ChannelsFirstLayerNormUnbiased(ChannelsFirstLayerNorm):
+    """The same with the unbiased variance (x.var(1) defaults to n - 1): wrong."""
+
+    def _stats(self, a):
+        return a.mean(1, keepdim=True), a.var(1, keepdim=True)
+
+
+class GroupNorm1(nn.GroupNorm):
+    """timm's GroupNorm1: num_groups fixed at 1, the rest through **kwargs. Correct with num_groups fixed at 1."""
+
+    def __init__(self, num_channels, **kwargs):
+        super().__init__(1, num_channels, **kwargs)
+
+
+class GroupNorm1PerChannel(GroupNorm1):
+    """Statistics per channel (as many groups as channels) instead of over the whole (C, *S): wrong."""
+
+    def forward(self, x):
+        return F.group_norm(x, self.num_channels, self.weight, self.bias, self.eps)
+
+
+class LayerNormEps6(nn.Module):
+    """eps hard-coded at 1e-6, only the size passed (as many model files do). Correct with eps fixed at 1e-6."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return F.layer_norm(x, (self.dim,), self.weight, self.bias, 1e-6)
