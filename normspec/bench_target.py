@@ -37,7 +37,7 @@ class TargetBackend(TorchBackend):
 
     layouts = ("contiguous", "channels_last", "strided")
 
-    def __init__(self, target: str, as_norm: str | None = None, kind: str | None = None, compile: bool = False,
+    def __init__(self, target: str, as_norm: str | None = None, kind: str | None = None, compile: bool | str = False,
                  contract=None):
         if ":" not in target or not target.rsplit(":", 1)[1]:
             raise TargetError(f"TARGET {target!r} must be 'package.module:attr' or 'path/to/file.py:attr'")
@@ -61,9 +61,11 @@ class TargetBackend(TorchBackend):
         self.contract = target_contract(obj, contract)
         wire = self.contract.to_wire() if self.contract is not None else None
         self.wire = wire
-        self.obj = adapters.compiled(obj) if compile else obj
+        shapes = adapters.compile_shapes(compile)
+        self.obj = adapters.compiled(obj, shapes) if shapes else obj
         self.kind, self.norm = found, norm
-        self.name = f"target:{target.rsplit(':', 1)[1]}" + (" (compiled)" if compile else "")
+        self.name = f"target:{target.rsplit(':', 1)[1]}" + (
+            "" if not shapes else " (compiled)" if shapes == "dynamic" else " (compiled, static shapes)")
         self.modules: dict[tuple, torch.nn.Module] = {}
         self.kernels = {norm: Kernel(forward=self._forward,
                                      unsupported=lambda p: adapters.unsupported(norm, found, dict(p), wire))}

@@ -256,6 +256,38 @@ def test_compiled_module_class_really_compiles_an_inherited_forward():
     assert isinstance(m, InheritsForward) and type(m).__name__ == "InheritsForward"
 
 
+def test_compile_shapes_static_compiles_a_kernel_per_shape():
+    """--compile-shapes static: dynamic=False, so each new shape is a new graph (the static kernels a model compiled
+    with the default dynamic=None runs for its first shapes, which can round differently: red-team probe); the
+    default stays dynamic, one graph for every size. Sizes >= 2: Dynamo specializes 0 and 1 either way."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from normspec.validate import adapters
+
+    def graphs_for(shapes: str) -> int:
+        def double_norm(x):  # a fresh function: its own Dynamo cache
+            return x / x.abs().sum()
+
+        fn = adapters.compiled(double_norm, shapes)
+        before = counters["stats"]["unique_graphs"]
+        for n in (3, 5, 7):
+            torch.testing.assert_close(fn(torch.ones(n)), torch.full((n,), 1.0 / n))
+        return counters["stats"]["unique_graphs"] - before
+
+    assert graphs_for("static") == 3
+    assert graphs_for("dynamic") == 1
+    assert adapters.compile_shapes(True) == "dynamic" and adapters.compile_shapes(False) is None
+
+
+@pytest.mark.parametrize("command", [["validate", "torch.nn:LayerNorm"], ["bench", "--target", "torch.nn:LayerNorm"]])
+def test_compile_shapes_without_compile_is_a_usage_error(command, capsys):
+    from normspec.cli import main
+
+    assert main([*command, "--compile-shapes", "static"]) == 2
+    assert "--compile-shapes qualifies --compile" in capsys.readouterr().err
+
+
 def test_inductor_group_norm_entries_cover_only_their_cases():
     from normspec.expected import expected_failure
     half = ("dx[0, 0, 2, 0]=np.float64(0.0141143798828125), but should be np.float64(0.0138936) ± 0.000204 "

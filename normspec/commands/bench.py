@@ -35,13 +35,16 @@ def cmd_bench(args) -> int:
 
         try:
             given = from_options(ctor=args.ctor, conventions=args.convention)
-            target = TargetBackend(args.target, as_norm=args.as_norm, kind=args.kind, compile=args.compile,
-                                   contract=given)
+            if args.compile_shapes and not args.compile:
+                raise TargetError("--compile-shapes qualifies --compile")
+            target = TargetBackend(args.target, as_norm=args.as_norm, kind=args.kind,
+                                   compile=args.compile and (args.compile_shapes or "dynamic"), contract=given)
         except (TargetError, ContractError) as exc:
             print(f"normspec bench: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    elif args.as_norm or args.kind or args.compile or args.ctor or args.convention:
-        print("normspec bench: --as, --kind, --compile, --ctor and --convention qualify --target", file=sys.stderr)
+    elif args.as_norm or args.kind or args.compile or args.compile_shapes or args.ctor or args.convention:
+        print("normspec bench: --as, --kind, --compile, --compile-shapes, --ctor and --convention qualify --target",
+              file=sys.stderr)
         return EXIT_USAGE
     default_norms = [target.norm] if target else [n for n in bench.DEFAULT_NORMS if n in records]
     wanted = _split(args.norm) or default_norms
@@ -168,6 +171,8 @@ def register(sub) -> None:
     p.add_argument("--as", dest="as_norm", metavar="NORM", help="the norm TARGET implements, when not inferred")
     p.add_argument("--kind", choices=["module", "functional"], help="force the kind of a function TARGET")
     p.add_argument("--compile", action="store_true", help="time TARGET under torch.compile (dynamic shapes)")
+    p.add_argument("--compile-shapes", choices=["dynamic", "static"],
+                   help="with --compile: dynamic (default, dynamic=True) or static (dynamic=False, a kernel per shape)")
     p.add_argument("--ctor", metavar="MAP", help="as in validate: torch.nn constructor argument -> TARGET's, e.g. "
                    "normalized_shape=dim,eps=eps (a NORMSPEC_CONTRACT beside TARGET is honoured too)")
     p.add_argument("--convention", action="append", metavar="KEY=VALUE",

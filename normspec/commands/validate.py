@@ -122,6 +122,9 @@ def cmd_validate(args) -> int:
         if not args.quiet and not o.verdict.reason.startswith("not applicable: does not apply"):
             console.print(f"[dim]{o.verdict.property}: {o.status} ({o.verdict.seconds:.1f}s)[/]", highlight=False)
 
+    if args.compile_shapes and not args.compile:
+        print("normspec validate: --compile-shapes qualifies --compile", file=sys.stderr)
+        return EXIT_USAGE
     if args.compile:
         return _validate_eager_and_compiled(args, console, report_dir, progress, to_stdout)
     try:
@@ -160,11 +163,12 @@ def _validate_eager_and_compiled(args, console, report_dir, progress, to_stdout)
     from normspec.validate.report import print_report, to_json, to_junit, write_reproducers
     from normspec.validate.runner import COMPILE_EXAMPLE_TIMEOUT, compile_differences
 
-    runs = [False, True] if args.compile else [False]
+    shapes = args.compile_shapes or "dynamic"
+    runs = [False, shapes] if args.compile else [False]
     results = []
     for compiled in runs:
         if compiled:
-            console.print("\n[bold]under torch.compile[/] (Inductor, dynamic shapes)", highlight=False)
+            console.print(f"\n[bold]under torch.compile[/] (Inductor, {shapes} shapes)", highlight=False)
         try:
             results.append(validate(
                 args.target, as_norm=args.as_norm, kind=args.kind, profile=args.profile,
@@ -235,6 +239,10 @@ def register(sub) -> None:
     v.add_argument("--compile", action="store_true",
                    help="also validate the candidate under torch.compile (Inductor, dynamic shapes) and report "
                         "where eager and compiled verdicts differ; accepted only if both runs are")
+    v.add_argument("--compile-shapes", choices=["dynamic", "static"],
+                   help="with --compile: dynamic (default, dynamic=True: one kernel for many sizes) or static "
+                        "(dynamic=False: a kernel per shape, what a model compiled with the default runs for its "
+                        "first shapes; slower to validate, a compile per shape)")
     v.add_argument("--memory-limit", type=memory_size, default="auto", metavar="SIZE",
                    help="writable memory the candidate's worker may use, e.g. 2G or none (default: half the "
                         "available memory, at most 4G); exceeding it is reported as such")

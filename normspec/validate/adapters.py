@@ -103,8 +103,21 @@ def load_target(target: str, cwd: str | None = None):
 _LOADED_FROM: dict = {}
 
 
-def compiled(obj):
-    """The candidate under torch.compile (TorchInductor, dynamic shapes), as its users would run it.
+COMPILE_SHAPES = ("dynamic", "static")
+
+
+def compile_shapes(compile) -> str | None:
+    """The shapes a `compile` setting compiles for: None (eager), "dynamic" (True, the default) or "static"."""
+    if not compile or compile in ("0", "eager"):
+        return None
+    return "static" if compile == "static" else "dynamic"
+
+
+def compiled(obj, shapes="dynamic"):
+    """The candidate under torch.compile (TorchInductor), as its users would run it: with dynamic shapes
+    (`dynamic=True`: one kernel for many sizes), or static (`dynamic=False`: a kernel per shape, what a
+    model compiled with the default `dynamic=None` runs for its first shapes, and which can round
+    differently).
 
     A module class becomes a subclass whose instances compile themselves (`nn.Module.compile`); a
     function is wrapped by `torch.compile`. Past torch's recompile limit the call raises instead of
@@ -113,10 +126,11 @@ def compiled(obj):
     cfg.recompile_limit = max(cfg.recompile_limit, 1024)
     cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4096)
     cfg.fail_on_recompile_limit_hit = True
+    dynamic = compile_shapes(shapes) != "static"
     if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
         def __init__(self, *args, **kwargs):
             obj.__init__(self, *args, **kwargs)
-            self.compile(dynamic=True)
+            self.compile(dynamic=dynamic)
 
         def forward(self, *args, **kwargs):
             # A forward inherited from torch.nn (class MyLayerNorm(nn.LayerNorm): pass) is a frame Dynamo
@@ -126,7 +140,7 @@ def compiled(obj):
 
         return type(obj.__name__, (obj,), {"__init__": __init__, "forward": forward, "__module__": obj.__module__,
                                             "__qualname__": obj.__qualname__})
-    wrapped = torch.compile(obj, dynamic=True)
+    wrapped = torch.compile(obj, dynamic=dynamic)
     for attr in ("__name__", "__qualname__", "__module__"):
         if hasattr(obj, attr):
             try:

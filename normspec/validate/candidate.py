@@ -27,6 +27,7 @@ from hypothesis import reject
 
 from normspec.guard import human_bytes
 from normspec.impls.base import Backend, Kernel
+from normspec.validate.adapters import compile_shapes
 
 ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 ALL_LAYOUTS = ("contiguous", "channels_last", "strided", "offset")
@@ -167,7 +168,8 @@ class Worker:
     conn: Any = None
     starts: int = 0
     logs: list = field(default_factory=list)
-    compile: bool = False  # run the candidate under torch.compile (`normspec validate --compile`)
+    # run the candidate under torch.compile (`normspec validate --compile`): False, True/"dynamic" or "static"
+    compile: bool | str = False
 
     @property
     def log_path(self) -> str:
@@ -176,7 +178,8 @@ class Worker:
     def start(self) -> None:
         """A fresh interpreter (`python -m normspec.validate.worker`), talking over a socket pair."""
         parent, child = socket.socketpair()
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "NORMSPEC_VALIDATE_COMPILE": "1" if self.compile else "0"}
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+               "NORMSPEC_VALIDATE_COMPILE": compile_shapes(self.compile) or "0"}
         if self.memory_limit:
             env["NORMSPEC_WORKER_MEMORY"] = str(int(self.memory_limit))
         read_fd, write_fd = os.pipe()

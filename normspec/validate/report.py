@@ -341,7 +341,7 @@ def replay_call(candidate, call):
 if __name__ == "__main__":
     candidate = A.load_target(TARGET, CWD)
     if COMPILED:  # the failure was found under `normspec validate --compile`: replay it compiled
-        candidate = A.compiled(candidate)
+        candidate = A.compiled(candidate, COMPILED)
     reproduced = False
     for i, call in enumerate(CALLS):
         problems = replay_call(candidate, call)

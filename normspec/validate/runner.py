@@ -27,7 +27,7 @@ from normspec.guard import default_worker_memory
 from normspec.library import tolerance
 from normspec.properties import PROPERTIES, Property, PropertyFailure, Verdict, replay, run_property
 from normspec.registry import NormRecord, norms
-from normspec.validate.adapters import ADAPTED_NORMS, DISTRIBUTED_NORMS, suffix_ranks
+from normspec.validate.adapters import ADAPTED_NORMS, DISTRIBUTED_NORMS, compile_shapes, suffix_ranks
 from normspec.validate.candidate import (
     ALL_DTYPES,
     ALL_LAYOUTS,
@@ -100,7 +100,7 @@ class ValidationResult:
     output_dropped: int = 0
     scratch: str | None = None  # the worker's directory (with its log), when kept
     captured_warnings: int = 0  # Python warnings raised in this process while properties ran (not shown)
-    compiled: bool = False  # validated under torch.compile
+    compiled: bool | str = False  # validated under torch.compile: "dynamic" or "static" shapes
     contract: Contract | None = None
     contract_lines: list[str] = field(default_factory=list)  # every narrowing, for the header
     inferred_by: str = ""  # how the norm was decided: base class, name or --as
@@ -761,7 +761,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
              example_timeout: float = EXAMPLE_TIMEOUT, run_timeout: float = RUN_TIMEOUT,
              properties: list[str] | None = None, dtypes: list[str] | None = None,
              scratch: str | None = None, fail_fast: bool = False, memory_limit: int | str | None = "auto",
-             keep_temp: bool = False, compile: bool = False, contract: Contract | None = None,
+             keep_temp: bool = False, compile: bool | str = False, contract: Contract | None = None,
              on_result: Callable[[Outcome], None] = lambda o: None) -> ValidationResult:
     """Validate TARGET under the declared `contract` (merged over one declared beside the target);
     raises UsageError for a target or a contract that cannot be validated as given.
@@ -769,7 +769,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
     The candidate runs in a worker process group with `memory_limit` bytes of writable memory
     ("auto": half the available memory, at most 4 GiB; None: no limit), in a scratch directory
     removed at the end unless `keep_temp` (or `scratch`
-    is given). With `compile`, the candidate runs under torch.compile (`adapters.compiled`).
+    is given). With `compile` (True or "dynamic", or "static"), the candidate runs under torch.compile
+    with those shapes (`adapters.compiled`).
     On KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) the worker's group is
     killed and the exception carries the results so far as `partial_result` (`complete` False).
     """
@@ -779,6 +780,7 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             raise UsageError(f"{name} must be a finite number of seconds above 0, not {value!r}")
     start = time.monotonic()
     deadline = start + run_timeout
+    compile = compile_shapes(compile) or False
     result = ValidationResult(target=target, profile=profile, compiled=compile)
     if memory_limit == "auto":
         memory_limit = default_worker_memory()

@@ -103,8 +103,9 @@ def serve(conn, target: str, cwd: str, scratch: str) -> None:
         try:
             if op == "describe":
                 candidate = adapters.load_target(target, cwd)
-                if os.environ.get("NORMSPEC_VALIDATE_COMPILE") == "1":
-                    candidate = adapters.compiled(candidate)
+                shapes = adapters.compile_shapes(os.environ.get("NORMSPEC_VALIDATE_COMPILE"))
+                if shapes:
+                    candidate = adapters.compiled(candidate, shapes)
                 reply = ("ok", _describe(candidate, target))
             elif op == "call":
                 reply = ("ok", adapters.execute(candidate, msg["kind"], msg["norm"], msg["inputs"], msg["params"],
