@@ -122,6 +122,9 @@ def test_bench_target_usage_errors_exit_2(capsys):
     assert "qualify --target" in capsys.readouterr().err
     assert main(["bench", "--target", f"{CANDIDATES / 'library.py'}:TimmStyleRmsNorm", "--ctor", "bad"]) == 2
     assert "is not NAME=VALUE" in capsys.readouterr().err
+    # a --norm that leaves the target's norm out: its row was only "skipped", exit 0 (outside red team C-9)
+    assert main(["bench", "--target", "torch.nn:LayerNorm", "--norm", "batch_norm"]) == 2
+    assert "implements layer_norm, and --norm batch_norm leaves it out" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name,extra", [

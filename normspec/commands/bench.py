@@ -62,6 +62,11 @@ def cmd_bench(args) -> int:
                 else f"unknown pass(es): {', '.join(bad_pass)}; passes: {', '.join(bench.PASSES)}")
         print(f"normspec bench: {what}", file=sys.stderr)
         return EXIT_USAGE
+    if target is not None and target.norm not in wanted:  # the target's row would only say "skipped"
+        print(f"normspec bench: --target {args.target} implements {target.norm}, and --norm {','.join(wanted)} "
+              f"leaves it out (drop --norm, or pass --as NORM if {target.norm} is not what it implements)",
+              file=sys.stderr)
+        return EXIT_USAGE
     dtypes = _split(args.dtype) or ["float32"]
     bad_dtypes = [d for d in dtypes if d not in bench.DTYPES]
     if bad_dtypes:
