@@ -74,12 +74,7 @@ class GemmaWeightsInPlainRmsNorm(GemmaStyleRmsNorm):
     """Gemma's stored w used as the gain itself, the +1 forgotten: what loading a Gemma checkpoint into a
     w-scaling RMSNorm gives unless the converter adds 1 to the weights (a real deviation)."""
 
-    def forward(self, x):
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            y = y * self.weight.float()
-        return y.to(x.dtype)
+    forward = Float32RmsNorm.forward  # scales by w
 
 
 class T5StyleLayerNorm(nn.Module):
