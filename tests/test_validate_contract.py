@@ -138,6 +138,11 @@ def test_keras_conventions_rejected_as_pytorch_accepted_when_pinned():
 GEMMA = Contract(ctor=RMS_MAP, axes="last", eps_none=False, compute="float32", conventions={"weight_offset": 1})
 
 
+def test_a_numeric_convention_takes_a_number_only(capsys):
+    assert main(["validate", "torch.nn:RMSNorm", "--quiet", "--convention", "weight_offset=x"]) == 2
+    assert "weight_offset is a number" in capsys.readouterr().err
+
+
 def test_gemma_numeric_convention_is_pinnable_and_judged_by_it():
     """Gemma's gain 1 + w is rms_norm's numeric convention weight_offset=1: pinning it was refused ('its
     conventions: none', only string-valued keywords were collected; outside red team), so a correct Gemma
@@ -190,6 +195,7 @@ def test_forward_only_spec_function_still_runs_the_forward_halves():
     (["--convention", "frobnicate=1"], "not a convention keyword"),
     (["--convention", "running_var_style=sideways"], "allowed: 'biased', 'unbiased'"),
     (["--convention", "weight_offset=1"], "its conventions: momentum_style"),
+    (["--convention", "momentum_style=1"], "allowed: 'decay', 'new'"),
     (["--axes", "last"], "axes=last applies to layer_norm and rms_norm"),
     (["--ctor", "normalized_shape=dim"], "not an argument of torch.nn's batch_norm constructor"),
     (["--ctor", "num_features"], "is not NAME=VALUE"),

@@ -324,6 +324,8 @@ def check_for_norm(c: Contract, norm: str, kind: str, conventions: Mapping[str, 
             known = ", ".join(f"{n} ({'/'.join(map(str, vals)) or 'a number'})"
                               for n, vals in conventions.items()) or "none"
             raise ContractError(f"{k!r} is not a convention keyword of {norm}'s spec; its conventions: {known}")
+        if not conventions[k] and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise ContractError(f"{k}={v!r}: {norm}'s {k} is a number")
         if conventions[k] and v not in conventions[k]:
             raise ContractError(f"{k}={v!r} is not a value {norm}'s spec accepts; allowed: "
                                 f"{', '.join(map(repr, conventions[k]))}")
