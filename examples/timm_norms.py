@@ -5,6 +5,7 @@
     normspec validate examples/timm_norms.py:GroupNorm
     normspec validate examples/timm_norms.py:GroupNorm1
     normspec validate examples/timm_norms.py:LayerNorm2d
+    normspec validate examples/timm_norms.py:RmsNorm2d
 
 (or `python examples/timm_norms.py` for all of them). Each class here is timm's own, re-exported;
 the contract beside it says how torch.nn's constructor arguments map onto timm's.
@@ -23,6 +24,7 @@ LayerNorm = _L.LayerNorm  # LayerNorm(num_channels, eps=1e-6, affine=True): a to
 GroupNorm = _L.GroupNorm  # GroupNorm(num_channels, num_groups=32, eps=1e-5, affine=True)
 GroupNorm1 = _L.GroupNorm1  # GroupNorm1(num_channels, **kwargs): num_groups fixed at 1
 LayerNorm2d = _L.LayerNorm2d  # LayerNorm2d(num_channels, eps=1e-6, affine=True): over C of NCHW
+RmsNorm2d = _L.RmsNorm2d  # RmsNorm2d(channels, eps=1e-6, affine=True): over C of NCHW
 
 NORMSPEC_CONTRACT = {
     "RmsNorm": Contract(ctor={"normalized_shape": "channels:int", "eps": "eps", "elementwise_affine": "affine"},
@@ -37,6 +39,8 @@ NORMSPEC_CONTRACT = {
     # a LayerNorm over the channels of (N, C, H, W), constructed with C
     "LayerNorm2d": Contract(ctor={"normalized_shape": "num_channels:int", "eps": "eps", "elementwise_affine": "affine"},
                             axes="channels", source="examples/timm_norms.py"),
+    "RmsNorm2d": Contract(ctor={"normalized_shape": "channels:int", "eps": "eps", "elementwise_affine": "affine"},
+                          axes="channels", eps_none=False, source="examples/timm_norms.py"),
 }
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 def beyond_pytorch(norm: str, params) -> str | None:
     """Why a call of `norm` with `params` uses a convention PyTorch's layer does not have, or None."""
-    if norm in ("layer_norm", "mvn") and params.get("axes") is not None:
+    if norm in ("layer_norm", "mvn", "rms_norm") and params.get("axes") is not None:
         return f"{norm} over arbitrary axes (Keras / ONNX axes) is not offered by this engine's adapter"
     if norm == "layer_norm" and params.get("saved_statistics"):
         return "layer_norm's saved statistics (mean, rstd) are not returned by this engine's adapter"

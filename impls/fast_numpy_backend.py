@@ -47,6 +47,8 @@ def _layer_norm_unsupported(params):
 def _rms_norm_unsupported(params):
     if params.get("weight_offset", 0.0) != 0.0:
         return "numpy:fast's rms_norm takes the gain as given (no Gemma weight_offset)"
+    if params.get("axes") is not None:
+        return "numpy:fast's rms_norm normalizes a trailing normalized_shape only (not channels-first axes)"
     return None
 
 

@@ -10,6 +10,9 @@ weight_offset (default 0, PyTorch): the gain is (weight_offset + weight). Gemma'
 w zero-initialized and scales by (1 + w) (Gemma Team 2024, "Gemma: Open Models Based on Gemini
 Research and Technology"; Hugging Face transformers `GemmaRMSNorm`: `output * (1.0 + self.weight)`),
 so weight_offset=1 is that convention; the gradient with respect to w is unchanged.
+
+axes (instead of normalized_shape): the dims normalized over, with a weight of their sizes; axes=(1,)
+is RMSNorm over the channels of (N, C, *S) (timm's RmsNorm2d).
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ def resolve_eps(eps: float | None, dtype: str = "float64") -> float:
     return DEFAULT_EPS[dtype]
 
 
-def _axes(x: np.ndarray, normalized_shape) -> tuple[int, ...]:
+def _axes(x: np.ndarray, normalized_shape, axes=None) -> tuple[int, ...]:
+    if axes is not None:
+        return tuple(sorted(a % x.ndim for a in axes))
     normalized_shape = tuple(normalized_shape)
     k = len(normalized_shape)
     if k == 0 or x.shape[x.ndim - k:] != normalized_shape:
@@ -39,10 +44,17 @@ def _axes(x: np.ndarray, normalized_shape) -> tuple[int, ...]:
     return tuple(range(x.ndim - k, x.ndim))
 
 
-def rms(x, normalized_shape, *, eps: float | None = None, dtype: str = "float64") -> np.ndarray:
+def rms(x, normalized_shape, *, eps: float | None = None, dtype: str = "float64", axes=None) -> np.ndarray:
     """r = sqrt(mean(x^2) + eps) over the normalized dims, kept as size-1 dims."""
     x = as_float64(x)
-    return np.sqrt(np.mean(x * x, axis=_axes(x, normalized_shape), keepdims=True) + resolve_eps(eps, dtype))
+    return np.sqrt(np.mean(x * x, axis=_axes(x, normalized_shape, axes), keepdims=True) + resolve_eps(eps, dtype))
+
+
+def _broadcast(param, x: np.ndarray, axes: tuple[int, ...]):
+    """A parameter of the normalized dims' sizes, shaped to broadcast against x."""
+    if param is None:
+        return None
+    return np.reshape(param, tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim)))
 
 
 def gain(weight, weight_offset: float = 0.0):
@@ -51,23 +63,23 @@ def gain(weight, weight_offset: float = 0.0):
 
 
 def rms_norm(x, normalized_shape, weight=None, *, eps: float | None = None, dtype: str = "float64",
-             weight_offset: float = 0.0) -> np.ndarray:
+             weight_offset: float = 0.0, axes=None) -> np.ndarray:
     """y = (offset + w) * x / sqrt(mean(x^2) + eps); `dtype` is the input dtype the eps=None rule is read for."""
     x = as_float64(x)
-    y = x / rms(x, normalized_shape, eps=eps, dtype=dtype)
+    y = x / rms(x, normalized_shape, eps=eps, dtype=dtype, axes=axes)
     if weight is not None:
-        y = y * gain(weight, weight_offset)
+        y = y * _broadcast(gain(weight, weight_offset), x, _axes(x, normalized_shape, axes))
     return y
 
 
 def rms_norm_backward(dy, x, normalized_shape, weight=None, *, eps: float | None = None,
-                      dtype: str = "float64", weight_offset: float = 0.0) -> dict[str, np.ndarray]:
+                      dtype: str = "float64", weight_offset: float = 0.0, axes=None) -> dict[str, np.ndarray]:
     """Closed-form gradients {x, weight}: with xhat = x/r and g = gamma dy (gamma = offset + w),
-    dx = (g - xhat * mean(g xhat)) / r and dgamma = sum over the batch dims of dy * xhat."""
+    dx = (g - xhat * mean(g xhat)) / r and dgamma = sum over the other dims of dy * xhat."""
     x, dy = as_float64(x), as_float64(dy)
-    axes = _axes(x, normalized_shape)
-    r = rms(x, normalized_shape, eps=eps, dtype=dtype)
+    axes = _axes(x, normalized_shape, axes)
+    r = rms(x, None, eps=eps, dtype=dtype, axes=axes)
     xhat = x / r
-    g = dy if weight is None else dy * gain(weight, weight_offset)
+    g = dy if weight is None else dy * _broadcast(gain(weight, weight_offset), x, axes)
     dx = (g - xhat * np.mean(g * xhat, axis=axes, keepdims=True)) / r
-    return {"x": dx, "weight": (dy * xhat).sum(axis=tuple(range(x.ndim - len(axes))))}
+    return {"x": dx, "weight": (dy * xhat).sum(axis=tuple(a for a in range(x.ndim) if a not in axes))}

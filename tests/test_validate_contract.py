@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from normspec.cli import main
@@ -298,22 +299,68 @@ def test_channels_first_layer_norm_is_declared_with_axes_channels(capsys):
     assert not r.accepted and r.failures[0].failed_dtypes
 
 
-def test_channels_first_cases_normalize_dim_one_only():
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+def test_channels_first_cases_are_the_trailing_norm_with_channels_moved_last(norm):
+    """A channels-first case's spec values (forward and backward) equal the trailing-dim spec's on x with the
+    channels moved last: the axes form adds no formula of its own."""
     from hypothesis import given, settings
 
+    from normspec.library.case import Case
     from normspec.registry import get_norm
 
+    record = get_norm(norm)
+
     @settings(max_examples=30, database=None, deadline=None)
-    @given(get_norm("layer_norm").draw_cases(channels_first=True, spatial_dims=2))
+    @given(record.draw_cases(channels_first=True, spatial_dims=2))
     def check(case):
         assert case.x.ndim == 4 and case.params["axes"] == (1,) and "normalized_shape" not in case.params
         for role in ("weight", "bias"):
             if case.get(role) is not None:
                 assert case.get(role).shape == (case.x.shape[1],)
-        y = get_norm("layer_norm").reference(case)["y"]
-        assert y.shape == case.x.shape
+        last = {k: v for k, v in case.params.items() if k != "axes"}
+        trailing = Case(norm, {**case.arrays, "x": np.moveaxis(case.x, 1, -1)},
+                        {**last, "normalized_shape": (case.x.shape[1],)})
+        np.testing.assert_allclose(record.reference(case)["y"], np.moveaxis(record.reference(trailing)["y"], -1, 1))
+        dy = np.random.default_rng(0).standard_normal(case.x.shape)
+        grads, moved = record.reference_grad(case, dy), record.reference_grad(trailing, np.moveaxis(dy, 1, -1))
+        np.testing.assert_allclose(grads["x"], np.moveaxis(moved["x"], -1, 1), rtol=1e-10, atol=1e-12)
+        if "weight" in grads:
+            np.testing.assert_allclose(grads["weight"], moved["weight"], rtol=1e-10, atol=1e-12)
 
     check()
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch:cpu"])
+def test_backends_run_channels_first_rms_norm_as_the_spec_does(backend_name):
+    """The numpy and torch:cpu rms_norm kernels take axes (torch's is validate's PyTorch comparison for a
+    channels-first candidate); float64, so they must agree with the spec to roundoff."""
+    from normspec.impls.numpy_backend import NumpyBackend
+    from normspec.impls.torch_backend import TorchCPUBackend
+    from normspec.library.case import Case
+    from normspec.registry import get_norm
+
+    backend = {"numpy": NumpyBackend, "torch:cpu": TorchCPUBackend}[backend_name]()
+    rng = np.random.default_rng(1)
+    case = Case("rms_norm", {"x": rng.standard_normal((2, 3, 4, 5)), "weight": rng.uniform(0.5, 2, 3)},
+                {"axes": (1,), "eps": 1e-5})
+    dy = rng.standard_normal(case.x.shape)
+    inputs = {r: backend.native(a, "float64") for r, a in case.arrays.items()}
+    y = backend.to_numpy(backend.forward("rms_norm", inputs, case.params)["y"])
+    grads = backend.gradients("rms_norm", inputs, case.params, backend.native(dy, "float64"), ("x", "weight"))
+    record = get_norm("rms_norm")
+    np.testing.assert_allclose(y, record.reference(case)["y"], rtol=1e-12)
+    ref = record.reference_grad(case, dy)
+    for role in ("x", "weight"):
+        np.testing.assert_allclose(backend.to_numpy(grads[role]), ref[role], rtol=1e-10, atol=1e-12)
+
+
+def test_channels_first_rms_norm_accepts_float32_statistics_rejects_half_squares():
+    """timm's RmsNorm2d squares in the input dtype: float16 x^2 overflows past |x| = 256 and the output is 0 there."""
+    rms = Contract(ctor=RMS_MAP, axes="channels", eps_none=False)
+    r = validate(t("RmsNorm2d"), contract=rms, properties=FORWARD_BACKWARD)
+    assert r.accepted, messages(r)
+    r = validate(t("RmsNorm2dHalfSquares"), contract=rms, properties=["forward_matches_spec"])
+    assert not r.accepted and "float16" in r.failures[0].failed_dtypes
 
 
 def test_a_constructor_that_refuses_torch_arguments_is_a_usage_error_suggesting_a_fixed_value(capsys):

@@ -7,6 +7,8 @@ from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
 
 
 def _axes(x, params):
+    if params.get("axes") is not None:  # over the given dims (channels-first: (1,)), a weight of their sizes
+        return tuple(sorted(a % x.ndim for a in params["axes"]))
     shape = tuple(params["normalized_shape"])
     k = len(shape)
     if k == 0 or tuple(x.shape[x.ndim - k:]) != shape:
@@ -29,8 +31,11 @@ def _normalized(x, params):
 
 
 def _gain(inputs, params, acc):
-    """(weight_offset + w) in the accumulation dtype: Gemma's x̂ (1 + w) with weight_offset=1."""
-    return inputs["weight"].astype(acc) + acc.type(params.get("weight_offset", 0.0))
+    """(weight_offset + w) in the accumulation dtype (Gemma's x̂ (1 + w) with weight_offset=1), shaped to
+    broadcast against x."""
+    x, axes = inputs["x"], _axes(inputs["x"], params)
+    w = inputs["weight"].reshape(tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim)))
+    return w.astype(acc) + acc.type(params.get("weight_offset", 0.0))
 
 
 def forward(inputs, params):
@@ -50,7 +55,7 @@ def backward(inputs, params, dy):
     dx = inv_rms * (g - xhat * (g * xhat).mean(axis=axes, keepdims=True))
     grads = {"x": dx.astype(x.dtype)}
     if inputs.get("weight") is not None:
-        batch_axes = tuple(range(x.ndim - len(axes)))
+        batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
         grads["weight"] = (dy * xhat).sum(axis=batch_axes).astype(inputs["weight"].dtype)
     return grads
 

@@ -1,5 +1,6 @@
 """RMSNorm through `torch.nn.functional.rms_norm` (eps=None passed through: PyTorch's own rule).
-weight_offset=1 (Gemma, x̂ (1 + w)) passes the gain 1 + w, formed in float32 for half weights."""
+Over `axes` (channels-first), the dims are moved last and back. weight_offset=1 (Gemma, x̂ (1 + w))
+passes the gain 1 + w, formed in float32 for half weights."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +11,13 @@ from normspec.impls.torch_backend import torch_kernel
 
 def forward(inputs, params):
     x, w = inputs["x"], inputs.get("weight")
+    if params.get("axes") is not None:  # over the given dims (channels-first): moved last, F.rms_norm, moved back
+        axes = sorted(a % x.ndim for a in params["axes"])
+        last = list(range(x.ndim - len(axes), x.ndim))
+        moved = x.movedim(axes, last)
+        trailing = {k: v for k, v in params.items() if k != "axes"}
+        trailing["normalized_shape"] = tuple(moved.shape[x.ndim - len(axes):])
+        return {"y": forward({**inputs, "x": moved}, trailing)["y"].movedim(last, axes)}
     offset = params.get("weight_offset", 0.0)
     if w is not None and offset != 0.0:
         if w.dtype in (torch.float16, torch.bfloat16):

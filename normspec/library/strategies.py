@@ -238,3 +238,18 @@ def batch_norm_running_state(draw, x: np.ndarray, arrays: dict, params: dict, co
         params["momentum_style"] = draw(st.sampled_from(["new", "new", "decay"]), label="momentum_style")
         params["running_var_style"] = draw(st.sampled_from(["unbiased", "unbiased", "biased"]),
                                            label="running_var_style")
+
+
+@st.composite
+def channels_first_values(draw, spatial_dims: int, allow_constant: bool = True, reach: Reach | None = None,
+                          min_batch: int = 1):
+    """x of (N, C, *S) for a norm over the channels (dim 1) only, one reduction set per (n, *s): with a
+    reach, `reach.sets` positions of `reach.length` channels at its magnitudes (spatial sizes 1)."""
+    if reach is not None:
+        rng = np.random.default_rng(draw(seeds, label="seed"))
+        rows = reach_values(rng, (reach.sets,) + (1,) * spatial_dims + (reach.length,), (0,), reach)
+        return np.ascontiguousarray(np.moveaxis(rows, -1, 1))
+    shape = ((draw(st.integers(min_batch, 4), label="batch"), draw(st.integers(1, 8), label="channels"))
+             + tuple(draw(st.integers(1, 5), label="spatial") for _ in range(spatial_dims)))
+    return draw(grouped_values(shape, tuple(a for a in range(len(shape)) if a != 1), allow_constant=allow_constant),
+                label="x")

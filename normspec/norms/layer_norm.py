@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
-from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
+from normspec.library.strategies import (
+    Reach,
+    affine_vector,
+    channels_first_values,
+    eps_values,
+    grouped_values,
+    reach_values,
+    seeds,
+)
 from normspec.library.tolerance import Bounds, moment_bounds, saved_statistics_bounds
 from normspec.registry import NormRecord, register
 from normspec.spec import layer_norm, layer_norm_backward, moments
@@ -61,21 +69,13 @@ def layer_norm_cases(draw, *, elementwise_affine=None, bias=None, allow_constant
 def _channels_first_cases(draw, elementwise_affine, bias, allow_constant, min_batch, reach, spatial_dims):
     """LayerNorm over the channels of (N, C, *S): Keras' axis=1, the layout of a convolutional network."""
     rank = draw(st.integers(0, 2), label="spatial_dims") if spatial_dims is None else spatial_dims
-    if reach is not None:  # `reach.sets` positions of `reach.length` channels at the reach's magnitudes
-        shape = (reach.sets, reach.length) + (1,) * rank
-        x = np.ascontiguousarray(np.moveaxis(reach_values(np.random.default_rng(draw(seeds, label="seed")),
-                                     (reach.sets,) + (1,) * rank + (reach.length,), (0,), reach), -1, 1))
-    else:
-        shape = ((draw(st.integers(min_batch, 4), label="batch"), draw(st.integers(1, 8), label="channels"))
-                 + tuple(draw(st.integers(1, 5), label="spatial") for _ in range(rank)))
-        x = draw(grouped_values(shape, tuple(a for a in range(len(shape)) if a != 1), allow_constant=allow_constant),
-                 label="x")
+    x = draw(channels_first_values(rank, allow_constant, reach, min_batch))
     arrays = {"x": x}
     affine = draw(st.booleans(), label="elementwise_affine") if elementwise_affine is None else elementwise_affine
     if affine:
-        arrays["weight"] = draw(affine_vector((shape[1],), kind="weight"))
+        arrays["weight"] = draw(affine_vector((x.shape[1],), kind="weight"))
         if (draw(st.booleans(), label="bias") if bias is None else bias):
-            arrays["bias"] = draw(affine_vector((shape[1],), kind="bias"))
+            arrays["bias"] = draw(affine_vector((x.shape[1],), kind="bias"))
     eps = reach.eps if reach is not None and reach.eps is not None else draw(eps_values, label="eps")
     return Case("layer_norm", arrays, {"axes": (1,), "eps": eps})
 

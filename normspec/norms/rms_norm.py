@@ -6,7 +6,15 @@ from hypothesis import strategies as st
 
 from normspec.library.case import Case
 from normspec.library.conditioning import Conditioning
-from normspec.library.strategies import Reach, affine_vector, eps_values, grouped_values, reach_values, seeds
+from normspec.library.strategies import (
+    Reach,
+    affine_vector,
+    channels_first_values,
+    eps_values,
+    grouped_values,
+    reach_values,
+    seeds,
+)
 from normspec.library.tolerance import moment_bounds
 from normspec.registry import NormRecord, register
 from normspec.spec.rms_norm import gain, resolve_eps, rms, rms_norm, rms_norm_backward
@@ -14,14 +22,21 @@ from normspec.spec.rms_norm import gain, resolve_eps, rms, rms_norm, rms_norm_ba
 
 @st.composite
 def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_none=False, conventions=True,
-                   reach: Reach | None = None):
+                   reach: Reach | None = None, channels_first=False, spatial_dims=None):
     """RMSNorm calls: 1-2 batch dims, normalized_shape of 1-3 trailing dims, weight or none;
     with conventions, the gain convention weight_offset 0 (PyTorch) or 1 (Gemma, x̂ (1 + w)).
+    channels_first: over dim 1 of (N, C, *S) only (axes=(1,), a (C,) weight: timm's RmsNorm2d),
+    `spatial_dims` spatial dims (0-2 when None).
 
     eps=None means a dtype-dependent eps (PyTorch's rule), which a dtype-blind reference cannot
     evaluate: such cases are drawn only with eps_none=True, by the property that knows the dtype
     (`rms_norm_eps_none_rule`)."""
-    if reach is not None:  # `reach.sets` rows of `reach.length` features at the reach's magnitudes
+    geometry: dict = {}
+    if channels_first:
+        rank = draw(st.integers(0, 2), label="spatial_dims") if spatial_dims is None else spatial_dims
+        x = draw(channels_first_values(rank, allow_constant, reach))
+        normalized, geometry = (x.shape[1],), {"axes": (1,)}
+    elif reach is not None:  # `reach.sets` rows of `reach.length` features at the reach's magnitudes
         batch, normalized = (reach.sets,), (reach.length,)
         x = reach_values(np.random.default_rng(draw(seeds, label="seed")), batch + normalized, (0,), reach)
     else:
@@ -36,22 +51,29 @@ def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_no
         arrays["weight"] = draw(affine_vector(normalized, kind="weight"))
     eps = None if eps_none else (reach.eps if reach is not None and reach.eps is not None
                                  else draw(eps_values, label="eps"))
-    params = {"normalized_shape": normalized, "eps": eps}
+    params = {**(geometry or {"normalized_shape": normalized}), "eps": eps}
     if conventions and "weight" in arrays and draw(st.booleans(), label="gemma_offset"):
         params["weight_offset"] = 1.0
         arrays["weight"] = arrays["weight"] - 1.0  # the same spread of gains, stored as Gemma stores them
     return Case("rms_norm", arrays, params)
 
 
+def _geometry(case: Case) -> dict:
+    """The spec's keywords for the normalized dims: normalized_shape, or axes (channels-first)."""
+    return {"normalized_shape": case.params.get("normalized_shape"), "axes": case.params.get("axes")}
+
+
 def reference(case: Case, dtype: str = "float64") -> dict[str, np.ndarray]:
-    return {"y": rms_norm(case.x, case.params["normalized_shape"], case.get("weight"), eps=case.params.get("eps"),
-                          dtype=dtype, weight_offset=case.params.get("weight_offset", 0.0))}
+    geometry = _geometry(case)
+    return {"y": rms_norm(case.x, geometry.pop("normalized_shape"), case.get("weight"), eps=case.params.get("eps"),
+                          dtype=dtype, weight_offset=case.params.get("weight_offset", 0.0), **geometry)}
 
 
 def reference_grad(case: Case, dy: np.ndarray, dtype: str = "float64") -> dict[str, np.ndarray]:
-    grads = rms_norm_backward(dy, case.x, case.params["normalized_shape"], case.get("weight"),
+    geometry = _geometry(case)
+    grads = rms_norm_backward(dy, case.x, geometry.pop("normalized_shape"), case.get("weight"),
                               eps=case.params.get("eps"), dtype=dtype,
-                              weight_offset=case.params.get("weight_offset", 0.0))
+                              weight_offset=case.params.get("weight_offset", 0.0), **geometry)
     return case.present(grads)
 
 
@@ -59,15 +81,20 @@ def conditioning(case: Case, dtype: str = "float64") -> Conditioning:
     """RMSNorm y = gamma x/r, r = sqrt(mean x^2 + eps), as the moment model with no centering: mean
     0 (no |mean|/s term), x/r in the place of xhat and r in the place of s. The mean of squares
     sums positive terms, so its relative error is u g(m) whatever the input."""
-    x, shape = case.x, tuple(case.params["normalized_shape"])
-    k = len(shape)
-    r = rms(x, shape, eps=resolve_eps(case.params.get("eps"), dtype))
-    gamma = stored = case.array_or("weight", shape, 1.0)
+    x = case.x
+    if case.params.get("axes") is not None:
+        axes = tuple(sorted(a % x.ndim for a in case.params["axes"]))
+    else:
+        axes = tuple(range(x.ndim - len(case.params["normalized_shape"]), x.ndim))
+    shape = tuple(x.shape[a] for a in axes)
+    r = rms(x, None, eps=resolve_eps(case.params.get("eps"), dtype), axes=axes)
+    stored = case.array_or("weight", shape, 1.0).reshape(tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim)))
+    gamma = stored
     offset = case.params.get("weight_offset", 0.0) if case.get("weight") is not None else 0.0
     if offset:
         gamma = gain(stored, offset)  # Gemma: 1 + w
     return Conditioning(x / r, np.zeros_like(r), r, int(np.prod(shape)), gamma, np.zeros(()),
-                        tuple(range(x.ndim - k, x.ndim)), tuple(range(x.ndim - k)), True,
+                        axes, tuple(a for a in range(x.ndim) if a not in axes), True,
                         stored_gamma=stored if offset else None)
 
 
@@ -90,7 +117,8 @@ register(NormRecord(
     reference=reference,
     reference_grad=reference_grad,
     cases=rms_norm_cases,
-    overrides=frozenset({'allow_constant', 'conventions', 'elementwise_affine', 'eps_none', 'reach'}),
+    overrides=frozenset({'allow_constant', 'channels_first', 'conventions', 'elementwise_affine', 'eps_none',
+                         'reach', 'spatial_dims'}),
     error_model=error_model,
     traits=frozenset({"batch_independent", "scale_invariant", "accepts_empty"}),
     differentiable=("x", "weight"),

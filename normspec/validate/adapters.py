@@ -308,7 +308,8 @@ def torch_ctor_kwargs(norm: str, shape, a: dict, p: dict, contract=None) -> dict
     if norm == "group_norm":
         return {"num_groups": p["num_groups"], "num_channels": c, "eps": eps, **_affine_flags(a)}
     if norm == "rms_norm":
-        return {"normalized_shape": tuple(p["normalized_shape"]), "eps": p.get("eps"),
+        normalized = p.get("normalized_shape") or tuple(shape[a] for a in p["axes"])
+        return {"normalized_shape": tuple(normalized), "eps": p.get("eps"),
                 "elementwise_affine": a.get("weight") is not None}
     if norm == "local_response_norm":
         return {"size": p["size"], "alpha": p.get("alpha", 1e-4), "beta": p.get("beta", 0.75), "k": p.get("k", 1.0)}

@@ -65,7 +65,8 @@ class Contract:
     conventions: convention keywords of the spec pinned to a value (`running_var_style="biased"`,
           `momentum_style="decay"`, LRN `convention="caffe"`...).
     axes: "last": normalizes over the last dimension only (layer_norm, rms_norm); "channels": over dim 1 of
-          (N, C, *S) only, with (C,) parameters (layer_norm: ConvNeXt's channels_first, timm's LayerNorm2d).
+          (N, C, *S) only, with (C,) parameters (ConvNeXt's channels_first LayerNorm, timm's LayerNorm2d
+          and RmsNorm2d).
     modes: ("eval",) or ("training",): the only mode(s) it supports (batch_norm, instance_norm).
     forward_only: no gradients are checked (gradient properties are reported as not run).
     affine: True / False: the affine parameters are always / never there.
@@ -309,9 +310,9 @@ def check_for_norm(c: Contract, norm: str, kind: str, conventions: Mapping[str, 
                                     f"to the candidate's parameter")
     if c.axes == "last" and norm not in ("layer_norm", "rms_norm"):
         raise ContractError(f"axes=last applies to layer_norm and rms_norm (normalized_shape), not {norm}")
-    if c.axes == "channels" and (norm != "layer_norm" or kind != "module"):
-        raise ContractError(f"axes=channels applies to layer_norm module classes (a channels-first LayerNorm "
-                            f"constructed with the channel count), not a {norm} {kind}")
+    if c.axes == "channels" and (norm not in ("layer_norm", "rms_norm") or kind != "module"):
+        raise ContractError(f"axes=channels applies to layer_norm and rms_norm module classes (a channels-first "
+                            f"norm constructed with the channel count), not a {norm} {kind}")
     if c.modes and norm not in ("batch_norm", "instance_norm"):
         raise ContractError(f"modes apply to norms with a training/eval distinction (batch_norm, instance_norm), "
                             f"not {norm}")

@@ -374,18 +374,19 @@ TORCH_SIGNATURE = {
 }
 
 
-def channels_first_ranks(info: dict, contract: Contract | None) -> None:
-    """A channels-first LayerNorm (`--axes channels`) takes the input ranks its name says (timm's LayerNorm2d: 4-D);
-    without the declaration, such a name is a usage error that says so: judged as torch.nn.LayerNorm (over the
-    trailing dims), a correct LayerNorm2d was REJECTED on its simplest call (outside red team)."""
+def channels_first_ranks(info: dict, contract: Contract | None, norm: str) -> None:
+    """A channels-first LayerNorm/RMSNorm (`--axes channels`) takes the input ranks its name says (timm's
+    LayerNorm2d, RmsNorm2d: 4-D); without the declaration, such a name is a usage error that says so: judged as
+    torch.nn.LayerNorm (over the trailing dims), a correct LayerNorm2d was REJECTED on its simplest call (outside
+    red team)."""
     ranks = suffix_ranks(info["name"])
     if contract is not None and contract.axes == "channels":
         info["ranks"] = info["ranks"] or ranks
     elif ranks and (contract is None or contract.axes is None):
-        raise UsageError(f"{info['name']} is taken for layer_norm, and its name says {ranks[0]}-D inputs: a LayerNorm "
-                         f"over the channels of (N, C, *S) (timm's LayerNorm2d, ConvNeXt's channels_first) is declared "
-                         f"with --axes channels (constructed with the channel count as normalized_shape); one over the "
-                         f"trailing dims like torch.nn.LayerNorm, with --axes last")
+        raise UsageError(f"{info['name']} is taken for {norm}, and its name says {ranks[0]}-D inputs: a norm over the "
+                         f"channels of (N, C, *S) (timm's LayerNorm2d and RmsNorm2d, ConvNeXt's channels_first) is "
+                         f"declared with --axes channels (constructed with the channel count as normalized_shape); "
+                         f"one over the trailing dims like torch.nn's, with --axes last")
 
 
 def suggested_mapping(norm: str, params: list[str]) -> dict[str, str]:
@@ -844,8 +845,8 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
                                  f"result and have no default normspec could assume; map them too "
                                  f"(torch.nn's arguments: {', '.join(TORCH_CTOR[norm])})")
             implied = implied_by_ctor(contract, norm)
-        if norm == "layer_norm" and info["kind"] == "module":
-            channels_first_ranks(info, contract)
+        if norm in ("layer_norm", "rms_norm") and info["kind"] == "module":
+            channels_first_ranks(info, contract, norm)
         if info["kind"] == "module":
             problem = ctor_problem(norm, info.get("ctor"), contract)
             if problem:

@@ -240,3 +240,33 @@ class LayerNormEps6(nn.Module):
 
     def forward(self, x):
         return F.layer_norm(x, (self.dim,), self.weight, self.bias, 1e-6)
+
+
+class RmsNorm2d(nn.Module):
+    """RMSNorm over the channels of NCHW (timm's constructor (channels, eps, affine)), float32 statistics for
+    half inputs. Correct under axes=channels."""
+
+    def __init__(self, channels, eps=1e-6, affine=True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+
+    def _mean_square(self, x):
+        a = x.to(_acc(x))
+        return a, a.pow(2).mean(1, keepdim=True)
+
+    def forward(self, x):
+        a, ms = self._mean_square(x)
+        y = a * torch.rsqrt(ms + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.to(a.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+        return y.to(x.dtype)
+
+
+class RmsNorm2dHalfSquares(RmsNorm2d):
+    """Squares and averages in the input dtype, as timm 1.0's rms_norm2d does: in float16, x^2 overflows for
+    |x| > 256 and the channel's output becomes 0 (the float16 overflow LeetCUDA#335 and tiny-llm#18 fixed in their
+    RMSNorms by computing in float32)."""
+
+    def _mean_square(self, x):
+        return x, x.pow(2).mean(1, keepdim=True)
