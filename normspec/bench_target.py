@@ -59,6 +59,10 @@ class TargetBackend(TorchBackend):
             raise TargetError("bench --target times torch drop-ins (a module or a functional); a NumPy "
                               "spec-signature function is not a speed peer")
         self.contract = target_contract(obj, contract)
+        if self.contract is not None and self.contract.axes == "channels":  # its rows said skipped, exit 0 (red team)
+            raise TargetError(f"{target} normalizes over the channels (axes=channels): bench times the trailing-dim "
+                              f"call the registered backends make, so it cannot time a channels-first norm beside "
+                              f"them yet")
         wire = self.contract.to_wire() if self.contract is not None else None
         self.wire = wire
         shapes = adapters.compile_shapes(compile)

@@ -115,6 +115,18 @@ def test_bench_target_times_the_candidate_in_the_same_table_and_csv(tmp_path, ca
     assert "target:HandLayerNorm" in capsys.readouterr().out
 
 
+def test_bench_target_refuses_a_channels_first_norm(tmp_path, capsys):
+    """A NORMSPEC_CONTRACT with axes=channels beside the class: bench's call normalizes the trailing dims, so the
+    target's rows only said skipped, exit 0 (red team C-7); it is a usage error that says why."""
+    (tmp_path / "cf.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(CANDIDATES)!r})\n"
+        "from library import LayerNorm2d  # noqa: E402\n"
+        "from normspec.validate import Contract  # noqa: E402\n"
+        "NORMSPEC_CONTRACT = Contract(axes='channels')\n")
+    assert main(["bench", "--target", f"{tmp_path / 'cf.py'}:LayerNorm2d", "--backend", "numpy"]) == 2
+    assert "cannot time a channels-first norm" in capsys.readouterr().err
+
+
 def test_bench_target_usage_errors_exit_2(capsys):
     assert main(["bench", "--target", "no_such_module_xyz:Thing"]) == 2
     assert main(["bench", "--compile"]) == 2

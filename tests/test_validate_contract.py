@@ -354,6 +354,19 @@ def test_backends_run_channels_first_rms_norm_as_the_spec_does(backend_name):
         np.testing.assert_allclose(backend.to_numpy(grads[role]), ref[role], rtol=1e-10, atol=1e-12)
 
 
+def test_input_ranks_a_name_does_not_say_are_declared_with_ranks(capsys):
+    """transformers' ConvNextLayerNorm takes 4-D input only and its name says no rank: under --axes channels it was
+    drawn 2-D to 4-D and REJECTED on its simplest call (red team B-2)."""
+    r = validate(t("ConvNextStyleLayerNorm"), contract=CHANNELS_FIRST, properties=["forward_matches_spec"])
+    assert not r.accepted
+    r = validate(t("ConvNextStyleLayerNorm"), contract=Contract(**{**CHANNELS_FIRST.to_wire(), "ranks": (4,)}),
+                 properties=FORWARD_BACKWARD)
+    assert r.accepted, messages(r)
+    assert any("rank 4 only" in line for line in r.contract_lines)
+    assert main(["validate", t("ConvNextStyleLayerNorm"), "--quiet", "--ranks", "four"]) == 2
+    assert "input ranks" in capsys.readouterr().err
+
+
 def test_channels_first_rms_norm_accepts_float32_statistics_rejects_half_squares():
     """timm's RmsNorm2d squares in the input dtype: float16 x^2 overflows past |x| = 256 and the output is 0 there."""
     rms = Contract(ctor=RMS_MAP, axes="channels", eps_none=False)
@@ -388,6 +401,31 @@ def test_a_value_the_class_fixes_is_the_only_one_validated():
     assert not r.accepted
 
 
-def test_a_shape_argument_cannot_be_fixed(capsys):
-    assert main(["validate", t("LayerNormEps6"), "--quiet", "--ctor", "normalized_shape=4,eps=1e-6"]) == 2
-    assert "cannot be fixed" in capsys.readouterr().err
+@pytest.mark.parametrize("ctor, says", [
+    ("normalized_shape=4,eps=1e-6", "cannot be fixed"),
+    ("normalized_shape=dim:int,eps=nan", "it is a finite number"),
+    ("normalized_shape=dim:int,eps=-1", "eps is not negative"),
+    ("normalized_shape=dim:int,eps=true", "it is a finite number"),
+])
+def test_a_fixed_value_is_checked_before_the_run(ctor, says, capsys):
+    """--ctor num_groups=0 ended in a traceback, eps=nan ran and was rejected with a self-contradicting message
+    (red team C-1, C-2): a value the class fixes must be one torch.nn's argument can take."""
+    assert main(["validate", t("LayerNormEps6"), "--quiet", "--ctor", ctor]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_fixed_counts_and_repeated_conventions_are_usage_errors(capsys):
+    assert main(["validate", t("GroupNorm1"), "--quiet", "--ctor", "num_channels=num_channels,num_groups=0"]) == 2
+    assert "it is a count" in capsys.readouterr().err
+    assert main(["validate", "torch.nn:RMSNorm", "--quiet", "--convention", "weight_offset=1", "--convention",
+                 "weight_offset=0"]) == 2
+    assert "given twice" in capsys.readouterr().err
+
+
+def test_an_int_mapping_implies_the_last_dim():
+    """':int' passes one size: without --axes, every multi-dim normalized_shape call failed as 'cannot express this
+    call' (red team C-5); the mapping now implies axes=last and the header says so."""
+    r = validate(t("TimmStyleRmsNorm"), contract=Contract(ctor=RMS_MAP, eps_none=False),
+                 properties=["forward_matches_spec"])
+    assert r.accepted, messages(r)
+    assert any("last dimension only" in line for line in r.contract_lines)

@@ -49,7 +49,7 @@ def contract_from_args(args):
 
     return from_options(ctor=args.ctor, conventions=args.convention, axes=args.axes, modes=args.modes,
                         forward_only=args.forward_only, affine=args.affine, no_eps_none=args.no_eps_none,
-                        dtypes=split_names(args.dtype) or None, compute=args.compute)
+                        dtypes=split_names(args.dtype) or None, compute=args.compute, ranks=args.ranks)
 
 
 def add_contract_options(add, prefix: str = "--") -> None:
@@ -63,8 +63,10 @@ def add_contract_options(add, prefix: str = "--") -> None:
     add(f"{prefix}convention", action="append", metavar="KEY=VALUE", help="pin a convention keyword of the spec "
         "(e.g. running_var_style=biased, momentum_style=decay, convention=caffe); repeatable")
     add(f"{prefix}axes", choices=list(AXES), help="last: normalizes over the last dimension only; channels: a "
-        "LayerNorm over dim 1 of (N, C, *S) (timm's LayerNorm2d, ConvNeXt's channels_first)")
+        "LayerNorm or RMSNorm over dim 1 of (N, C, *S) (timm's LayerNorm2d and RmsNorm2d, ConvNeXt's channels_first)")
     add(f"{prefix}modes", metavar="MODE", help="training or eval: the only mode it supports")
+    add(f"{prefix}ranks", metavar="R", help="the only input ranks a module takes, e.g. 4 or 3,4 (where its name's "
+        "1d/2d/3d does not say them: transformers' ConvNextLayerNorm takes 4-D only)")
     add(f"{prefix}forward-only", action="store_true", help="no gradients: gradient properties are not run")
     add(f"{prefix}affine", choices=["on", "off"], help="affine parameters always on / always off")
     add(f"{prefix}no-eps-none", action="store_true", help="eps=None (a dtype-dependent eps) is not supported")

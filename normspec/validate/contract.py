@@ -16,6 +16,7 @@ and as pytest options (`--normspec-ctor ...`). CLI fields override the file's.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
@@ -75,6 +76,8 @@ class Contract:
     compute: "float32": computes in float32 whatever the input, so float64 inputs are judged at
           float32's roundoff; "half": half inputs keep half-precision intermediates, judged at
           their own roundoff, a lower tier reported as such.
+    ranks: the only input ranks the module takes (transformers' ConvNextLayerNorm: (4,)), where the
+          class name's 1d/2d/3d does not say them.
     """
 
     ctor: Mapping[str, str] | Callable[..., Any] | None = None
@@ -86,6 +89,7 @@ class Contract:
     eps_none: bool = True
     dtypes: tuple[str, ...] | None = None
     compute: str | None = None
+    ranks: tuple[int, ...] | None = None
     source: str = ""  # where it was declared (file, CLI), for the report
 
     def __post_init__(self):
@@ -93,6 +97,8 @@ class Contract:
             object.__setattr__(self, "modes", tuple([self.modes] if isinstance(self.modes, str) else self.modes))
         if self.dtypes is not None:
             object.__setattr__(self, "dtypes", tuple([self.dtypes] if isinstance(self.dtypes, str) else self.dtypes))
+        if self.ranks is not None:
+            object.__setattr__(self, "ranks", tuple([self.ranks] if isinstance(self.ranks, int) else self.ranks))
         object.__setattr__(self, "conventions", dict(self.conventions or {}))
         check_fields(self)
 
@@ -100,7 +106,7 @@ class Contract:
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any], source: str = "") -> "Contract":
         kw = {k: v for k, v in wire.items() if k in {f.name for f in fields(cls)} and k != "source"}
-        for k in ("modes", "dtypes"):
+        for k in ("modes", "dtypes", "ranks"):
             if kw.get(k) is not None:
                 kw[k] = tuple(kw[k])
         return cls(**kw, source=source)
@@ -114,7 +120,8 @@ class Contract:
         return {"ctor": ctor, "conventions": dict(self.conventions), "axes": self.axes,
                 "modes": list(self.modes) if self.modes else None, "forward_only": self.forward_only,
                 "affine": self.affine, "eps_none": self.eps_none,
-                "dtypes": list(self.dtypes) if self.dtypes else None, "compute": self.compute}
+                "dtypes": list(self.dtypes) if self.dtypes else None, "compute": self.compute,
+                "ranks": list(self.ranks) if self.ranks else None}
 
     @property
     def empty(self) -> bool:
@@ -165,6 +172,8 @@ class Contract:
             out.append("domain: eps=None not supported")
         if self.dtypes:
             out.append(f"domain: dtypes {', '.join(self.dtypes)} only")
+        if self.ranks:
+            out.append(f"domain: inputs of rank {' or '.join(map(str, self.ranks))} only")
         if self.compute == "float32":
             out.append("compute precision: float32 whatever the input (float64 judged at float32's roundoff)")
         if self.compute == "half":
@@ -202,6 +211,9 @@ def check_fields(c: Contract) -> None:
     if c.compute is not None and c.compute not in COMPUTES:
         raise ContractError(f"compute={c.compute!r}; allowed: {', '.join(COMPUTES)} "
                             "(float32: computes in float32 whatever the input; half: half intermediates)")
+    if c.ranks is not None and (not c.ranks or not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 5
+                                                       for r in c.ranks)):
+        raise ContractError(f"ranks {c.ranks!r}: input ranks from 1 to 5 (e.g. 4, or 3,4)")
     if c.affine not in (None, True, False):
         raise ContractError(f"affine={c.affine!r}; allowed: on, off")
     for k in c.conventions:
@@ -247,6 +259,30 @@ def _value(text: str) -> Any:
     return text
 
 
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# torch.nn's constructor arguments a class may fix, and what a value of each must be.
+_FLAGS = {"affine", "elementwise_affine", "bias", "track_running_stats"}
+_COUNTS = {"num_groups", "size"}
+
+
+def _bad_fixed_value(k: str, v) -> str | None:
+    """Why `v` is no value of torch.nn's argument `k` (None when it is one)."""
+    if k in _FLAGS:
+        return None if isinstance(v, bool) else "it is a flag (true or false)"
+    if k in _COUNTS:
+        return None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else "it is a count (1, 2, ...)"
+    if not _finite_number(v):
+        return "it is a finite number"
+    if k in ("eps", "alpha", "k") and v < 0:
+        return f"{k} is not negative"
+    if k == "momentum" and not 0 <= v <= 1:
+        return "momentum lies in [0, 1]"
+    return None
+
+
 def _fixed_or_name(text: str) -> Any:
     """A --ctor value: the candidate's parameter name, or a number/bool the class fixes."""
     value = _value(text)
@@ -256,7 +292,7 @@ def _fixed_or_name(text: str) -> Any:
 def from_options(*, ctor: str | None = None, conventions: list[str] | None = None, axes: str | None = None,
                  modes: str | None = None, forward_only: bool = False, affine: str | None = None,
                  no_eps_none: bool = False, dtypes: list[str] | None = None, compute: str | None = None,
-                 source: str = "command line") -> Contract | None:
+                 ranks: str | None = None, source: str = "command line") -> Contract | None:
     """The contract the CLI / pytest options declare, or None when they declare nothing."""
     kw: dict[str, Any] = {}
     if ctor:
@@ -264,7 +300,10 @@ def from_options(*, ctor: str | None = None, conventions: list[str] | None = Non
     if conventions:
         pinned = {}
         for text in conventions:
-            pinned.update({k: _value(v) for k, v in _mapping(text, "--convention").items()})
+            for k, v in _mapping(text, "--convention").items():
+                if k in pinned and pinned[k] != _value(v):
+                    raise ContractError(f"--convention {k} given twice, as {pinned[k]!r} and {_value(v)!r}")
+                pinned[k] = _value(v)
         kw["conventions"] = pinned
     if axes:
         kw["axes"] = axes
@@ -282,6 +321,11 @@ def from_options(*, ctor: str | None = None, conventions: list[str] | None = Non
         kw["dtypes"] = tuple(dtypes)
     if compute:
         kw["compute"] = compute
+    if ranks:
+        try:
+            kw["ranks"] = tuple(int(r) for r in ranks.split(",") if r.strip())
+        except ValueError:
+            raise ContractError(f"--ranks {ranks!r}: input ranks, e.g. 4 or 3,4") from None
     return Contract(**kw, source=source) if kw else None
 
 
@@ -308,6 +352,10 @@ def check_for_norm(c: Contract, norm: str, kind: str, conventions: Mapping[str, 
             if not isinstance(v, str) and k in SHAPE_ARGS:
                 raise ContractError(f"ctor: {k} cannot be fixed at {v!r}: the validation draws the shapes; map it "
                                     f"to the candidate's parameter")
+            if not isinstance(v, str):
+                problem = _bad_fixed_value(k, v)
+                if problem:
+                    raise ContractError(f"ctor: {k}={v!r} cannot be the value the class fixes: {problem}")
     if c.axes == "last" and norm not in ("layer_norm", "rms_norm"):
         raise ContractError(f"axes=last applies to layer_norm and rms_norm (normalized_shape), not {norm}")
     if c.axes == "channels" and (norm not in ("layer_norm", "rms_norm") or kind != "module"):
@@ -325,8 +373,8 @@ def check_for_norm(c: Contract, norm: str, kind: str, conventions: Mapping[str, 
             known = ", ".join(f"{n} ({'/'.join(map(str, vals)) or 'a number'})"
                               for n, vals in conventions.items()) or "none"
             raise ContractError(f"{k!r} is not a convention keyword of {norm}'s spec; its conventions: {known}")
-        if not conventions[k] and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-            raise ContractError(f"{k}={v!r}: {norm}'s {k} is a number")
+        if not conventions[k] and not _finite_number(v):
+            raise ContractError(f"{k}={v!r}: {norm}'s {k} is a finite number")
         if conventions[k] and v not in conventions[k]:
             raise ContractError(f"{k}={v!r} is not a value {norm}'s spec accepts; allowed: "
                                 f"{', '.join(map(repr, conventions[k]))}")

@@ -42,7 +42,8 @@ def _contract(config):
     try:
         return from_options(ctor=get("ctor"), conventions=get("convention"), axes=get("axes"), modes=get("modes"),
                             forward_only=get("forward-only"), affine=get("affine"), no_eps_none=get("no-eps-none"),
-                            dtypes=get("dtype"), compute=get("compute"), source="pytest options")
+                            dtypes=get("dtype"), compute=get("compute"), ranks=get("ranks"),
+                            source="pytest options")
     except ContractError as exc:
         raise pytest.UsageError(f"normspec validate: {exc}") from None
 

@@ -383,10 +383,12 @@ def channels_first_ranks(info: dict, contract: Contract | None, norm: str) -> No
     if contract is not None and contract.axes == "channels":
         info["ranks"] = info["ranks"] or ranks
     elif ranks and (contract is None or contract.axes is None):
-        raise UsageError(f"{info['name']} is taken for {norm}, and its name says {ranks[0]}-D inputs: a norm over the "
+        said = " or ".join(f"{r}-D" for r in ranks)
+        raise UsageError(f"{info['name']} is taken for {norm}, and its name says {said} inputs: a norm over the "
                          f"channels of (N, C, *S) (timm's LayerNorm2d and RmsNorm2d, ConvNeXt's channels_first) is "
                          f"declared with --axes channels (constructed with the channel count as normalized_shape); "
-                         f"one over the trailing dims like torch.nn's, with --axes last")
+                         f"one over the last dim like torch.nn's, with --axes last (and --ranks R for the input "
+                         f"ranks it takes)")
 
 
 def suggested_mapping(norm: str, params: list[str]) -> dict[str, str]:
@@ -530,16 +532,32 @@ def torch_threads(n: int):
         torch.set_num_threads(saved)
 
 
-def _torch_fails_alike(p, record: NormRecord, draws, message: str = ""):
+def _torch_in(compute: dict | None):
+    """torch:cpu, or, under a declared compute precision (float64 -> float32), torch:cpu computing float64 calls
+    in float32 (inputs rounded to float32 tensors, results read back): PyTorch's own op as a layer that computes
+    in float32 runs it, on the same draws."""
+    from normspec.impls.torch_backend import TorchCPUBackend
+
+    lower = (compute or {}).get("float64")
+
+    class InDeclaredCompute(TorchCPUBackend):
+        def native(self, array, dtype, layout="contiguous"):
+            return super().native(array, lower if dtype == "float64" else dtype, layout)
+
+    backend = InDeclaredCompute() if lower and lower != "float64" else TorchCPUBackend()
+    backend.name = "torch:cpu"
+    return backend, lower if lower and lower != "float64" else None
+
+
+def _torch_fails_alike(p, record: NormRecord, draws, message: str = "", compute: dict | None = None):
     """The expected failure PyTorch's own op (torch:cpu) has on these very draws, or None. With
     `message` (the candidate's failure), only a failure of torch:cpu in the same quantity, by
     about as much (ALIKE_FACTOR), counts: a drop-in whose forward is wrong is not excused by
-    PyTorch's own backward deviation, nor a gross error by PyTorch's slight one."""
+    PyTorch's own backward deviation, nor a gross error by PyTorch's slight one. Under a declared
+    compute precision, PyTorch's op computes float64 calls in that precision too (`_torch_in`), and
+    its failure is looked up among that dtype's expected failures."""
     try:
-        from normspec.impls.torch_backend import TorchCPUBackend
-
-        torch_backend = TorchCPUBackend()
-        torch_backend.name = "torch:cpu"
+        torch_backend, lower = _torch_in(compute)
         with warnings.catch_warnings(), torch_threads(worker_threads()):
             warnings.simplefilter("ignore")
             replay(p.name, record, torch_backend, list(draws))
@@ -550,7 +568,11 @@ def _torch_fails_alike(p, record: NormRecord, draws, message: str = ""):
         if message and theirs is not None and ours is not None and theirs < NO_YARDSTICK \
                 and not ours <= ALIKE_FACTOR * theirs:
             return None
-        return expected_failure(p.name, record.name, "torch:cpu", str(exc), dict(draws).get("dtype"))
+        dtype = dict(draws).get("dtype")
+        if lower and dtype == "float64":  # the float64 call ran in float32: the float32 deviation is PyTorch's
+            return expected_failure(p.name, record.name, "torch:cpu", str(exc).replace(" float64 ", f" {lower} "),
+                                    lower)
+        return expected_failure(p.name, record.name, "torch:cpu", str(exc), dtype)
     except Exception:
         return None
     return None
@@ -579,7 +601,7 @@ def guarded(p: Property) -> Property:
     return replace(p, func=func)
 
 
-def parity_checked(p: Property, record: NormRecord, excused: list) -> Property:
+def parity_checked(p: Property, record: NormRecord, excused: list, compute: dict | None = None) -> Property:
     """`p` with every failing example replayed on PyTorch's own op: where torch:cpu fails it too,
     under a recorded expected failure, the example counts as passed (and is noted) instead of
     failing, so that a drop-in is never rejected for a deviation it shares with PyTorch, and the
@@ -591,7 +613,7 @@ def parity_checked(p: Property, record: NormRecord, excused: list) -> Property:
         try:
             p.func(ctx)
         except PropertyFailure as exc:
-            xf = _torch_fails_alike(p, record, ctx.draws, str(exc))
+            xf = _torch_fails_alike(p, record, ctx.draws, str(exc), compute)
             if xf is None:
                 raise
             excused.append((dict(ctx.draws).get("dtype", "?"), xf))
@@ -623,11 +645,14 @@ def _passes(p, view, backend, profile, exclude=(), compute=None) -> bool:
 
 
 def _worst_offset(record: NormRecord, case) -> float:
-    """max |mean|/std over the reduction sets of `case` (0 where the norm has no such conditioning)."""
+    """max |mean|/std over the reduction sets of `case` (0 where the norm has no such conditioning, or its sets
+    have one value: x - mean is then exactly 0 whatever x, and |x|/sqrt(eps) is no cancellation)."""
     if case is None or record.conditioning is None:
         return 0.0
     try:
         c = record.conditioning(case)
+        if c.count <= 1:
+            return 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.abs(np.asarray(c.mean)) / np.asarray(c.std)
         return float(np.nanmax(r)) if np.size(r) else 0.0
@@ -678,7 +703,9 @@ def diagnose(p, outcome: Outcome, record: NormRecord, view: NormRecord, backend:
                              f"cancels there, such as the one-pass variance E[x^2] - E[x]^2, loses about "
                              f"{2 * np.log10(offset):.0f} digits")
     ratio = re.search(r"worst by ([0-9.eE+-]+)x", v.message)
-    far = ratio is None or float(ratio.group(1)) >= 1e4  # float32 arithmetic misses a float64 bound by ~1e7
+    # float32 arithmetic misses a float64 bound by up to ~1e7 (u32/u64 = 5e8, less where the bound has other terms:
+    # a float32-rounded beta on a one-value set missed by 2.9e3x, and the hint did not fire at 1e4; red team)
+    far = ratio is None or float(ratio.group(1)) >= 100
     if failed == {"float64"} and "float32" in passing and "float64" not in declared and far:
         if _passes(p, view, backend, profile, exclude=passing, compute={"float64": "float32"}):
             outcome.hints.append("fails only in float64, and passes when float64 is judged at float32's roundoff: "
@@ -710,7 +737,8 @@ def run_one(p, record: NormRecord, view: NormRecord, backend: CandidateBackend, 
     backend.current_property, backend.forward_halves_only = p.name, False
     try:
         with tolerance.declared_compute(_compute_mapping(contract)):
-            checked = parity_checked(guarded(p), record, excused) if torch_kind else guarded(p)
+            checked = parity_checked(guarded(p), record, excused, _compute_mapping(contract)) if torch_kind \
+                else guarded(p)
             v = run_property(checked, view, backend, profile)
             outcome = Outcome(v, group=p.group)
             if v.status == "failed" and not p.advisory and make_view is not None:
@@ -814,6 +842,11 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
             except ContractError as exc:
                 raise UsageError(f"the contract declared beside {info['name']}: {exc}") from None
         contract = (declared or Contract()).merged(contract) if (declared or contract) else None
+        if contract is not None and contract.axes is None and isinstance(contract.ctor, dict) \
+                and any(isinstance(v, str) and v.endswith(":int") for v in contract.ctor.values()):
+            # ':int' passes one size, so the class normalizes one dim: without this, every call with a
+            # normalized_shape of several dims failed as "cannot express this call" (red team)
+            contract = replace(contract, axes="last", source=f"{contract.source} (axes=last implied by ':int')")
         norm = resolve_norm(info, as_norm)
         result.inferred_by = "--as" if as_norm else info.get("how", "")
         record = norms()[norm]
@@ -845,7 +878,9 @@ def validate(target: str, *, as_norm: str | None = None, kind: str | None = None
                                  f"result and have no default normspec could assume; map them too "
                                  f"(torch.nn's arguments: {', '.join(TORCH_CTOR[norm])})")
             implied = implied_by_ctor(contract, norm)
-        if norm in ("layer_norm", "rms_norm") and info["kind"] == "module":
+        if info["kind"] == "module" and contract is not None and contract.ranks:
+            info["ranks"] = contract.ranks  # declared: over what the class name or base says
+        elif norm in ("layer_norm", "rms_norm") and info["kind"] == "module":
             channels_first_ranks(info, contract, norm)
         if info["kind"] == "module":
             problem = ctor_problem(norm, info.get("ctor"), contract)

@@ -270,3 +270,18 @@ class RmsNorm2dHalfSquares(RmsNorm2d):
 
     def _mean_square(self, x):
         return x, x.pow(2).mean(1, keepdim=True)
+
+
+class ConvNextStyleLayerNorm(nn.Module):
+    """transformers' ConvNextLayerNorm(data_format="channels_first") shape of thing: 4-D input only (it permutes to
+    NHWC), a name that does not say so. Correct under axes=channels with ranks=(4,)."""
+
+    def __init__(self, normalized_shape, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.eps = eps
+
+    def forward(self, x):
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
