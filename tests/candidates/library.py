@@ -242,14 +242,9 @@ class LayerNormEps6(nn.Module):
         return F.layer_norm(x, (self.dim,), self.weight, self.bias, 1e-6)
 
 
-class RmsNorm2d(nn.Module):
+class RmsNorm2d(TimmStyleRmsNorm):
     """RMSNorm over the channels of NCHW (timm's constructor (channels, eps, affine)), float32 statistics for
     half inputs. Correct under axes=channels."""
-
-    def __init__(self, channels, eps=1e-6, affine=True):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
 
     def _mean_square(self, x):
         a = x.to(_acc(x))
@@ -272,15 +267,9 @@ class RmsNorm2dHalfSquares(RmsNorm2d):
         return x, x.pow(2).mean(1, keepdim=True)
 
 
-class ConvNextStyleLayerNorm(nn.Module):
+class ConvNextStyleLayerNorm(ChannelsFirstLayerNorm):
     """transformers' ConvNextLayerNorm(data_format="channels_first") shape of thing: 4-D input only (it permutes to
     NHWC), a name that does not say so. Correct under axes=channels with ranks=(4,)."""
-
-    def __init__(self, normalized_shape, eps=1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(normalized_shape))
-        self.bias = nn.Parameter(torch.zeros(normalized_shape))
-        self.eps = eps
 
     def forward(self, x):
         y = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
