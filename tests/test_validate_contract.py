@@ -429,3 +429,13 @@ def test_an_int_mapping_implies_the_last_dim():
                  properties=["forward_matches_spec"])
     assert r.accepted, messages(r)
     assert any("last dimension only" in line for line in r.contract_lines)
+
+
+def test_the_suggested_mapping_keeps_the_other_declarations(capsys):
+    """After a mapping error the suggested command dropped the user's --axes channels, and running it gave the next
+    usage error (red team C-4)."""
+    rc = main(["validate", t("ChannelsFirstLayerNorm"), "--quiet", "--axes", "channels", "--ctor",
+               "normalized_shape=normalized_shape:int,eps=abc"])
+    assert rc == 2
+    suggested = next(line for line in capsys.readouterr().err.splitlines() if "--ctor" in line)
+    assert "--axes channels" in suggested and "normalized_shape=normalized_shape:int" in suggested, suggested

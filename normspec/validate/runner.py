@@ -424,6 +424,22 @@ def ctor_problem(norm: str, info: dict | None, contract: Contract | None) -> str
     return "; ".join(problems) or None
 
 
+def _other_options(contract: Contract | None) -> str:
+    """The contract's declarations other than the constructor, as command-line options (for a suggested command
+    that keeps what the user already declared: red team)."""
+    if contract is None:
+        return ""
+    out = [f" --convention {k}={v}" for k, v in contract.conventions.items()]
+    out += [f" --axes {contract.axes}"] if contract.axes else []
+    out += [f" --modes {','.join(contract.modes)}"] if contract.modes else []
+    out += [" --forward-only"] if contract.forward_only else []
+    out += [f" --affine {'on' if contract.affine else 'off'}"] if contract.affine is not None else []
+    out += [" --no-eps-none"] if not contract.eps_none else []
+    out += [f" --compute {contract.compute}"] if contract.compute else []
+    out += [f" --ranks {','.join(map(str, contract.ranks))}"] if contract.ranks else []
+    return "".join(out)
+
+
 def ctor_usage_error(target: str, norm: str, info: dict, problem: str, contract: Contract | None) -> UsageError:
     names = [n for n, _, _ in info["params"]]
     guess: dict[str, Any] = suggested_mapping(norm, names)
@@ -432,8 +448,13 @@ def ctor_usage_error(target: str, norm: str, info: dict, problem: str, contract:
         for arg in TORCH_CTOR.get(norm, ()):
             if arg not in guess and arg not in guess.values():
                 guess[arg] = "VALUE" if duplicate and duplicate.group(1) == arg else arg
+    declared = contract.ctor if contract is not None and isinstance(contract.ctor, dict) else {}
+    for k, v in declared.items():  # what the user declared and the candidate takes stays as declared (':int' too)
+        if not isinstance(v, str) or v.partition(":")[0] in names or info.get("var_kw"):
+            guess[k] = v
     cli = ",".join(f"{k}={v}" for k, v in guess.items()) or "normalized_shape=NAME,eps=NAME"
     py = ", ".join(f"{k!r}: {v!r}" for k, v in guess.items())
+    rest = _other_options(contract)
     torch_args = ", ".join(TORCH_CTOR[norm])
     where = "the declared mapping" if contract and contract.ctor else "torch.nn's arguments, by name"
     return UsageError(
@@ -442,7 +463,7 @@ def ctor_usage_error(target: str, norm: str, info: dict, problem: str, contract:
         f"  the candidate:    {info['text']}\n"
         f"Declare how torch.nn's arguments map onto its own (arguments left out are not passed, so the "
         f"validation fixes them at torch.nn's default and says so), on the command line:\n"
-        f"  normspec validate {target} --ctor {cli}\n"
+        f"  normspec validate {target} --ctor {cli}{rest}\n"
         f"or in a file beside the class (NORMSPEC_CONTRACT, or @contract(...) on a wrapper class):\n"
         f"  from normspec.validate import Contract\n"
         f"  NORMSPEC_CONTRACT = Contract(ctor={{{py}}})\n"
