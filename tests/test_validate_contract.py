@@ -141,7 +141,7 @@ GEMMA = Contract(ctor=RMS_MAP, axes="last", eps_none=False, compute="float32", c
 
 def test_a_numeric_convention_takes_a_number_only(capsys):
     assert main(["validate", "torch.nn:RMSNorm", "--quiet", "--convention", "weight_offset=x"]) == 2
-    assert "weight_offset is a number" in capsys.readouterr().err
+    assert "weight_offset is a finite number" in capsys.readouterr().err
 
 
 def test_gemma_numeric_convention_is_pinnable_and_judged_by_it():
