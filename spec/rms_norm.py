@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from normspec.spec.layer_norm import normalize_axes, param_shape
 from normspec.spec.moments import as_float64
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -36,7 +37,7 @@ def resolve_eps(eps: float | None, dtype: str = "float64") -> float:
 
 def _axes(x: np.ndarray, normalized_shape, axes=None) -> tuple[int, ...]:
     if axes is not None:
-        return tuple(sorted(a % x.ndim for a in axes))
+        return normalize_axes(axes, x.ndim)
     normalized_shape = tuple(normalized_shape)
     k = len(normalized_shape)
     if k == 0 or x.shape[x.ndim - k:] != normalized_shape:
@@ -50,13 +51,6 @@ def rms(x, normalized_shape, *, eps: float | None = None, dtype: str = "float64"
     return np.sqrt(np.mean(x * x, axis=_axes(x, normalized_shape, axes), keepdims=True) + resolve_eps(eps, dtype))
 
 
-def _broadcast(param, x: np.ndarray, axes: tuple[int, ...]):
-    """A parameter of the normalized dims' sizes, shaped to broadcast against x."""
-    if param is None:
-        return None
-    return np.reshape(param, tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim)))
-
-
 def gain(weight, weight_offset: float = 0.0):
     """The effective gain (weight_offset + weight), None without a weight."""
     return None if weight is None else float(weight_offset) + as_float64(weight)
@@ -68,7 +62,7 @@ def rms_norm(x, normalized_shape, weight=None, *, eps: float | None = None, dtyp
     x = as_float64(x)
     y = x / rms(x, normalized_shape, eps=eps, dtype=dtype, axes=axes)
     if weight is not None:
-        y = y * _broadcast(gain(weight, weight_offset), x, _axes(x, normalized_shape, axes))
+        y = y * np.reshape(gain(weight, weight_offset), param_shape(x, _axes(x, normalized_shape, axes)))
     return y
 
 
@@ -80,6 +74,6 @@ def rms_norm_backward(dy, x, normalized_shape, weight=None, *, eps: float | None
     axes = _axes(x, normalized_shape, axes)
     r = rms(x, None, eps=eps, dtype=dtype, axes=axes)
     xhat = x / r
-    g = dy if weight is None else dy * _broadcast(gain(weight, weight_offset), x, axes)
+    g = dy if weight is None else dy * np.reshape(gain(weight, weight_offset), param_shape(x, axes))
     dx = (g - xhat * np.mean(g * xhat, axis=axes, keepdims=True)) / r
     return {"x": dx, "weight": (dy * xhat).sum(axis=tuple(a for a in range(x.ndim) if a not in axes))}

@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from normspec.impls.numpy_backend import accumulation_dtype, numpy_kernel
+from normspec.spec.layer_norm import normalize_axes, param_shape
 
 
 def _axes(x, params):
     if params.get("axes") is not None:  # over the given dims (channels-first: (1,)), a weight of their sizes
-        return tuple(sorted(a % x.ndim for a in params["axes"]))
+        return normalize_axes(params["axes"], x.ndim)
     shape = tuple(params["normalized_shape"])
     k = len(shape)
     if k == 0 or tuple(x.shape[x.ndim - k:]) != shape:
@@ -33,8 +34,8 @@ def _normalized(x, params):
 def _gain(inputs, params, acc):
     """(weight_offset + w) in the accumulation dtype (Gemma's x̂ (1 + w) with weight_offset=1), shaped to
     broadcast against x."""
-    x, axes = inputs["x"], _axes(inputs["x"], params)
-    w = inputs["weight"].reshape(tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim)))
+    x = inputs["x"]
+    w = inputs["weight"].reshape(param_shape(x, _axes(x, params)))
     return w.astype(acc) + acc.type(params.get("weight_offset", 0.0))
 
 

@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from normspec.impls.torch_backend import torch_kernel
+from normspec.spec.layer_norm import normalize_axes
 
 
 def forward(inputs, params):
     x, w = inputs["x"], inputs.get("weight")
     if params.get("axes") is not None:  # over the given dims (channels-first): moved last, F.rms_norm, moved back
-        axes = sorted(a % x.ndim for a in params["axes"])
+        axes = list(normalize_axes(params["axes"], x.ndim))
         last = list(range(x.ndim - len(axes), x.ndim))
         moved = x.movedim(axes, last)
         trailing = {k: v for k, v in params.items() if k != "axes"}

@@ -32,10 +32,6 @@ class Conditioning:
     # A view of x in which the reduction sets are axis-aligned (GroupNorm's (N, G, C/G, *S)); the
     # arrays above are in that view, and bounds come back in x's shape. None: x's own shape.
     view_shape: tuple[int, ...] | None = None
-    # The gain's parameter as stored, where the gain is computed from it (Gemma's RMSNorm stores w and
-    # scales by 1 + w): an implementation that rounds its inputs to a lower compute precision rounds w,
-    # whose error relative to the gain grows as |w| / |1 + w|. None: the gain is the parameter.
-    stored_gamma: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

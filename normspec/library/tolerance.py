@@ -137,12 +137,6 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
     err_xhat = SAFETY * u * growth(c.count) * cond
     y = reference["y"]
     out = {"y": np.abs(c.gamma) * err_xhat + SAFETY * v * (np.abs(y) + np.abs(c.beta)) + tiny}
-    # inputs the implementation itself rounds to its compute precision (a declared compute below the
-    # dtype): a gain computed from a stored parameter (1 + w) inherits w's rounding, v |w|, not v |1 + w|
-    rounded_gain = (SAFETY * v * np.abs(c.stored_gamma)
-                    if c.stored_gamma is not None and v > UNIT_ROUNDOFF[dtype] else None)
-    if rounded_gain is not None:
-        out["y"] = out["y"] + rounded_gain * np.abs(c.xhat)
 
     if "running_mean" in reference:
         g = growth(c.count)
@@ -167,10 +161,6 @@ def moment_bounds(c: Conditioning, dtype: str, reference: dict[str, np.ndarray],
             dx = SAFETY * u * g * cond * (np.abs(g_hat) + spread) / c.std
         else:
             dx = SAFETY * u * cond * np.abs(g_hat) / c.std
-        if rounded_gain is not None:  # the same rounding of the gain, carried by dy through the backward
-            g_err = rounded_gain * np.abs(dy)
-            dx = dx + (cond * (g_err + _mean_over(g_err * cond, c.stats_axes)) / c.std if c.batch_stats
-                       else cond * g_err / c.std)
         out["x"] = dx + SAFETY * v * np.abs(ref_grads.get("x", 0.0)) + tiny
         n_param = int(np.prod([dy.shape[a] for a in c.param_axes])) if c.param_axes else 1
         gp = growth(n_param) + g

@@ -17,6 +17,7 @@ from normspec.library.strategies import (
 )
 from normspec.library.tolerance import moment_bounds
 from normspec.registry import NormRecord, register
+from normspec.spec.layer_norm import normalize_axes, param_shape
 from normspec.spec.rms_norm import gain, resolve_eps, rms, rms_norm, rms_norm_backward
 
 
@@ -58,22 +59,16 @@ def rms_norm_cases(draw, *, elementwise_affine=None, allow_constant=True, eps_no
     return Case("rms_norm", arrays, params)
 
 
-def _geometry(case: Case) -> dict:
-    """The spec's keywords for the normalized dims: normalized_shape, or axes (channels-first)."""
-    return {"normalized_shape": case.params.get("normalized_shape"), "axes": case.params.get("axes")}
-
-
 def reference(case: Case, dtype: str = "float64") -> dict[str, np.ndarray]:
-    geometry = _geometry(case)
-    return {"y": rms_norm(case.x, geometry.pop("normalized_shape"), case.get("weight"), eps=case.params.get("eps"),
-                          dtype=dtype, weight_offset=case.params.get("weight_offset", 0.0), **geometry)}
+    p = case.params
+    return {"y": rms_norm(case.x, p.get("normalized_shape"), case.get("weight"), eps=p.get("eps"), dtype=dtype,
+                          weight_offset=p.get("weight_offset", 0.0), axes=p.get("axes"))}
 
 
 def reference_grad(case: Case, dy: np.ndarray, dtype: str = "float64") -> dict[str, np.ndarray]:
-    geometry = _geometry(case)
-    grads = rms_norm_backward(dy, case.x, geometry.pop("normalized_shape"), case.get("weight"),
-                              eps=case.params.get("eps"), dtype=dtype,
-                              weight_offset=case.params.get("weight_offset", 0.0), **geometry)
+    p = case.params
+    grads = rms_norm_backward(dy, case.x, p.get("normalized_shape"), case.get("weight"), eps=p.get("eps"),
+                              dtype=dtype, weight_offset=p.get("weight_offset", 0.0), axes=p.get("axes"))
     return case.present(grads)
 
 
@@ -83,19 +78,16 @@ def conditioning(case: Case, dtype: str = "float64") -> Conditioning:
     sums positive terms, so its relative error is u g(m) whatever the input."""
     x = case.x
     if case.params.get("axes") is not None:
-        axes = tuple(sorted(a % x.ndim for a in case.params["axes"]))
+        axes = normalize_axes(case.params["axes"], x.ndim)
     else:
         axes = tuple(range(x.ndim - len(case.params["normalized_shape"]), x.ndim))
     shape = tuple(x.shape[a] for a in axes)
     r = rms(x, None, eps=resolve_eps(case.params.get("eps"), dtype), axes=axes)
-    stored = case.array_or("weight", shape, 1.0).reshape(tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim)))
-    gamma = stored
-    offset = case.params.get("weight_offset", 0.0) if case.get("weight") is not None else 0.0
-    if offset:
-        gamma = gain(stored, offset)  # Gemma: 1 + w
-    return Conditioning(x / r, np.zeros_like(r), r, int(np.prod(shape)), gamma, np.zeros(()),
-                        axes, tuple(a for a in range(x.ndim) if a not in axes), True,
-                        stored_gamma=stored if offset else None)
+    gamma = case.array_or("weight", shape, 1.0)
+    if case.get("weight") is not None:
+        gamma = gain(gamma, case.params.get("weight_offset", 0.0))  # Gemma: 1 + w
+    return Conditioning(x / r, np.zeros_like(r), r, int(np.prod(shape)), np.reshape(gamma, param_shape(x, axes)),
+                        np.zeros(()), axes, tuple(a for a in range(x.ndim) if a not in axes), True)
 
 
 def error_model(case: Case, dtype: str, ref, dy=None, ref_grads=None):

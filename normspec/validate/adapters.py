@@ -103,9 +103,6 @@ def load_target(target: str, cwd: str | None = None):
 _LOADED_FROM: dict = {}
 
 
-COMPILE_SHAPES = ("dynamic", "static")
-
-
 def compile_shapes(compile) -> str | None:
     """The shapes a `compile` setting compiles for: None (eager), "dynamic" (True, the default) or "static"."""
     if not compile or compile in ("0", "eager"):

@@ -274,3 +274,26 @@ class ConvNextStyleLayerNorm(ChannelsFirstLayerNorm):
     def forward(self, x):
         y = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)
+
+
+class Float32LayerNorm(nn.LayerNorm):
+    """timm's LayerNormFp32 way: PyTorch's layer_norm on float32 copies whatever the input dtype. Correct under
+    compute=float32 (it shares PyTorch's float32 kernel and its deviations)."""
+
+    def forward(self, x):
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+class Float32OnePassLayerNorm(Float32LayerNorm):
+    """The same with the one-pass variance E[x^2] - E[x]^2 in float32: wrong at |mean|/std of 1e3 already."""
+
+    def forward(self, x):
+        a, dims = x.float(), tuple(range(x.ndim - len(self.normalized_shape), x.ndim))
+        mean = a.mean(dims, keepdim=True)
+        var = ((a * a).mean(dims, keepdim=True) - mean * mean).clamp_min(0)
+        y = (a - mean) / torch.sqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.float() + (self.bias.float() if self.bias is not None else 0)
+        return y.to(x.dtype)
